@@ -1,0 +1,212 @@
+//! `config.json`: a Hugging Face `BertConfig` (serde, unknown keys preserved) plus the optional,
+//! versioned `"surgery"` object that describes everything a surgery changed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The version of the `"surgery"` object this build writes and understands.
+pub const SURGERY_FORMAT_VERSION: u32 = 1;
+
+/// The fields of HF `BertConfig` the model needs; every other key is kept in `extra` and written back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    #[serde(default = "default_max_position")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surgery: Option<SurgeryInfo>,
+    /// Keys this tool does not interpret (model_type, architectures, ...), written back unchanged.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_max_position() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// What surgeries changed relative to a vanilla BERT. Absent in config.json means vanilla.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SurgeryInfo {
+    pub format_version: u32,
+    #[serde(default)]
+    pub embeddings: EmbeddingKind,
+    /// Logical layer i runs stored layer `layer_map[i]` (ALBERT-style sharing). Absent: identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_map: Option<Vec<usize>>,
+    /// One entry per *stored* layer. Absent: every stored layer is vanilla.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerInfo>>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// How the word embeddings are stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EmbeddingKind {
+    #[default]
+    Dense,
+    /// V×E table followed by an E→H projection (no bias).
+    Factorized { rank: usize },
+}
+
+/// The structure of one stored encoder layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerInfo {
+    pub num_heads: usize,
+    /// Absent: the config's `intermediate_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    /// Only the linears that are not dense are listed.
+    #[serde(default)]
+    pub linears: BTreeMap<String, LinearKind>,
+}
+
+/// How one linear layer is stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LinearKind {
+    #[default]
+    Dense,
+    /// W (out×in) ≈ up (out×rank) · down (rank×in).
+    LowRank { rank: usize },
+    /// Stored dense with exact zeros; the pattern says how they were chosen.
+    Sparse { pattern: SparsePattern },
+}
+
+/// The sparsity pattern of a sparse linear.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SparsePattern {
+    Unstructured { sparsity: f32 },
+    NofM { n: usize, m: usize },
+}
+
+/// One surgery or training step applied to the checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    pub op: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+    pub params_before: u64,
+    pub params_after: u64,
+}
+
+impl BertConfig {
+    /// Reads and validates `config.json`; errors name the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|msg| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        })
+    }
+
+    /// Parses a config from JSON text; the error is a message without the file name.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let config: BertConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("`{name}` must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(info) = &self.surgery {
+            if info.format_version != SURGERY_FORMAT_VERSION {
+                return Err(format!(
+                    "`surgery.format_version` is {}, this build reads version {}",
+                    info.format_version, SURGERY_FORMAT_VERSION
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Labels in id order, when the config declares them.
+    pub fn labels(&self) -> Option<Vec<String>> {
+        let map = self.id2label.as_ref()?;
+        let mut pairs: Vec<(usize, &String)> = map
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
+            .collect();
+        pairs.sort();
+        Some(pairs.into_iter().map(|(_, v)| v.clone()).collect())
+    }
+
+    /// Sets `id2label` / `label2id` from labels in id order.
+    pub fn set_labels(&mut self, labels: &[String]) {
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+        );
+        self.label2id = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i as i64))
+                .collect(),
+        );
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

@@ -1,0 +1,204 @@
+//! `surgery inspect`: the budget table for people, JSON for scripts, and a budget check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use surgery::arch::{EmbeddingKind, HistoryEntry};
+use surgery::budget::{parse_count, Budget};
+use surgery::io::Checkpoint;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Checkpoint folder.
+    checkpoint: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Exit with code 3 when unique parameters exceed this budget (e.g. 20M, 750k, 20000000).
+    #[arg(long, value_parser = parse_count)]
+    budget: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    checkpoint: String,
+    layout: surgery::arch::Layout,
+    hidden_size: usize,
+    vocab_size: usize,
+    num_layers: usize,
+    embeddings: EmbeddingKind,
+    num_labels: Option<usize>,
+    budget: &'a Budget,
+    history: Vec<HistoryEntry>,
+    ignored_tensors: &'a [String],
+    budget_limit: Option<u64>,
+    within_budget: Option<bool>,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let budget = Budget::of_checkpoint(&ckpt)?;
+    let within = args.budget.map(|limit| budget.unique <= limit);
+    if args.json {
+        let report = Report {
+            checkpoint: args.checkpoint.display().to_string(),
+            layout: ckpt.arch.layout,
+            hidden_size: ckpt.arch.hidden,
+            vocab_size: ckpt.arch.vocab,
+            num_layers: ckpt.arch.num_layers(),
+            embeddings: ckpt.arch.embeddings,
+            num_labels: ckpt.arch.num_labels,
+            budget: &budget,
+            history: ckpt.history(),
+            ignored_tensors: &ckpt.ignored_tensors,
+            budget_limit: args.budget,
+            within_budget: within,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_tables(&args.checkpoint, &ckpt, &budget);
+    }
+    match (args.budget, within) {
+        (Some(limit), Some(false)) => {
+            eprintln!(
+                "over budget: {} unique parameters > {} (by {})",
+                group(budget.unique),
+                group(limit),
+                group(budget.unique - limit)
+            );
+            Ok(ExitCode::from(3))
+        }
+        (Some(limit), _) => {
+            if !args.json {
+                println!(
+                    "within budget: {} ≤ {} ({} to spare)",
+                    group(budget.unique),
+                    group(limit),
+                    group(limit - budget.unique)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// 22713216 → "22,713,216"
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {
+    let arch = &ckpt.arch;
+    println!("checkpoint  {}", path.display());
+    let embeddings = match arch.embeddings {
+        EmbeddingKind::Dense => "dense".to_string(),
+        EmbeddingKind::Factorized { rank } => format!("factorized, rank {rank}"),
+    };
+    println!(
+        "structure   {} layers ({} stored), hidden {}, vocab {}, word embeddings {}, {}",
+        arch.num_layers(),
+        arch.layers.len(),
+        arch.hidden,
+        arch.vocab,
+        embeddings,
+        match arch.num_labels {
+            Some(n) => format!("classifier with {n} labels"),
+            None => "no classifier".into(),
+        }
+    );
+    println!();
+    let sparse = budget.nonzero != budget.unique;
+    let shared = budget.total != budget.unique;
+    let mut header = format!("{:<30} {:>13}", "component", "unique");
+    if shared {
+        header.push_str(&format!(" {:>13}", "as executed"));
+    }
+    if sparse {
+        header.push_str(&format!(" {:>13}", "non-zero"));
+    }
+    println!("{header}");
+    for c in &budget.components {
+        let mut row = format!("{:<30} {:>13}", c.label, group(c.unique));
+        if shared {
+            row.push_str(&format!(" {:>13}", group(c.total)));
+        }
+        if sparse {
+            row.push_str(&format!(" {:>13}", group(c.nonzero)));
+        }
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "{:<6} {:>6} {:>6} {:>12} {:>13}  variants",
+        "layer", "stored", "heads", "intermediate", "params"
+    );
+    for l in &budget.layers {
+        let params = if l.shared {
+            format!("(shared) {}", group(l.params))
+        } else {
+            group(l.params)
+        };
+        println!(
+            "{:<6} {:>6} {:>6} {:>12} {:>13}  {}",
+            l.layer,
+            l.stored,
+            l.num_heads,
+            l.intermediate,
+            params,
+            l.variants.join(", ")
+        );
+    }
+    println!();
+    println!(
+        "unique parameters           {:>13}  (token-classification model, pooler excluded; budgets are checked against this)",
+        group(budget.unique)
+    );
+    if shared {
+        println!(
+            "as executed                 {:>13}  (shared layers counted per use)",
+            group(budget.total)
+        );
+    }
+    if sparse {
+        println!("non-zero parameters         {:>13}", group(budget.nonzero));
+    }
+    println!(
+        "stored, pooler included     {:>13}  (HF num_parameters() of the class as saved)",
+        group(budget.stored_with_pooler)
+    );
+    let history = ckpt.history();
+    if !history.is_empty() {
+        println!();
+        println!("history");
+        for (i, h) in history.iter().enumerate() {
+            println!(
+                "  {}. {} {}  {} → {}",
+                i + 1,
+                h.op,
+                h.args,
+                group(h.params_before),
+                group(h.params_after)
+            );
+        }
+    }
+    if !ckpt.ignored_tensors.is_empty() {
+        println!();
+        println!(
+            "ignored tensors ({}): {}",
+            ckpt.ignored_tensors.len(),
+            ckpt.ignored_tensors.join(", ")
+        );
+    }
+}

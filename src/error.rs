@@ -1,0 +1,69 @@
+//! The library's typed errors. Every variant that comes from user input names the file (or the
+//! option) and the problem, so the binary can print one line and exit with code 2.
+
+use std::path::PathBuf;
+
+/// Errors raised by the surgery library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a checkpoint folder (expected a directory with config.json and model.safetensors)")]
+    NotADirectory { path: PathBuf },
+    #[error("{path}: invalid safetensors file: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error("{path}: invalid config: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: missing tensor `{key}`")]
+    MissingTensor { path: PathBuf, key: String },
+    #[error("{path}: tensor `{key}` has shape {actual:?}, the config expects {expected:?}")]
+    Shape {
+        path: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{path}: tensor `{key}` has unsupported dtype {dtype} (supported: F32, F16, BF16)")]
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+    #[error("{path}: unexpected tensor `{key}` (not part of the architecture in config.json)")]
+    UnexpectedTensor { path: PathBuf, key: String },
+    #[error("{path}: output already exists (use --force to replace it)")]
+    OutputExists { path: PathBuf },
+    #[error("{path}: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{path}:{line}: {msg}")]
+    Input {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    /// A bad option value or specification given by the user.
+    #[error("{0}")]
+    Spec(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// True when the error is caused by the user's input (exit code 2), false for internal failures.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Candle(_))
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,306 @@
+//! A checkpoint folder: config + resolved [`Arch`] + lazily mapped tensors (+ tokenizer files).
+//! Opening validates every tensor's shape against the structure before any compute; saving writes
+//! a new folder atomically and never touches the input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::atomic::AtomicDir;
+use super::store::{StoredDtype, TensorStore};
+use super::tensor_file::{write_safetensors, RawTensor};
+use crate::arch::names::detect_layout;
+use crate::arch::{Arch, BertConfig, HistoryEntry, Key, Layout, NormPart};
+use crate::error::{Error, Result};
+
+/// Tokenizer files carried from input to output unchanged.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// A checkpoint in memory: tensors come from the mapped store unless a surgery replaced them.
+#[derive(Clone)]
+pub struct Checkpoint {
+    /// The folder it was read from (None for a checkpoint built in memory).
+    pub dir: Option<PathBuf>,
+    pub config: BertConfig,
+    pub arch: Arch,
+    store: Option<Arc<TensorStore>>,
+    /// Stored name of each key in `store`.
+    stored_names: HashMap<Key, String>,
+    /// Tensors set in memory (by a surgery or a trainer); they take precedence over the store.
+    overrides: BTreeMap<Key, Tensor>,
+    /// Stored tensors this tool does not use (e.g. `cls.predictions.*` of a pre-training head).
+    pub ignored_tensors: Vec<String>,
+    /// Tokenizer files by name (tokenizer.json, vocab.txt, ...).
+    pub tokenizer_files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Checkpoint {
+    /// Opens and validates a checkpoint folder.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::NotADirectory {
+                path: dir.to_path_buf(),
+            });
+        }
+        let config_path = dir.join("config.json");
+        let config = BertConfig::load(&config_path)?;
+        let store = TensorStore::open_dir(dir)?;
+        let layout = detect_layout(store.names()).ok_or_else(|| Error::Safetensors {
+            path: store.main_path().to_path_buf(),
+            msg: format!(
+                "expected exactly one of `{}` or `{}`",
+                Key::WordEmbeddings.name(Layout::Bare),
+                Key::WordEmbeddings.name(Layout::BertPrefixed)
+            ),
+        })?;
+        let has = |key: Key| {
+            key.read_names(layout)
+                .iter()
+                .any(|n| store.info(n).is_some())
+        };
+        let arch = Arch::resolve(
+            &config,
+            layout,
+            has(Key::Pooler(NormPart::Weight)),
+            has(Key::Classifier(NormPart::Weight)),
+        )
+        .map_err(|msg| Error::Config {
+            path: config_path.clone(),
+            msg,
+        })?;
+        let stored_names = validate_tensors(&store, &arch)?;
+        let used: std::collections::HashSet<&str> =
+            stored_names.values().map(|s| s.as_str()).collect();
+        let mut ignored_tensors = vec![];
+        for name in store.names() {
+            if used.contains(name) {
+                continue;
+            }
+            match Key::parse(name, layout) {
+                Some(Key::PositionIds) | None => ignored_tensors.push(name.to_string()),
+                Some(_) => {
+                    return Err(Error::UnexpectedTensor {
+                        path: store.path_of(name).to_path_buf(),
+                        key: name.to_string(),
+                    })
+                }
+            }
+        }
+        let mut tokenizer_files = BTreeMap::new();
+        for name in TOKENIZER_FILES {
+            let path = dir.join(name);
+            if path.is_file() {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                tokenizer_files.insert(name.to_string(), bytes);
+            }
+        }
+        Ok(Checkpoint {
+            dir: Some(dir.to_path_buf()),
+            config,
+            arch,
+            store: Some(Arc::new(store)),
+            stored_names,
+            overrides: BTreeMap::new(),
+            ignored_tensors,
+            tokenizer_files,
+        })
+    }
+
+    /// A checkpoint built in memory from a config and all of its tensors (used by generators and
+    /// tests); shapes are validated like a loaded checkpoint's.
+    pub fn from_tensors(
+        config: BertConfig,
+        layout: Layout,
+        tensors: BTreeMap<Key, Tensor>,
+    ) -> Result<Self> {
+        let arch = Arch::resolve(
+            &config,
+            layout,
+            tensors.contains_key(&Key::Pooler(NormPart::Weight)),
+            tensors.contains_key(&Key::Classifier(NormPart::Weight)),
+        )
+        .map_err(Error::Spec)?;
+        let ckpt = Checkpoint {
+            dir: None,
+            config,
+            arch,
+            store: None,
+            stored_names: HashMap::new(),
+            overrides: tensors,
+            ignored_tensors: vec![],
+            tokenizer_files: BTreeMap::new(),
+        };
+        ckpt.check_overrides()?;
+        Ok(ckpt)
+    }
+
+    /// Where the checkpoint came from, for messages.
+    pub fn source(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<memory>"))
+    }
+
+    /// A parameter tensor as f32 on `device`.
+    pub fn tensor(&self, key: Key, device: &Device) -> Result<Tensor> {
+        if let Some(t) = self.overrides.get(&key) {
+            return Ok(t.to_device(device)?);
+        }
+        let missing = || Error::MissingTensor {
+            path: self.source(),
+            key: key.name(self.arch.layout),
+        };
+        let store = self.store.as_ref().ok_or_else(missing)?;
+        let name = self.stored_names.get(&key).ok_or_else(missing)?;
+        store.load_f32(name, device)
+    }
+
+    /// Replaces (or adds) a tensor in memory.
+    pub fn set_tensor(&mut self, key: Key, tensor: Tensor) {
+        self.overrides.insert(key, tensor);
+    }
+
+    /// Replaces the structure; every tensor the new structure needs must then be available.
+    pub fn set_arch(&mut self, arch: Arch) -> Result<()> {
+        self.arch = arch;
+        self.check_overrides()
+    }
+
+    /// Checks that every expected tensor is available with the right shape.
+    fn check_overrides(&self) -> Result<()> {
+        for (key, shape) in self.arch.expected_tensors() {
+            let actual = match self.overrides.get(&key) {
+                Some(t) => t.dims().to_vec(),
+                None => match (self.stored_names.get(&key), &self.store) {
+                    (Some(name), Some(store)) => store.info(name).expect("validated").shape.clone(),
+                    _ => {
+                        return Err(Error::MissingTensor {
+                            path: self.source(),
+                            key: key.name(self.arch.layout),
+                        })
+                    }
+                },
+            };
+            if actual != shape {
+                return Err(Error::Shape {
+                    path: self.source(),
+                    key: key.name(self.arch.layout),
+                    expected: shape,
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of non-zero entries of a tensor (reads its bytes).
+    pub fn count_nonzero(&self, key: Key) -> Result<u64> {
+        let t = self.tensor(key, &Device::Cpu)?;
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        Ok(values.iter().filter(|v| **v != 0.0).count() as u64)
+    }
+
+    /// The history recorded in config.json.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.config
+            .surgery
+            .as_ref()
+            .map(|s| s.history.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes the checkpoint to a new folder, atomically. `history` is the full history to record.
+    pub fn save(&self, out: &Path, force: bool, history: Vec<HistoryEntry>) -> Result<()> {
+        if let Some(dir) = &self.dir {
+            if same_path(dir, out) {
+                return Err(Error::Spec(format!(
+                    "{}: the output folder is the input checkpoint; choose another folder",
+                    out.display()
+                )));
+            }
+        }
+        let mut config = self.config.clone();
+        config.num_hidden_layers = self.arch.num_layers();
+        config.surgery = self.arch.surgery_info(history, &self.config);
+        let folder = AtomicDir::create(out, force)?;
+        let config_json = serde_json::to_string_pretty(&config).expect("config serialises");
+        folder.write("config.json", config_json.as_bytes())?;
+
+        let mut tensors = vec![];
+        for (key, _) in self.arch.expected_tensors() {
+            let t = self.tensor(key, &Device::Cpu)?;
+            tensors.push((key.name(self.arch.layout), RawTensor::from_tensor(&t)?));
+        }
+        let mut metadata = HashMap::new();
+        metadata.insert("format".to_string(), "pt".to_string());
+        metadata.insert(
+            "surgery_tool".to_string(),
+            format!("surgery {}", env!("CARGO_PKG_VERSION")),
+        );
+        if let Some(info) = &config.surgery {
+            metadata.insert(
+                "surgery".to_string(),
+                serde_json::to_string(info).expect("surgery info serialises"),
+            );
+        }
+        write_safetensors(&folder.path("model.safetensors"), tensors, metadata)?;
+        for (name, bytes) in &self.tokenizer_files {
+            folder.write(name, bytes)?;
+        }
+        folder.commit()
+    }
+
+    /// The stored dtype of a tensor when it comes from the file (for `inspect`).
+    pub fn stored_dtype(&self, key: Key) -> Option<StoredDtype> {
+        let name = self.stored_names.get(&key)?;
+        Some(self.store.as_ref()?.info(name)?.dtype)
+    }
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Checks every expected tensor against the file: present (canonical or legacy name), float dtype,
+/// the right shape. Returns the stored name of each key.
+fn validate_tensors(store: &TensorStore, arch: &Arch) -> Result<HashMap<Key, String>> {
+    let mut names = HashMap::new();
+    for (key, shape) in arch.expected_tensors() {
+        let name = key
+            .read_names(arch.layout)
+            .into_iter()
+            .find(|n| store.info(n).is_some())
+            .ok_or_else(|| Error::MissingTensor {
+                path: store.main_path().to_path_buf(),
+                key: key.name(arch.layout),
+            })?;
+        let info = store.info(&name).expect("found above");
+        if info.dtype == StoredDtype::I64 {
+            return Err(Error::Dtype {
+                path: store.path_of(&name).to_path_buf(),
+                key: name,
+                dtype: "I64".into(),
+            });
+        }
+        if info.shape != shape {
+            return Err(Error::Shape {
+                path: store.path_of(&name).to_path_buf(),
+                key: name,
+                expected: shape,
+                actual: info.shape.clone(),
+            });
+        }
+        names.insert(key, name);
+    }
+    Ok(names)
+}

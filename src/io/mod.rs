@@ -1,0 +1,9 @@
+//! Checkpoint input/output: memory-mapped safetensors, atomic writers, the `Checkpoint` type.
+
+pub mod atomic;
+pub mod checkpoint;
+pub mod store;
+pub mod tensor_file;
+
+pub use checkpoint::Checkpoint;
+pub use store::TensorStore;

@@ -1,0 +1,277 @@
+//! Memory-mapped safetensors storage: one file or a sharded `model.safetensors.index.json`.
+//! Opening reads only the headers (validated against the file size); tensor bytes are touched
+//! only when a tensor is requested.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// The element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+    /// Integer buffers such as `position_ids`: readable for inspection, never a parameter.
+    I64,
+}
+
+impl StoredDtype {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "F32" => Some(Self::F32),
+            "F16" => Some(Self::F16),
+            "BF16" => Some(Self::BF16),
+            "I64" => Some(Self::I64),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::I64 => 8,
+        }
+    }
+}
+
+/// Where one tensor lives.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+struct MappedFile {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+}
+
+/// Read-only access to the tensors of a checkpoint.
+pub struct TensorStore {
+    files: Vec<MappedFile>,
+    tensors: BTreeMap<String, TensorInfo>,
+    /// `__metadata__` of the first file.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Reads an entire safetensors header without mapping the data.
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+impl TensorStore {
+    /// Opens `model.safetensors` or, when absent, the sharded index in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        if single.is_file() {
+            Self::open_files(&[single])
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Safetensors {
+                    path: index.clone(),
+                    msg: format!("index is not valid JSON: {e}"),
+                })?;
+            let map = value
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Safetensors {
+                    path: index.clone(),
+                    msg: "index has no `weight_map` object".into(),
+                })?;
+            let mut shards: Vec<PathBuf> = vec![];
+            for file in map.values() {
+                let file = file.as_str().ok_or_else(|| Error::Safetensors {
+                    path: index.clone(),
+                    msg: "`weight_map` values must be file names".into(),
+                })?;
+                let path = dir.join(file);
+                if !shards.contains(&path) {
+                    shards.push(path);
+                }
+            }
+            Self::open_files(&shards)
+        } else {
+            Err(Error::Io {
+                path: single,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors (nor model.safetensors.index.json)",
+                ),
+            })
+        }
+    }
+
+    /// Opens one or more safetensors files; a tensor name present twice is an error.
+    pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut store = TensorStore {
+            files: vec![],
+            tensors: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+        };
+        for path in paths {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the map is read-only; checkpoints are not modified while the tool runs
+            // (the tool itself never writes into an input folder).
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (data_start, entries, metadata) = parse_header(path, &map)?;
+            if store.files.is_empty() {
+                store.metadata = metadata;
+            }
+            let index = store.files.len();
+            for (name, mut info) in entries {
+                info.file = index;
+                if store.tensors.insert(name.clone(), info).is_some() {
+                    return Err(Error::Safetensors {
+                        path: path.clone(),
+                        msg: format!("tensor `{name}` is stored twice"),
+                    });
+                }
+            }
+            store.files.push(MappedFile {
+                path: path.clone(),
+                map,
+                data_start,
+            });
+        }
+        Ok(store)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// The file a tensor is stored in (for error messages).
+    pub fn path_of(&self, name: &str) -> &Path {
+        let file = self.tensors.get(name).map_or(0, |t| t.file);
+        &self.files[file].path
+    }
+
+    /// The first file (for error messages about the store as a whole).
+    pub fn main_path(&self) -> &Path {
+        &self.files[0].path
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let info = self.tensors.get(name)?;
+        let f = &self.files[info.file];
+        Some(&f.map[f.data_start + info.start..f.data_start + info.end])
+    }
+
+    /// Loads a floating-point tensor as f32 on `device` (f16/bf16 are widened).
+    pub fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.main_path().to_path_buf(),
+            key: name.to_string(),
+        })?;
+        let bytes = self.bytes(name).expect("info exists");
+        let dtype = match info.dtype {
+            StoredDtype::F32 => DType::F32,
+            StoredDtype::F16 => DType::F16,
+            StoredDtype::BF16 => DType::BF16,
+            StoredDtype::I64 => {
+                return Err(Error::Dtype {
+                    path: self.path_of(name).to_path_buf(),
+                    key: name.to_string(),
+                    dtype: "I64 (a buffer, not a parameter)".into(),
+                })
+            }
+        };
+        let tensor = Tensor::from_raw_buffer(bytes, dtype, &info.shape, device)?;
+        Ok(tensor.to_dtype(DType::F32)?)
+    }
+}
+
+type Header = (usize, Vec<(String, TensorInfo)>, BTreeMap<String, String>);
+
+/// Parses and validates a safetensors header: JSON, known dtypes, offsets inside the file, byte
+/// lengths matching the shapes.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    let bad = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if bytes.len() < 8 {
+        return Err(bad(format!(
+            "file is {} bytes, too short for a header (truncated?)",
+            bytes.len()
+        )));
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    if n > bytes.len() - 8 {
+        return Err(bad(format!(
+            "header length {n} exceeds the file size {} (truncated?)",
+            bytes.len()
+        )));
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n])
+            .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    let data_start = 8 + n;
+    let data_len = bytes.len() - data_start;
+    let mut metadata = BTreeMap::new();
+    let mut entries = vec![];
+    for (name, value) in header {
+        if name == "__metadata__" {
+            if let Some(obj) = value.as_object() {
+                for (k, v) in obj {
+                    if let Some(s) = v.as_str() {
+                        metadata.insert(k.clone(), s.to_string());
+                    }
+                }
+            }
+            continue;
+        }
+        let raw: RawEntry = serde_json::from_value(value)
+            .map_err(|e| bad(format!("bad header entry for `{name}`: {e}")))?;
+        let dtype = StoredDtype::parse(&raw.dtype).ok_or_else(|| Error::Dtype {
+            path: path.to_path_buf(),
+            key: name.clone(),
+            dtype: raw.dtype.clone(),
+        })?;
+        let (start, end) = raw.data_offsets;
+        if end > data_len || start > end {
+            return Err(bad(format!(
+                "tensor `{name}` spans bytes {start}..{end} but the data section has {data_len} bytes (truncated?)"
+            )));
+        }
+        let expected = raw.shape.iter().product::<usize>() * dtype.size();
+        if end - start != expected {
+            return Err(bad(format!(
+                "tensor `{name}` has {} bytes, shape {:?} needs {expected}",
+                end - start,
+                raw.shape
+            )));
+        }
+        entries.push((
+            name,
+            TensorInfo {
+                dtype,
+                shape: raw.shape,
+                file: 0,
+                start,
+                end,
+            },
+        ));
+    }
+    Ok((data_start, entries, metadata))
+}

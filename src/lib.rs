@@ -1,0 +1,13 @@
+//! surgery: make BERT-style NER models small. Reads Hugging Face checkpoint folders, cuts them
+//! with independent surgeries, counts their parameter budget, and runs them with candle.
+
+pub mod arch;
+pub mod budget;
+pub mod error;
+pub mod infer;
+pub mod io;
+pub mod model;
+pub mod rng;
+pub mod tokenize;
+
+pub use error::{Error, Result};

@@ -1,0 +1,370 @@
+//! A candle BERT encoder with a token-classification head that runs every structure [`Arch`]
+//! describes: dense or factorized word embeddings, dense / low-rank / sparse linears, per-layer
+//! head counts (0 allowed), and cross-layer sharing through the layer map. Mirrors HF
+//! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
+
+pub mod ops;
+pub mod params;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::arch::{
+    Activation, Arch, EmbeddingKind, Key, LayerNormSlot, LinearKind, LinearPart, LinearSlot,
+    NormPart,
+};
+use crate::rng::Rng;
+pub use params::Params;
+
+/// Eval (deterministic) or training (dropout masks drawn from the given generator).
+pub enum Mode<'a> {
+    Eval,
+    Train(&'a mut Rng),
+}
+
+/// What the forward pass should return besides logits and the last hidden state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outputs {
+    pub hidden_states: bool,
+    pub attentions: bool,
+}
+
+/// The results of a forward pass.
+pub struct ForwardOutput {
+    /// [B, L, C] when the model has a classifier.
+    pub logits: Option<Tensor>,
+    /// [B, L, H]
+    pub last_hidden_state: Tensor,
+    /// Embedding output then each layer's output (num_layers + 1 tensors of [B, L, H]).
+    pub hidden_states: Vec<Tensor>,
+    /// Per layer [B, heads, L, L] attention probabilities (before attention dropout).
+    pub attentions: Vec<Tensor>,
+}
+
+/// A batch of token ids and the mask of real (non-pad) tokens.
+pub struct Batch {
+    /// [B, L] u32
+    pub input_ids: Tensor,
+    /// [B, L] f32, 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+struct Linear {
+    /// Dense: [out, in]; low-rank: `down` [r, in] then `up` [out, r].
+    weights: LinearWeights,
+    bias: Tensor,
+}
+
+enum LinearWeights {
+    Dense(Tensor),
+    LowRank { down: Tensor, up: Tensor },
+}
+
+impl Linear {
+    fn load(params: &Params, layer: usize, slot: LinearSlot, kind: LinearKind) -> Self {
+        let key = |part| Key::Linear { layer, slot, part };
+        let weights = match kind {
+            LinearKind::Dense | LinearKind::Sparse { .. } => {
+                LinearWeights::Dense(params.get(key(LinearPart::Weight)))
+            }
+            LinearKind::LowRank { .. } => LinearWeights::LowRank {
+                down: params.get(key(LinearPart::Down)),
+                up: params.get(key(LinearPart::Up)),
+            },
+        };
+        Linear {
+            weights,
+            bias: params.get(key(LinearPart::Bias)),
+        }
+    }
+
+    /// x: [N, in] → [N, out]
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = match &self.weights {
+            LinearWeights::Dense(w) => x.matmul(&w.t()?)?,
+            LinearWeights::LowRank { down, up } => x.matmul(&down.t()?)?.matmul(&up.t()?)?,
+        };
+        y.broadcast_add(&self.bias)
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// HF `BertEmbeddings` (+ an optional E→H projection for factorized word embeddings).
+struct Embeddings {
+    word: Tensor,
+    projection: Option<Tensor>,
+    position: Tensor,
+    token_type: Tensor,
+    norm: Norm,
+}
+
+/// HF `BertLayer`.
+struct EncoderLayer {
+    num_heads: usize,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_output: Linear,
+    attention_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: Norm,
+}
+
+/// HF `BertForTokenClassification` (or `BertModel` without a classifier; the pooler is unused).
+pub struct Bert {
+    arch: Arch,
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+    classifier: Option<Linear>,
+    hidden_dropout: f32,
+    attention_dropout: f32,
+    classifier_dropout: f32,
+}
+
+/// Dropout probabilities (from config.json).
+#[derive(Debug, Clone, Copy)]
+pub struct Dropouts {
+    pub hidden: f32,
+    pub attention: f32,
+    pub classifier: f32,
+}
+
+impl Bert {
+    pub fn new(arch: &Arch, params: &Params, dropouts: Dropouts) -> Bert {
+        let norm = |weight, bias| Norm {
+            weight: params.get(weight),
+            bias: params.get(bias),
+            eps: arch.layer_norm_eps,
+        };
+        let embeddings = Embeddings {
+            word: params.get(Key::WordEmbeddings),
+            projection: match arch.embeddings {
+                EmbeddingKind::Dense => None,
+                EmbeddingKind::Factorized { .. } => Some(params.get(Key::WordProjection)),
+            },
+            position: params.get(Key::PositionEmbeddings),
+            token_type: params.get(Key::TokenTypeEmbeddings),
+            norm: norm(
+                Key::EmbeddingNorm(NormPart::Weight),
+                Key::EmbeddingNorm(NormPart::Bias),
+            ),
+        };
+        let layers = arch
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let linear = |slot| Linear::load(params, i, slot, l.linear(slot));
+                let ln = |slot| {
+                    norm(
+                        Key::LayerNorm {
+                            layer: i,
+                            slot,
+                            part: NormPart::Weight,
+                        },
+                        Key::LayerNorm {
+                            layer: i,
+                            slot,
+                            part: NormPart::Bias,
+                        },
+                    )
+                };
+                EncoderLayer {
+                    num_heads: l.num_heads,
+                    query: linear(LinearSlot::Query),
+                    key: linear(LinearSlot::Key),
+                    value: linear(LinearSlot::Value),
+                    attention_output: linear(LinearSlot::AttentionOutput),
+                    attention_norm: ln(LayerNormSlot::Attention),
+                    intermediate: linear(LinearSlot::Intermediate),
+                    output: linear(LinearSlot::Output),
+                    output_norm: ln(LayerNormSlot::Output),
+                }
+            })
+            .collect();
+        let classifier = arch.num_labels.map(|_| Linear {
+            weights: LinearWeights::Dense(params.get(Key::Classifier(NormPart::Weight))),
+            bias: params.get(Key::Classifier(NormPart::Bias)),
+        });
+        Bert {
+            arch: arch.clone(),
+            embeddings,
+            layers,
+            classifier,
+            hidden_dropout: dropouts.hidden,
+            attention_dropout: dropouts.attention,
+            classifier_dropout: dropouts.classifier,
+        }
+    }
+
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        mode: &mut Mode,
+        outputs: Outputs,
+    ) -> candle_core::Result<ForwardOutput> {
+        let (b, l) = batch.input_ids.dims2()?;
+        let h = self.arch.hidden;
+        if l > self.arch.max_positions {
+            candle_core::bail!(
+                "sequence of {l} tokens exceeds max_position_embeddings {}",
+                self.arch.max_positions
+            );
+        }
+        let e = &self.embeddings;
+        let ids = batch.input_ids.flatten_all()?;
+        let mut x = e.word.index_select(&ids, 0)?;
+        if let Some(p) = &e.projection {
+            x = x.matmul(&p.t()?)?;
+        }
+        let x = x.reshape((b, l, h))?;
+        let x = x
+            .broadcast_add(&e.position.narrow(0, 0, l)?)?
+            .broadcast_add(&e.token_type.narrow(0, 0, 1)?)?;
+        let mut x = dropout(&e.norm.forward(&x)?, self.hidden_dropout, mode)?;
+
+        // [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
+        let mask_bias =
+            ((batch.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let mut hidden_states = vec![];
+        let mut attentions = vec![];
+        if outputs.hidden_states {
+            hidden_states.push(x.clone());
+        }
+        for &stored in &self.arch.layer_map {
+            let (next, probs) = self.layer_forward(&self.layers[stored], &x, &mask_bias, mode)?;
+            x = next;
+            if outputs.hidden_states {
+                hidden_states.push(x.clone());
+            }
+            if outputs.attentions {
+                if let Some(p) = probs {
+                    attentions.push(p);
+                } else {
+                    attentions.push(Tensor::zeros((b, 0, l, l), DType::F32, x.device())?);
+                }
+            }
+        }
+        let logits = match &self.classifier {
+            Some(c) => {
+                let z = dropout(&x, self.classifier_dropout, mode)?;
+                let n = c.bias.dim(0)?;
+                Some(c.forward(&z.reshape((b * l, h))?)?.reshape((b, l, n))?)
+            }
+            None => None,
+        };
+        Ok(ForwardOutput {
+            logits,
+            last_hidden_state: x,
+            hidden_states,
+            attentions,
+        })
+    }
+
+    /// One encoder layer; returns the output and the attention probabilities (None without heads).
+    fn layer_forward(
+        &self,
+        layer: &EncoderLayer,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        mode: &mut Mode,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (b, l, h) = x.dims3()?;
+        let flat = x.reshape((b * l, h))?;
+        let (attn, probs) = if layer.num_heads == 0 {
+            // No heads left: the sub-block contributes only the output bias; the residual stays.
+            (
+                layer
+                    .attention_output
+                    .bias
+                    .broadcast_as((b * l, h))?
+                    .contiguous()?,
+                None,
+            )
+        } else {
+            let (heads, d) = (layer.num_heads, self.arch.head_dim);
+            let split = |t: Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(layer.query.forward(&flat)?)?;
+            let k = split(layer.key.forward(&flat)?)?;
+            let v = split(layer.value.forward(&flat)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?
+                .broadcast_add(mask_bias)?;
+            let probs = ops::softmax_last_dim(&scores)?;
+            let context = dropout(&probs, self.attention_dropout, mode)?.matmul(&v)?;
+            let context = context
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * l, heads * d))?;
+            (layer.attention_output.forward(&context)?, Some(probs))
+        };
+        let attn = dropout(&attn, self.hidden_dropout, mode)?;
+        let x1 = layer.attention_norm.forward(&(attn + &flat)?)?;
+        let inter = activation(&layer.intermediate.forward(&x1)?, self.arch.activation)?;
+        let out = dropout(&layer.output.forward(&inter)?, self.hidden_dropout, mode)?;
+        let y = layer.output_norm.forward(&(out + &x1)?)?;
+        Ok((y.reshape((b, l, h))?, probs))
+    }
+}
+
+fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
+    match act {
+        Activation::GeluErf => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+    }
+}
+
+/// Inverted dropout with a mask drawn from the run's generator (identity in eval mode).
+fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
+    let rng = match mode {
+        Mode::Train(rng) if p > 0.0 => rng,
+        _ => return Ok(x.clone()),
+    };
+    let scale = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    x * mask
+}
+
+/// Log-softmax over the last dimension built from ops that all have gradients.
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Builds a model for a checkpoint with its dropout settings.
+pub fn dropouts_of(config: &crate::arch::BertConfig) -> Dropouts {
+    Dropouts {
+        hidden: config.hidden_dropout_prob as f32,
+        attention: config.attention_probs_dropout_prob as f32,
+        classifier: config
+            .classifier_dropout
+            .unwrap_or(config.hidden_dropout_prob) as f32,
+    }
+}
+
+/// The device used for compute.
+pub fn default_device() -> Device {
+    Device::Cpu
+}

@@ -1,0 +1,300 @@
+//! Fused CPU ops with their own backward passes. candle's `LayerNorm` and `softmax_last_dim` have
+//! no backward and silently drop gradients (see CANDLE-NOTES.md); these replace them and are
+//! checked against composite candle ops (which do have gradients) in the tests below.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+
+fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused op needs a contiguous input"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(cpu_f32(cpu, layout)?)),
+        _ => candle_core::bail!("fused ops run on the CPU only"),
+    }
+}
+
+/// LayerNorm over the last dimension: (x, weight, bias) → y.
+struct LayerNormOp {
+    eps: f32,
+}
+
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s1, l1)?;
+        let w = cpu_f32(s2, l2)?;
+        let b = cpu_f32(s3, l3)?;
+        let h = w.len();
+        let mut out = vec![0f32; x.len()];
+        for (row, dst) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            let (mean, rstd) = row_stats(row, self.eps);
+            for i in 0..h {
+                dst[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = w.elem_count();
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let ws = w.to_vec1::<f32>()?;
+        let dys = grad.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; xs.len()];
+        let mut dw = vec![0f32; h];
+        let mut db = vec![0f32; h];
+        let mut xhat = vec![0f32; h];
+        for ((row, dy), dst) in xs
+            .chunks_exact(h)
+            .zip(dys.chunks_exact(h))
+            .zip(dx.chunks_exact_mut(h))
+        {
+            let (mean, rstd) = row_stats(row, self.eps);
+            let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+            for i in 0..h {
+                xhat[i] = (row[i] - mean) * rstd;
+                let g = dy[i] * ws[i];
+                sum_g += g;
+                sum_gx += g * xhat[i];
+                dw[i] += dy[i] * xhat[i];
+                db[i] += dy[i];
+            }
+            let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
+            for i in 0..h {
+                dst[i] = rstd * (dy[i] * ws[i] - mean_g - xhat[i] * mean_gx);
+            }
+        }
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// Layer normalisation over the last dimension, with gradients for x, weight and bias.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(weight, bias, LayerNormOp { eps: eps as f32 })
+}
+
+/// Softmax over the last dimension.
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_f32(s, l)?;
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        for (row, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (d, v) in dst.iter_mut().zip(row) {
+                *d = (v - max).exp();
+                sum += *d;
+            }
+            let inv = 1.0 / sum;
+            dst.iter_mut().for_each(|d| *d *= inv);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let n = y.dims().last().copied().unwrap_or(1).max(1);
+        let dys = grad.flatten_all()?.to_vec1::<f32>()?;
+        let dx = with_f32(y, |ys| {
+            let mut dx = vec![0f32; ys.len()];
+            for ((yr, dyr), dst) in ys
+                .chunks_exact(n)
+                .zip(dys.chunks_exact(n))
+                .zip(dx.chunks_exact_mut(n))
+            {
+                let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+                for i in 0..n {
+                    dst[i] = yr[i] * (dyr[i] - dot);
+                }
+            }
+            dx
+        })?;
+        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+/// Softmax over the last dimension, with a gradient.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::rng::Rng::new(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn composite_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let xhat = xc
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap();
+        xhat.broadcast_mul(w).unwrap().broadcast_add(b).unwrap()
+    }
+
+    #[test]
+    fn layer_norm_matches_composite_forward_and_backward() {
+        let x = Var::from_tensor(&random(&[3, 5, 16], 1)).unwrap();
+        let w = Var::from_tensor(&(random(&[16], 2) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&random(&[16], 3)).unwrap();
+        let probe = random(&[3, 5, 16], 4);
+        let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let reference = composite_layer_norm(&x, &w, &b, 1e-5);
+        assert!(max_diff(&fused, &reference) < 1e-5);
+        let g1 = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (reference * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (a, r) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(max_diff(a, r) < 1e-4, "{}", max_diff(a, r));
+        }
+    }
+
+    #[test]
+    fn softmax_matches_composite_forward_and_backward() {
+        let x = Var::from_tensor(&(random(&[2, 3, 4, 7], 5) * 3.0).unwrap()).unwrap();
+        let probe = random(&[2, 3, 4, 7], 6);
+        let fused = softmax_last_dim(&x).unwrap();
+        let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-6);
+        let g1 = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (reference * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn layer_norm_gradient_matches_finite_differences() {
+        let x0 = random(&[2, 6], 9);
+        let w = random(&[6], 10);
+        let b = random(&[6], 11);
+        let probe = random(&[2, 6], 12);
+        let loss = |x: &Tensor| -> f64 {
+            (layer_norm(x, &w, &b, 1e-5).unwrap() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let xv = Var::from_tensor(&x0).unwrap();
+        let grads = (layer_norm(&xv, &w, &b, 1e-5).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let analytic = grads
+            .get(&xv)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base = x0.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let eps = 1e-2f32;
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            plus[i] += eps;
+            let mut minus = base.clone();
+            minus[i] -= eps;
+            let t = |v: Vec<f32>| Tensor::from_vec(v, (2, 6), &Device::Cpu).unwrap();
+            let numeric = (loss(&t(plus)) - loss(&t(minus))) / (2.0 * eps as f64);
+            assert!(
+                (numeric - analytic[i] as f64).abs() < 2e-2,
+                "{i}: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+    }
+}
