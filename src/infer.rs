@@ -138,6 +138,7 @@ pub fn forward_to_file(
     force: bool,
     batch_size: usize,
 ) -> Result<()> {
+    atomic::refuse_existing(out, force)?;
     let device = Device::Cpu;
     let sentences = read_sentences(input)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;

@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod budget;
 pub mod error;
+pub mod generate;
 pub mod infer;
 pub mod io;
 pub mod model;

@@ -1,1 +1,8 @@
+//! The one integration-test binary: a module per area, helpers in `util`.
 
+mod bad_input;
+mod budget;
+mod checkpoint_io;
+mod model;
+mod parity;
+mod util;

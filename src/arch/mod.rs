@@ -121,9 +121,9 @@ impl Arch {
                 .collect(),
         };
         if let EmbeddingKind::Factorized { rank } = info.embeddings {
-            if rank == 0 || rank >= config.vocab_size.min(config.hidden_size) {
+            if rank == 0 || rank > config.vocab_size.min(config.hidden_size) {
                 return Err(format!(
-                    "factorized embedding rank {rank} must be in 1..{}",
+                    "factorized embedding rank {rank} must be in 1..={}",
                     config.vocab_size.min(config.hidden_size)
                 ));
             }

@@ -31,7 +31,8 @@ fn temp_sibling(target: &Path) -> Result<PathBuf> {
     )))
 }
 
-fn refuse_existing(target: &Path, force: bool) -> Result<()> {
+/// Fails early when an output exists and `force` was not given.
+pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
     if target.exists() && !force {
         return Err(Error::OutputExists {
             path: target.to_path_buf(),

@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: tiny generated checkpoints, running the binary,
+//! locating optional data in ../shared.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use surgery::arch::{BertConfig, Layout};
+use surgery::generate::random_checkpoint;
+use surgery::io::Checkpoint;
+
+/// A tiny BERT config: 3 layers, hidden 16, 4 heads, intermediate 24, 5 labels, and the
+/// vocabulary of the committed tiny tokenizer (fixtures/tiny-bert-tc, 172 pieces).
+pub fn tiny_config() -> BertConfig {
+    let mut config = BertConfig::from_json(
+        r#"{"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "intermediate_size": 24, "vocab_size": 172, "max_position_embeddings": 32,
+            "model_type": "bert"}"#,
+    )
+    .unwrap();
+    config.set_labels(&["O", "B-PER", "I-PER", "B-LOC", "I-LOC"].map(String::from));
+    config
+}
+
+/// A random tiny checkpoint with a classifier; weights have std 0.3 so every layer matters, and
+/// LayerNorm parameters are perturbed so their gradients and values are non-trivial.
+pub fn tiny_checkpoint(config: BertConfig, layout: Layout, seed: u64) -> Checkpoint {
+    let mut ckpt = random_checkpoint(config, layout, false, true, 0.3, seed).unwrap();
+    perturb_norms(&mut ckpt, seed);
+    let tokenizer = std::fs::read(repo().join("fixtures/tiny-bert-tc/tokenizer.json")).unwrap();
+    ckpt.tokenizer_files
+        .insert("tokenizer.json".into(), tokenizer);
+    ckpt
+}
+
+fn perturb_norms(ckpt: &mut Checkpoint, seed: u64) {
+    let mut rng = surgery::rng::Rng::new(seed + 1000);
+    for (key, shape) in ckpt.arch.expected_tensors() {
+        let is_norm = matches!(
+            key,
+            surgery::arch::Key::LayerNorm { .. } | surgery::arch::Key::EmbeddingNorm(_)
+        );
+        if is_norm {
+            let t = ckpt.tensor(key, &Device::Cpu).unwrap();
+            let noise: Vec<f32> = (0..shape[0]).map(|_| 0.1 * rng.normal()).collect();
+            let noise = Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu).unwrap();
+            ckpt.set_tensor(key, (t + noise).unwrap());
+        }
+    }
+}
+
+/// Saves a checkpoint into `dir/name` and returns the folder.
+pub fn save(ckpt: &Checkpoint, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    ckpt.save(&out, false, ckpt.history()).unwrap();
+    out
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `surgery` binary.
+pub fn surgery(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_surgery"))
+        .args(args)
+        .output()
+        .expect("run surgery");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The MiniLM checkpoint in ../shared, or None (with a message) when absent.
+pub fn minilm() -> Option<PathBuf> {
+    let dir = repo().join("../shared/models/minilm-l6-h384-uncased");
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: {} not found", dir.display());
+        None
+    }
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
