@@ -3,10 +3,12 @@
 
 pub mod arch;
 pub mod budget;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod infer;
 pub mod io;
+pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod tokenize;

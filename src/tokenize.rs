@@ -58,6 +58,11 @@ impl WordTokenizer {
         self.pad_id
     }
 
+    /// The id of `[UNK]` (the pad id when the vocabulary has none).
+    pub fn unk_id(&self) -> u32 {
+        self.inner.token_to_id("[UNK]").unwrap_or(self.pad_id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
