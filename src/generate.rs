@@ -48,3 +48,30 @@ pub fn random_checkpoint(
     }
     Checkpoint::from_tensors(config, layout, tensors)
 }
+
+/// Gives a checkpoint a fresh token-classification head for `labels` (normal(0, std) weights,
+/// zero bias), replacing any existing one.
+pub fn attach_classifier(
+    ckpt: &mut Checkpoint,
+    labels: &[String],
+    std: f32,
+    seed: u64,
+) -> Result<()> {
+    let mut config = ckpt.config.clone();
+    config.set_labels(labels);
+    let arch = Arch::resolve(&config, ckpt.arch.layout, ckpt.arch.has_pooler, true)
+        .map_err(Error::Spec)?;
+    let mut rng = Rng::new(seed);
+    let (n, h) = (labels.len(), ckpt.arch.hidden);
+    let weight: Vec<f32> = (0..n * h).map(|_| rng.normal() * std).collect();
+    ckpt.set_tensor(
+        Key::Classifier(NormPart::Weight),
+        Tensor::from_vec(weight, (n, h), &Device::Cpu)?,
+    );
+    ckpt.set_tensor(
+        Key::Classifier(NormPart::Bias),
+        Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu)?,
+    );
+    ckpt.config = config;
+    ckpt.set_arch(arch)
+}

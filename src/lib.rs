@@ -5,12 +5,18 @@ pub mod arch;
 pub mod budget;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod infer;
 pub mod io;
 pub mod metrics;
 pub mod model;
+pub mod predict;
+pub mod quickstart;
 pub mod rng;
+pub mod score;
+pub mod synthetic;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -3,7 +3,9 @@
 mod bad_input;
 mod budget;
 mod checkpoint_io;
+mod data;
 mod metrics;
 mod model;
 mod parity;
+mod train;
 mod util;

@@ -22,6 +22,17 @@ pub struct InspectArgs {
     budget: Option<u64>,
 }
 
+impl InspectArgs {
+    /// Table output of one checkpoint, no budget check.
+    pub fn for_checkpoint(checkpoint: PathBuf) -> Self {
+        InspectArgs {
+            checkpoint,
+            json: false,
+            budget: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     checkpoint: String,

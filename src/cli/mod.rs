@@ -1,6 +1,8 @@
 //! Command-line interface (clap derive). Each subcommand arm calls one library function.
 
+mod evaluate;
 mod inspect;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +21,26 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The embedded default job: synthetic NER data, a tiny BERT, fine-tuning, test report, budget.
+    Quickstart {
+        /// Output folder (data, initial model, training run).
+        #[arg(long, default_value = "runs/quickstart")]
+        out: PathBuf,
+        /// Replace an existing output folder.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the parameter budget of a checkpoint, per component and per layer.
     Inspect(inspect::InspectArgs),
+    /// Training: fine-tuning (and later distillation, head gates).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Evaluate a checkpoint on labelled data (seqeval entity F1, per-type report, tokens/s).
+    Eval(evaluate::EvalArgs),
+    /// Score a file of gold and predicted tags (conlleval layout).
+    Score(evaluate::ScoreArgs),
+    /// Tag plain text, one passage per line; prints entities as JSON lines.
+    Predict(evaluate::PredictArgs),
     /// Run a checkpoint on pre-tokenised sentences and write ids, mask, hidden states and logits.
     Forward {
         /// Checkpoint folder.
@@ -42,7 +62,12 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Quickstart { out, force } => quickstart(&out, force),
         Command::Inspect(args) => inspect::run(args),
+        Command::Train(command) => train::run(command),
+        Command::Eval(args) => evaluate::eval(args),
+        Command::Score(args) => evaluate::score(args),
+        Command::Predict(args) => evaluate::predict(args),
         Command::Forward {
             checkpoint,
             input,
@@ -57,6 +82,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn quickstart(out: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
+    let result = surgery::quickstart::run(out, force, &surgery::quickstart::default_spec())?;
+    let best = result.outcome.run_dir.join("best");
+    let test = result
+        .outcome
+        .test
+        .as_ref()
+        .expect("the quickstart evaluates on its test split");
+    println!("\nsynthetic data: {}", result.data_dir.display());
+    println!("test set report (best checkpoint by dev F1):\n");
+    print!("{}", surgery::metrics::format_report(test));
+    println!();
+    inspect::run(inspect::InspectArgs::for_checkpoint(best.clone()))?;
+    println!(
+        "\nnext: surgery eval {} --data {}",
+        best.display(),
+        result.data_dir.join("test.txt").display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open(path: &std::path::Path) -> anyhow::Result<Checkpoint> {

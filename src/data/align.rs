@@ -39,7 +39,9 @@ pub fn encode_dataset(
     max_len: usize,
 ) -> Result<Vec<Example>> {
     if max_len < 3 {
-        return Err(Error::Spec(format!("max length {max_len} leaves no room for words")));
+        return Err(Error::Spec(format!(
+            "max length {max_len} leaves no room for words"
+        )));
     }
     let unk = [tokenizer.unk_id()];
     let mut examples = vec![];

@@ -36,7 +36,10 @@ pub fn bucket_batches(lengths: &[usize], batch_size: usize, rng: Option<&mut Rng
 pub fn random_batches(lengths: &[usize], batch_size: usize, rng: &mut Rng) -> BatchPlan {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     rng.shuffle(&mut order);
-    let batches: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect();
+    let batches: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
     BatchPlan {
         padding_ratio: padding_ratio(&batches, lengths),
         batches,

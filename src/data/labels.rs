@@ -26,7 +26,9 @@ impl LabelSet {
         let mut ids = HashMap::new();
         for (i, l) in labels.iter().enumerate() {
             if ids.insert(l.clone(), i).is_some() {
-                return Err(Error::Spec(format!("label `{l}` appears twice in the label set")));
+                return Err(Error::Spec(format!(
+                    "label `{l}` appears twice in the label set"
+                )));
             }
         }
         if labels.is_empty() {

@@ -167,7 +167,10 @@ fn parse_jsonl(path: &Path, text: &str, options: &ReadOptions) -> Result<Vec<Sen
             .map(|t| match (t.as_str(), t.as_u64(), &options.tag_names) {
                 (Some(s), _, _) => Ok(s.to_string()),
                 (None, Some(id), Some(names)) => names.get(id as usize).cloned().ok_or_else(|| {
-                    bad(format!("tag id {id} is outside the {} known labels", names.len()))
+                    bad(format!(
+                        "tag id {id} is outside the {} known labels",
+                        names.len()
+                    ))
                 }),
                 (None, Some(id), None) => Err(bad(format!(
                     "integer tag {id} but no label names were given (--tag-names)"
@@ -227,7 +230,8 @@ mod tests {
 
     #[test]
     fn conll_columns_docstart_and_blank_lines() {
-        let text = "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects\tVBZ\tO\n\n\nPeter B-PER\r\n";
+        let text =
+            "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects\tVBZ\tO\n\n\nPeter B-PER\r\n";
         let s = parse_conll(Path::new("x"), text).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].words, vec!["EU", "rejects"]);

@@ -49,7 +49,14 @@ pub fn entities_default(tags: &[&str]) -> Vec<Entity> {
 fn end_of_chunk(prev: char, tag: char, prev_type: &str, kind: &str) -> bool {
     matches!(
         (prev, tag),
-        ('E', _) | ('S', _) | ('B', 'B') | ('B', 'S') | ('B', 'O') | ('I', 'B') | ('I', 'S') | ('I', 'O')
+        ('E', _)
+            | ('S', _)
+            | ('B', 'B')
+            | ('B', 'S')
+            | ('B', 'O')
+            | ('I', 'B')
+            | ('I', 'S')
+            | ('I', 'O')
     ) || (prev != 'O' && prev != '.' && prev_type != kind)
 }
 
@@ -80,9 +87,19 @@ pub fn entities_strict_iob2(tags: &[&str]) -> std::result::Result<Vec<Entity>, S
             _ => return Err(format!("tag `{t}` is not IOB2 (strict mode)")),
         };
         let kind = t[1..].trim_matches('-');
-        Ok((prefix, if kind.is_empty() { "_".into() } else { kind.into() }))
+        Ok((
+            prefix,
+            if kind.is_empty() {
+                "_".into()
+            } else {
+                kind.into()
+            },
+        ))
     };
-    let mut tokens = tags.iter().map(|t| parse(t)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut tokens = tags
+        .iter()
+        .map(|t| parse(t))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     tokens.push((Prefix::O, "_".into()));
     let inside = |prev: &(Prefix, String), cur: &(Prefix, String)| {
         cur.0 == Prefix::I && matches!(prev.0, Prefix::B | Prefix::I) && prev.1 == cur.1
@@ -175,7 +192,11 @@ impl Report {
 }
 
 /// Scores predicted against gold tag sequences, sentence by sentence (seqeval's micro average).
-pub fn evaluate<S: AsRef<str>>(gold: &[Vec<S>], predicted: &[Vec<S>], mode: Mode) -> Result<Report> {
+pub fn evaluate<S: AsRef<str>>(
+    gold: &[Vec<S>],
+    predicted: &[Vec<S>],
+    mode: Mode,
+) -> Result<Report> {
     if gold.len() != predicted.len() {
         return Err(Error::Spec(format!(
             "{} gold sentences but {} predicted",
@@ -213,7 +234,10 @@ pub fn evaluate<S: AsRef<str>>(gold: &[Vec<S>], predicted: &[Vec<S>], mode: Mode
         gold: a.gold + c.gold,
         predicted: a.predicted + c.predicted,
     });
-    let per_type: BTreeMap<String, Row> = counts.iter().map(|(k, c)| (k.clone(), Row::from(*c))).collect();
+    let per_type: BTreeMap<String, Row> = counts
+        .iter()
+        .map(|(k, c)| (k.clone(), Row::from(*c)))
+        .collect();
     let n = per_type.len().max(1) as f64;
     let macro_avg = Row {
         precision: per_type.values().map(|r| r.precision).sum::<f64>() / n,
@@ -225,7 +249,11 @@ pub fn evaluate<S: AsRef<str>>(gold: &[Vec<S>], predicted: &[Vec<S>], mode: Mode
         if total.gold == 0 {
             0.0
         } else {
-            per_type.values().map(|r| f(r) * r.support as f64).sum::<f64>() / total.gold as f64
+            per_type
+                .values()
+                .map(|r| f(r) * r.support as f64)
+                .sum::<f64>()
+                / total.gold as f64
         }
     };
     let weighted = Row {
@@ -272,7 +300,13 @@ fn strict_entities<S: AsRef<str>>(sentences: &[Vec<S>]) -> Result<EntitySet> {
 
 /// The report as a table in the layout of seqeval's `classification_report`.
 pub fn format_report(report: &Report) -> String {
-    let width = report.per_type.keys().map(|k| k.len()).max().unwrap_or(0).max(12);
+    let width = report
+        .per_type
+        .keys()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut out = format!(
         "{:>width$}  {:>9} {:>9} {:>9} {:>9}\n\n",
         "", "precision", "recall", "f1-score", "support"
@@ -305,7 +339,11 @@ mod tests {
     fn default_mode_accepts_i_after_o_and_splits_on_type_change() {
         assert_eq!(
             entities_default(&tags("O I-PER I-PER B-LOC I-ORG O")),
-            vec![("PER".into(), 1, 2), ("LOC".into(), 3, 3), ("ORG".into(), 4, 4)]
+            vec![
+                ("PER".into(), 1, 2),
+                ("LOC".into(), 3, 3),
+                ("ORG".into(), 4, 4)
+            ]
         );
     }
 

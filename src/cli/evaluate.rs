@@ -1,0 +1,196 @@
+//! `surgery eval`, `surgery score` and `surgery predict`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Args;
+
+use surgery::data::labels::UnknownLabels;
+use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use surgery::eval::{evaluate_model, Prepared};
+use surgery::infer::load_model;
+use surgery::io::Checkpoint;
+use surgery::metrics::{format_report, Mode};
+use surgery::tokenize::WordTokenizer;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder with a classifier.
+    checkpoint: PathBuf,
+    /// Labelled data (CoNLL or JSONL).
+    #[arg(long)]
+    data: PathBuf,
+    /// Print JSON instead of the report table.
+    #[arg(long)]
+    json: bool,
+    /// seqeval's strict mode with the IOB2 scheme.
+    #[arg(long)]
+    strict: bool,
+    /// Write `word gold predicted` lines (CoNLL layout, for `surgery score`).
+    #[arg(long)]
+    write_predictions: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Convert IOB1 tags to IOB2 while reading.
+    #[arg(long)]
+    iob1: bool,
+    /// Tags the checkpoint does not know: `error` or `o` (treated as O for alignment).
+    #[arg(long, default_value = "error")]
+    unknown_labels: String,
+}
+
+fn mode(strict: bool) -> Mode {
+    if strict {
+        Mode::StrictIob2
+    } else {
+        Mode::Default
+    }
+}
+
+fn checkpoint_labels(ckpt: &Checkpoint) -> anyhow::Result<LabelSet> {
+    let labels = ckpt
+        .config
+        .labels()
+        .filter(|_| ckpt.arch.num_labels.is_some())
+        .ok_or_else(|| {
+            surgery::Error::Spec(format!(
+                "{}: the checkpoint has no classifier",
+                ckpt.source().display()
+            ))
+        })?;
+    Ok(LabelSet::new(labels)?)
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let labels = checkpoint_labels(&ckpt)?;
+    let unknown = match args.unknown_labels.as_str() {
+        "error" => UnknownLabels::Error,
+        "o" | "O" => UnknownLabels::Outside,
+        other => {
+            return Err(surgery::Error::Spec(format!(
+                "--unknown-labels `{other}`: expected error or o"
+            ))
+            .into())
+        }
+    };
+    let options = ReadOptions {
+        iob1_to_iob2: args.iob1,
+        tag_names: None,
+    };
+    let data = read_dataset(&args.data, &options)?;
+    let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
+    let max_len = args.max_len.min(ckpt.arch.max_positions);
+    let prepared = Prepared::new(
+        &tokenizer,
+        data,
+        &labels,
+        unknown,
+        Alignment::FirstSubtoken,
+        max_len,
+    )?;
+    let device = Device::Cpu;
+    let model = load_model(&ckpt, &device)?;
+    let e = evaluate_model(
+        &model,
+        &prepared,
+        &labels,
+        tokenizer.pad_id(),
+        args.batch_size,
+        mode(args.strict),
+        &device,
+    )?;
+    if let Some(path) = &args.write_predictions {
+        let mut text = String::new();
+        for (s, pred) in prepared.data.sentences.iter().zip(&e.predicted) {
+            for ((w, g), p) in s.words.iter().zip(&s.tags).zip(pred) {
+                text.push_str(&format!("{w} {g} {p}\n"));
+            }
+            text.push('\n');
+        }
+        surgery::io::atomic::write_file(path, true, |tmp| {
+            std::fs::write(tmp, text.as_bytes()).map_err(|err| surgery::Error::Io {
+                path: tmp.to_path_buf(),
+                source: err,
+            })
+        })?;
+    }
+    if args.json {
+        let out = serde_json::json!({
+            "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
+            "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", format_report(&e.report));
+        println!(
+            "\n{} sentences, {:.0} tokens/s ({:.2} s)",
+            prepared.data.sentences.len(),
+            e.tokens_per_second,
+            e.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// CoNLL layout whose last two columns are the gold and the predicted tag.
+    file: PathBuf,
+    #[arg(long)]
+    strict: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let report = surgery::score::score_file(&args.file, mode(args.strict))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", format_report(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Checkpoint folder with a classifier.
+    checkpoint: PathBuf,
+    /// Text file, one passage per line (default: standard input).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
+    let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let lines: Vec<String> = match &args.input {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| surgery::Error::Io {
+                path: p.clone(),
+                source: e,
+            })?
+            .lines()
+            .map(String::from)
+            .collect(),
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading standard input")?,
+    };
+    let model = load_model(&ckpt, &Device::Cpu)?;
+    let predictions = surgery::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
+    let mut out = std::io::stdout().lock();
+    for p in predictions {
+        writeln!(out, "{}", serde_json::to_string(&p)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,66 @@
+//! `surgery train finetune`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Fine-tune a checkpoint on NER data (cross-entropy on the aligned labels).
+    Finetune(FinetuneArgs),
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Checkpoint folder to start from (a classifier is added if it has none).
+    checkpoint: PathBuf,
+    /// Run folder: run.json, metrics.jsonl, best/ and last/ checkpoints.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue an interrupted run from out/last.
+    #[arg(long)]
+    resume: bool,
+    /// Replace an existing run folder.
+    #[arg(long)]
+    force: bool,
+    /// Stop after N optimizer steps as if interrupted (continue later with --resume).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    #[command(flatten)]
+    data: DataSpec,
+    #[command(flatten)]
+    spec: TrainSpec,
+}
+
+pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TrainCommand::Finetune(a) => {
+            let options = RunOptions {
+                resume: a.resume,
+                force: a.force,
+                stop_after: a.stop_after,
+            };
+            let outcome = finetune(&a.checkpoint, &a.data, &a.spec, &a.out, options)?;
+            println!(
+                "best dev F1 {:.4} at step {} of {}; best checkpoint: {}",
+                outcome.best_dev_f1,
+                outcome.best_step,
+                outcome.steps,
+                outcome.run_dir.join("best").display()
+            );
+            if let Some(test) = &outcome.test {
+                println!("test F1 {:.4} (best checkpoint)", test.f1());
+            }
+            println!(
+                "training throughput {:.0} real tokens/s, padding {:.1}%, {:.0} s",
+                outcome.train_tokens_per_second,
+                outcome.padding_ratio * 100.0,
+                outcome.seconds
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

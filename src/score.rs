@@ -1,0 +1,57 @@
+//! `surgery score`: entity scores of a file in conlleval's layout (last two columns: gold and
+//! predicted tag; blank lines between sentences).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::metrics::{evaluate, Mode, Report};
+
+/// Reads gold and predicted tags per sentence.
+pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let (mut gold, mut pred) = (vec![], vec![]);
+    let (mut g, mut p) = (vec![], vec![]);
+    for (i, line) in text.lines().enumerate() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.is_empty() || cols[0] == "-DOCSTART-" {
+            if !g.is_empty() {
+                gold.push(std::mem::take(&mut g));
+                pred.push(std::mem::take(&mut p));
+            }
+            continue;
+        }
+        if cols.len() < 2 {
+            return Err(Error::Input {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: "expected at least two columns: gold and predicted tag".into(),
+            });
+        }
+        g.push(cols[cols.len() - 2].to_string());
+        p.push(cols[cols.len() - 1].to_string());
+    }
+    if !g.is_empty() {
+        gold.push(g);
+        pred.push(p);
+    }
+    if gold.is_empty() {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "no tagged lines".into(),
+        });
+    }
+    Ok((gold, pred))
+}
+
+pub fn score_file(path: &Path, mode: Mode) -> Result<Report> {
+    let (gold, pred) = read_pairs(path)?;
+    evaluate(&gold, &pred, mode).map_err(|e| match e {
+        Error::Spec(msg) => Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg,
+        },
+        other => other,
+    })
+}

@@ -1,0 +1,55 @@
+//! Losses over the scored positions of a batch (tokens whose label is not ignored).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::data::align::IGNORE;
+use crate::model::log_softmax;
+
+/// Positions (flattened over batch × length) whose label is not ignored, and those labels.
+pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<u32>, Vec<u32>) {
+    let len = labels.first().map_or(0, |r| r.len());
+    let mut positions = vec![];
+    let mut targets = vec![];
+    for (b, row) in labels.iter().enumerate() {
+        for (t, &l) in row.iter().enumerate() {
+            if l != IGNORE {
+                positions.push((b * len + t) as u32);
+                targets.push(l as u32);
+            }
+        }
+    }
+    (positions, targets)
+}
+
+/// Mean cross-entropy of `logits` [B, L, C] at `positions` against `targets`.
+pub fn cross_entropy(
+    logits: &Tensor,
+    positions: &Tensor,
+    targets: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let c = logits.dim(D::Minus1)?;
+    let picked = logits.reshape(((), c))?.index_select(positions, 0)?;
+    let logp = log_softmax(&picked)?;
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    nll.mean_all()?.to_dtype(DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cross_entropy_matches_a_hand_computation() {
+        let logits = Tensor::new(&[[[1.0f32, 2.0, 0.5], [0.0, 0.0, 0.0]]], &Device::Cpu).unwrap();
+        let (pos, tgt) = scored_positions(&[vec![1, IGNORE]]);
+        let pos = Tensor::new(pos.as_slice(), &Device::Cpu).unwrap();
+        let tgt = Tensor::new(tgt.as_slice(), &Device::Cpu).unwrap();
+        let loss = cross_entropy(&logits, &pos, &tgt)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let lse = (1f32.exp() + 2f32.exp() + 0.5f32.exp()).ln();
+        assert!((loss - (lse - 2.0)).abs() < 1e-6);
+    }
+}

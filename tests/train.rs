@@ -1,0 +1,354 @@
+//! The fine-tuning trainer on tiny synthetic data: it learns, a seed makes it repeatable, an
+//! interrupted run resumes to the same weights, a NaN loss stops it cleanly, and bad data or a
+//! mismatching classifier are refused with clear errors.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use surgery::arch::{BertConfig, Key, Layout, NormPart};
+use surgery::data::labels::UnknownLabels;
+use surgery::generate::random_checkpoint;
+use surgery::io::Checkpoint;
+use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
+
+use crate::util::{max_abs_diff, surgery, tempdir};
+
+/// Synthetic train/dev/test files and a tiny random BERT with a matching tokenizer.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub model: PathBuf,
+    pub data: DataSpec,
+}
+
+pub fn setup(train_sentences: usize) -> Setup {
+    let dir = tempdir();
+    let root = dir.path();
+    let mut datasets = vec![];
+    for (name, n, seed) in [
+        ("train", train_sentences, 1),
+        ("dev", 60, 2),
+        ("test", 60, 3),
+    ] {
+        let path = root.join(format!("{name}.txt"));
+        surgery::synthetic::write_conll(
+            &path,
+            &surgery::synthetic::sentences(n, seed, name != "train"),
+        )
+        .unwrap();
+        datasets.push(surgery::data::read_dataset(&path, &Default::default()).unwrap());
+    }
+    let (tokenizer, vocab) =
+        surgery::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
+    let config = BertConfig::from_json(&format!(
+        r#"{{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 64, "vocab_size": {vocab}, "max_position_embeddings": 64}}"#
+    ))
+    .unwrap();
+    let mut ckpt = random_checkpoint(config, Layout::Bare, false, false, 0.02, 1).unwrap();
+    ckpt.tokenizer_files
+        .insert("tokenizer.json".into(), tokenizer.into_bytes());
+    let model = root.join("init");
+    ckpt.save(&model, false, vec![]).unwrap();
+    let data = DataSpec {
+        train: root.join("train.txt"),
+        dev: root.join("dev.txt"),
+        test: Some(root.join("test.txt")),
+        iob1: false,
+        unknown_labels: UnknownLabels::Error,
+        reinit_classifier: false,
+    };
+    Setup { dir, model, data }
+}
+
+pub fn quick_spec() -> TrainSpec {
+    let mut spec = surgery::quickstart::default_spec();
+    spec.epochs = 2;
+    spec.batch_size = 16;
+    spec.eval_every = 5;
+    spec.log_every = 5;
+    spec
+}
+
+fn weights(path: &Path) -> Checkpoint {
+    Checkpoint::open(path).unwrap()
+}
+
+fn assert_same_weights(a: &Checkpoint, b: &Checkpoint) {
+    for (key, _) in a.arch.expected_tensors() {
+        let d = max_abs_diff(
+            &a.tensor(key, &Device::Cpu).unwrap(),
+            &b.tensor(key, &Device::Cpu).unwrap(),
+        );
+        assert_eq!(d, 0.0, "{key} differs by {d}");
+    }
+}
+
+#[test]
+fn finetuning_learns_and_writes_the_run_folder() {
+    let s = setup(1000);
+    let out = s.dir.path().join("run");
+    let mut spec = quick_spec();
+    spec.epochs = 3;
+    let outcome = finetune(&s.model, &s.data, &spec, &out, RunOptions::default()).unwrap();
+    assert!(outcome.best_dev_f1 > 0.5, "dev F1 {}", outcome.best_dev_f1);
+    assert!(outcome.test.unwrap().f1() > 0.4);
+    for file in [
+        "run.json",
+        "metrics.jsonl",
+        "test.json",
+        "best/model.safetensors",
+        "last/state/progress.json",
+    ] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    assert!(losses.last().unwrap() < &(losses[0] * 0.5), "{losses:?}");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["spec"]["lr"], 1e-3);
+    assert!(run["provenance"]["files"]["train"]["fnv1a64"].is_string());
+    // The best checkpoint carries the labels and the history.
+    let best = weights(&out.join("best"));
+    assert_eq!(best.config.labels().unwrap()[0], "O");
+    assert_eq!(best.history().last().unwrap().op, "train finetune");
+}
+
+#[test]
+fn a_seed_makes_training_repeatable() {
+    let s = setup(96);
+    let mut spec = quick_spec();
+    spec.epochs = 1;
+    let a = s.dir.path().join("a");
+    let b = s.dir.path().join("b");
+    finetune(&s.model, &s.data, &spec, &a, RunOptions::default()).unwrap();
+    finetune(&s.model, &s.data, &spec, &b, RunOptions::default()).unwrap();
+    assert_same_weights(
+        &weights(&a.join("last/model")),
+        &weights(&b.join("last/model")),
+    );
+    spec.seed += 1;
+    let c = s.dir.path().join("c");
+    finetune(&s.model, &s.data, &spec, &c, RunOptions::default()).unwrap();
+    let (x, y) = (
+        weights(&a.join("last/model")),
+        weights(&c.join("last/model")),
+    );
+    let key = Key::Classifier(NormPart::Weight);
+    assert!(
+        max_abs_diff(
+            &x.tensor(key, &Device::Cpu).unwrap(),
+            &y.tensor(key, &Device::Cpu).unwrap()
+        ) > 0.0
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    let s = setup(96);
+    let spec = quick_spec(); // 2 epochs of 6 batches = 12 steps
+    let full = s.dir.path().join("full");
+    finetune(&s.model, &s.data, &spec, &full, RunOptions::default()).unwrap();
+    let cut = s.dir.path().join("cut");
+    let stopped = RunOptions {
+        stop_after: Some(7),
+        ..Default::default()
+    };
+    let partial = finetune(&s.model, &s.data, &spec, &cut, stopped).unwrap();
+    assert_eq!(partial.steps, 7);
+    let resumed = finetune(
+        &s.model,
+        &s.data,
+        &spec,
+        &cut,
+        RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed.steps, 12);
+    assert_same_weights(
+        &weights(&full.join("last/model")),
+        &weights(&cut.join("last/model")),
+    );
+    // A different spec is refused on resume.
+    let mut other = spec.clone();
+    other.lr *= 2.0;
+    let err = finetune(
+        &s.model,
+        &s.data,
+        &other,
+        &cut,
+        RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other hyper-parameters"), "{err}");
+    // An existing run folder is not overwritten without --force.
+    let err = finetune(&s.model, &s.data, &spec, &cut, RunOptions::default()).unwrap_err();
+    assert!(matches!(err, surgery::Error::OutputExists { .. }));
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_with_a_clear_message() {
+    let s = setup(64);
+    let mut ckpt = Checkpoint::open(&s.model).unwrap();
+    let labels = surgery::data::LabelSet::discover(
+        &surgery::data::read_dataset(&s.data.train, &Default::default()).unwrap(),
+    )
+    .unwrap();
+    surgery::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
+    let w = ckpt
+        .tensor(Key::Classifier(NormPart::Weight), &Device::Cpu)
+        .unwrap();
+    ckpt.set_tensor(Key::Classifier(NormPart::Weight), (w * f64::NAN).unwrap());
+    let broken = s.dir.path().join("broken");
+    ckpt.save(&broken, false, vec![]).unwrap();
+    let err = finetune(
+        &broken,
+        &s.data,
+        &quick_spec(),
+        &s.dir.path().join("run"),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("loss became NaN at step 0") && msg.contains("none saved yet"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_classifier_with_other_labels_is_refused_unless_reinitialised() {
+    let s = setup(64);
+    let mut ckpt = Checkpoint::open(&s.model).unwrap();
+    surgery::generate::attach_classifier(
+        &mut ckpt,
+        &["O".into(), "B-X".into(), "I-X".into()],
+        0.02,
+        1,
+    )
+    .unwrap();
+    let other = s.dir.path().join("other");
+    ckpt.save(&other, false, vec![]).unwrap();
+    let mut spec = quick_spec();
+    spec.max_steps = 2;
+    let err = finetune(
+        &other,
+        &s.data,
+        &spec,
+        &s.dir.path().join("r1"),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--reinit-classifier"), "{err}");
+    let mut data = s.data.clone();
+    data.reinit_classifier = true;
+    finetune(
+        &other,
+        &data,
+        &spec,
+        &s.dir.path().join("r2"),
+        RunOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        weights(&s.dir.path().join("r2/best")).arch.num_labels,
+        Some(9)
+    );
+}
+
+#[test]
+fn the_cli_trains_evaluates_scores_and_predicts() {
+    let s = setup(64);
+    let run = s.dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "finetune",
+        s.model.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--train",
+        s.data.train.to_str().unwrap(),
+        "--dev",
+        s.data.dev.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--batch-size",
+        "16",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("best dev F1"), "{}", r.stdout);
+    let best = run.join("best");
+    let predictions = s.dir.path().join("pred.txt");
+    let r = surgery(&[
+        "eval",
+        best.to_str().unwrap(),
+        "--data",
+        s.data.test.as_ref().unwrap().to_str().unwrap(),
+        "--json",
+        "--write-predictions",
+        predictions.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let eval: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // `score` on the written predictions reproduces the F1 of `eval`.
+    let r = surgery(&["score", predictions.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let score: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(score["micro"]["f1"], eval["report"]["micro"]["f1"]);
+    assert!(eval["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let text = s.dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "Anna Smith visited Paris on Monday.\n\nShares of Siemens rose.\n",
+    )
+    .unwrap();
+    let r = surgery(&[
+        "predict",
+        best.to_str().unwrap(),
+        "--input",
+        text.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1]["entities"].as_array().unwrap().len(), 0);
+    for e in lines[0]["entities"].as_array().unwrap() {
+        let (start, end) = (
+            e["start"].as_u64().unwrap() as usize,
+            e["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(
+            &lines[0]["text"].as_str().unwrap()[start..end],
+            e["text"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn the_quickstart_runs_end_to_end() {
+    let dir = tempdir();
+    let out = dir.path().join("qs");
+    let r = surgery(&["quickstart", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("micro avg") && r.stdout.contains("unique parameters"),
+        "{}",
+        r.stdout
+    );
+}
