@@ -75,3 +75,56 @@ pub fn attach_classifier(
     ckpt.config = config;
     ckpt.set_arch(arch)
 }
+
+/// Writes a checkpoint folder whose tensors are all zeros without writing their bytes: the
+/// safetensors data section is a hole in a sparse file. For parameter-count tests and
+/// header-reading benchmarks at full size (bert-base: 430 MB that take no disk).
+pub fn write_zero_checkpoint(
+    dir: &std::path::Path,
+    config: &BertConfig,
+    layout: Layout,
+    with_classifier: bool,
+) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let config_path = dir.join("config.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_string_pretty(config).expect("json"),
+    )
+    .map_err(|e| Error::io(&config_path, e))?;
+    let arch = Arch::resolve(config, layout, false, with_classifier).map_err(Error::Spec)?;
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (key, shape) in arch.expected_tensors() {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(
+            key.name(layout),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let header = serde_json::to_vec(&header).expect("json");
+    let path = dir.join("model.safetensors");
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+    f.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| f.write_all(&header))
+        .and_then(|()| f.set_len((8 + header.len() + offset) as u64))
+        .map_err(|e| Error::io(&path, e))
+}
+
+/// The configuration of `bert-base-cased` with a 9-label CoNLL-2003 head.
+pub fn bert_base_cased_ner_config() -> BertConfig {
+    let mut config = BertConfig::from_json(
+        r#"{"architectures": ["BertForTokenClassification"], "model_type": "bert",
+            "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "intermediate_size": 3072, "vocab_size": 28996, "max_position_embeddings": 512,
+            "type_vocab_size": 2}"#,
+    )
+    .expect("valid config");
+    let labels = [
+        "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
+    ];
+    config.set_labels(&labels.map(String::from));
+    config
+}

@@ -1,60 +1,17 @@
 //! Parameter counts equal Hugging Face's `num_parameters()`; `inspect --budget` exit codes.
 
-use std::io::Write;
-use std::path::Path;
-
-use surgery::arch::{Arch, BertConfig, Layout};
+use surgery::arch::{Arch, Layout};
 use surgery::budget::Budget;
+use surgery::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 
-use crate::util::{minilm, save, surgery, tempdir, tiny_checkpoint, tiny_config};
-
-fn bert_base_cased_config() -> BertConfig {
-    let mut config = BertConfig::from_json(
-        r#"{"architectures": ["BertForTokenClassification"], "hidden_size": 768,
-            "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-            "vocab_size": 28996, "max_position_embeddings": 512, "type_vocab_size": 2,
-            "model_type": "bert"}"#,
-    )
-    .unwrap();
-    let labels = [
-        "O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC",
-    ];
-    config.set_labels(&labels.map(String::from));
-    config
-}
-
-/// Writes a bert-base-cased-shaped `BertForTokenClassification` checkpoint whose data section is
-/// a hole in a sparse file (all zeros, no disk use): only the header is real.
-pub fn write_zero_checkpoint(dir: &Path, config: &BertConfig, layout: Layout) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string(config).unwrap(),
-    )
-    .unwrap();
-    let arch = Arch::resolve(config, layout, false, true).unwrap();
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (key, shape) in arch.expected_tensors() {
-        let bytes = shape.iter().product::<usize>() * 4;
-        header.insert(
-            key.name(layout),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-    }
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut f = std::fs::File::create(dir.join("model.safetensors")).unwrap();
-    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
-    f.write_all(&header).unwrap();
-    f.set_len((8 + header.len() + offset) as u64).unwrap();
-}
+use crate::util::{minilm, surgery, tempdir, tiny_checkpoint, tiny_config};
 
 #[test]
 fn bert_base_cased_token_classifier_has_hf_parameter_count() {
     let dir = tempdir();
     let ckpt = dir.path().join("bert-base-cased-ner");
-    write_zero_checkpoint(&ckpt, &bert_base_cased_config(), Layout::BertPrefixed);
+    let config = bert_base_cased_ner_config();
+    write_zero_checkpoint(&ckpt, &config, Layout::BertPrefixed, true).unwrap();
     let r = surgery(&["inspect", ckpt.to_str().unwrap(), "--json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -122,5 +79,4 @@ fn inspect_prints_components_layers_and_history() {
     ] {
         assert!(r.stdout.contains(needle), "missing {needle}:\n{}", r.stdout);
     }
-    let _ = save;
 }
