@@ -7,5 +7,6 @@ mod data;
 mod metrics;
 mod model;
 mod parity;
+mod surgeries;
 mod train;
 mod util;

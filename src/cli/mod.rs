@@ -1,5 +1,6 @@
 //! Command-line interface (clap derive). Each subcommand arm calls one library function.
 
+mod cuts;
 mod evaluate;
 mod inspect;
 mod train;
@@ -41,6 +42,8 @@ enum Command {
     Score(evaluate::ScoreArgs),
     /// Tag plain text, one passage per line; prints entities as JSON lines.
     Predict(evaluate::PredictArgs),
+    #[command(flatten)]
+    Surgery(cuts::SurgeryCommand),
     /// Run a checkpoint on pre-tokenised sentences and write ids, mask, hidden states and logits.
     Forward {
         /// Checkpoint folder.
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quickstart { out, force } => quickstart(&out, force),
         Command::Inspect(args) => inspect::run(args),
         Command::Train(command) => train::run(command),
+        Command::Surgery(command) => cuts::run(command),
         Command::Eval(args) => evaluate::eval(args),
         Command::Score(args) => evaluate::score(args),
         Command::Predict(args) => evaluate::predict(args),

@@ -108,3 +108,10 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A random normal tensor (std 1) on the CPU.
+pub fn random_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = surgery::rng::Rng::new(seed);
+    let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}

@@ -1,0 +1,91 @@
+//! The surgery subcommands: read IN, apply, print the budget before → after, write OUT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use surgery::io::Checkpoint;
+use surgery::surgery::{drop_layers, factorize_embeddings, tie_layers, Outcome};
+
+use super::inspect::group;
+
+#[derive(Args)]
+pub struct InOut {
+    /// Input checkpoint folder (never modified).
+    input: PathBuf,
+    /// Output checkpoint folder (written atomically).
+    output: PathBuf,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum SurgeryCommand {
+    /// Factorize the word embeddings V×H into (V×E)(E×H) by truncated SVD.
+    FactorizeEmbeddings {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: factorize_embeddings::Spec,
+    },
+    /// Share weights across layers (ALBERT-style).
+    TieLayers {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: tie_layers::Spec,
+    },
+    /// Keep a subset of the encoder layers.
+    DropLayers {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: drop_layers::Spec,
+    },
+}
+
+pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SurgeryCommand::FactorizeEmbeddings { io, spec } => {
+            apply(io, |c| factorize_embeddings::apply(c, &spec))
+        }
+        SurgeryCommand::TieLayers { io, spec } => apply(io, |c| tie_layers::apply(c, &spec)),
+        SurgeryCommand::DropLayers { io, spec } => apply(io, |c| drop_layers::apply(c, &spec)),
+    }
+}
+
+fn apply(
+    io: InOut,
+    surgery: impl FnOnce(&Checkpoint) -> surgery::Result<Outcome>,
+) -> anyhow::Result<ExitCode> {
+    surgery::io::atomic::refuse_existing(&io.output, io.force)?;
+    let input = Checkpoint::open(&io.input)?;
+    let outcome = surgery(&input)?;
+    outcome.save(&io.output, io.force)?;
+    let e = &outcome.entry;
+    if io.json {
+        let out = serde_json::json!({"op": e.op, "args": e.args, "params_before": e.params_before,
+            "params_after": e.params_after, "report": outcome.report, "output": io.output});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let change = 100.0 * (e.params_after as f64 / e.params_before as f64 - 1.0);
+        println!(
+            "{}: unique parameters {} → {} ({change:+.1}%)",
+            e.op,
+            group(e.params_before),
+            group(e.params_after)
+        );
+        if let Some(map) = outcome.report.as_object() {
+            for (k, v) in map {
+                println!("  {k}: {v}");
+            }
+        }
+        println!("wrote {}", io.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

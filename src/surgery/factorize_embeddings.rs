@@ -1,0 +1,67 @@
+//! factorize-embeddings: the word-embedding table W (V×H) becomes A (V×E) · B (E×H) from the
+//! truncated SVD. A = U_E Σ_E and B = V_Eᵀ: B has orthonormal rows, so the projection preserves
+//! norms and A's rows keep the scale of the original embeddings (LayerNorm and AdamW see the same
+//! magnitudes as before); the balanced split √Σ on both sides has no such property.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{cpu, Outcome};
+use crate::arch::{EmbeddingKind, Key};
+use crate::error::{Error, Result};
+use crate::io::Checkpoint;
+use crate::linalg::{to_mat, to_tensor, truncated_svd};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Inner dimension E of the factorization (1 ≤ E < min(V, H)).
+    #[arg(long)]
+    pub rank: usize,
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let (v, h) = (ckpt.arch.vocab, ckpt.arch.hidden);
+    let e = spec.rank;
+    if e == 0 || e >= v.min(h) {
+        return Err(Error::Spec(format!(
+            "--rank {e}: must be in 1..{} (below min(vocab {v}, hidden {h}); a larger rank saves nothing)",
+            v.min(h)
+        )));
+    }
+    let start = Instant::now();
+    let dense = match ckpt.arch.embeddings {
+        EmbeddingKind::Dense => cpu(ckpt, Key::WordEmbeddings)?,
+        EmbeddingKind::Factorized { rank } => {
+            if e >= rank {
+                return Err(Error::Spec(format!(
+                    "--rank {e}: the embeddings are already factorized at rank {rank}; only a smaller rank makes sense"
+                )));
+            }
+            cpu(ckpt, Key::WordEmbeddings)?.matmul(&cpu(ckpt, Key::WordProjection)?.t()?)?
+        }
+    };
+    let svd = truncated_svd(to_mat(&dense)?.as_ref(), e)?;
+    let table = to_tensor(svd.left.as_ref())?;
+    let projection = to_tensor(svd.right.as_ref())?; // H×E: the E→H linear's weight
+    let mut out = ckpt.clone();
+    out.set_tensor(Key::WordEmbeddings, table);
+    out.set_tensor(Key::WordProjection, projection);
+    let mut arch = out.arch.clone();
+    arch.embeddings = EmbeddingKind::Factorized { rank: e };
+    out.set_arch(arch)?;
+    let report = serde_json::json!({
+        "rank": e,
+        "relative_frobenius_error": svd.relative_error(e),
+        "retained_energy": svd.retained_energy(e),
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    Ok(Outcome::new(
+        ckpt,
+        out,
+        "factorize-embeddings",
+        spec,
+        report,
+    ))
+}

@@ -1,0 +1,76 @@
+//! Surgeries: each is a pure function `apply(&Checkpoint, &Spec) -> Outcome` in its own file (no
+//! file I/O); the outcome carries the new checkpoint, the history entry and a short report.
+
+pub mod drop_layers;
+pub mod factorize_embeddings;
+pub mod tie_layers;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::arch::{HistoryEntry, Key};
+use crate::budget::Budget;
+use crate::error::Result;
+use crate::io::Checkpoint;
+
+/// The result of a surgery.
+pub struct Outcome {
+    pub checkpoint: Checkpoint,
+    pub entry: HistoryEntry,
+    /// What the user should see (errors, energies, timings), also printed as JSON.
+    pub report: serde_json::Value,
+}
+
+impl Outcome {
+    /// Builds the outcome: budget before → after and the history entry.
+    pub fn new(
+        before: &Checkpoint,
+        after: Checkpoint,
+        op: &str,
+        args: impl Serialize,
+        report: serde_json::Value,
+    ) -> Self {
+        let entry = HistoryEntry {
+            op: op.to_string(),
+            args: serde_json::to_value(args).expect("spec serialises"),
+            params_before: Budget::of_arch(&before.arch).unique,
+            params_after: Budget::of_arch(&after.arch).unique,
+        };
+        Outcome {
+            checkpoint: after,
+            entry,
+            report,
+        }
+    }
+
+    /// Writes the new checkpoint with the history extended by this surgery.
+    pub fn save(&self, out: &Path, force: bool) -> Result<()> {
+        let mut history = self.checkpoint.history();
+        history.push(self.entry.clone());
+        self.checkpoint.save(out, force, history)
+    }
+}
+
+/// A key of stored layer `from` moved to stored layer `to`.
+pub fn move_to_layer(key: Key, to: usize) -> Key {
+    match key {
+        Key::Linear { slot, part, .. } => Key::Linear {
+            layer: to,
+            slot,
+            part,
+        },
+        Key::LayerNorm { slot, part, .. } => Key::LayerNorm {
+            layer: to,
+            slot,
+            part,
+        },
+        other => other,
+    }
+}
+
+/// Loads a tensor on the CPU.
+pub fn cpu(ckpt: &Checkpoint, key: Key) -> Result<Tensor> {
+    ckpt.tensor(key, &Device::Cpu)
+}

@@ -1,0 +1,286 @@
+//! Structural surgeries: exact where they should be exact, counted right, and refusing bad specs.
+
+use candle_core::{Device, Tensor};
+use surgery::arch::{EmbeddingKind, Key, Layout};
+use surgery::infer::{load_model, make_batch};
+use surgery::io::Checkpoint;
+use surgery::model::{Mode, Outputs};
+use surgery::surgery::{drop_layers, factorize_embeddings, move_to_layer, tie_layers};
+
+use crate::util::{max_abs_diff, save, surgery, tempdir, tiny_checkpoint, tiny_config};
+
+const CPU: Device = Device::Cpu;
+
+fn run(ckpt: &Checkpoint) -> surgery::model::ForwardOutput {
+    let ids = vec![vec![2, 10, 20, 30, 40, 50, 3], vec![2, 11, 21, 3, 0, 0, 0]];
+    let mask = vec![vec![1; 7], vec![1, 1, 1, 1, 0, 0, 0]];
+    let batch = make_batch(&ids, &mask, &CPU).unwrap();
+    let outputs = Outputs {
+        hidden_states: true,
+        attentions: false,
+    };
+    load_model(ckpt, &CPU)
+        .unwrap()
+        .forward(&batch, &mut Mode::Eval, outputs)
+        .unwrap()
+}
+
+fn logits_diff(a: &Checkpoint, b: &Checkpoint) -> f32 {
+    max_abs_diff(
+        run(a).logits.as_ref().unwrap(),
+        run(b).logits.as_ref().unwrap(),
+    )
+}
+
+#[test]
+fn factorizing_an_exactly_low_rank_table_keeps_the_outputs() {
+    let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 41);
+    let w = crate::util::random_tensor(&[172, 4], 1)
+        .matmul(&crate::util::random_tensor(&[4, 16], 2))
+        .unwrap();
+    ckpt.set_tensor(Key::WordEmbeddings, w);
+    let out = factorize_embeddings::apply(&ckpt, &factorize_embeddings::Spec { rank: 4 }).unwrap();
+    assert!(out.report["relative_frobenius_error"].as_f64().unwrap() < 1e-5);
+    assert_eq!(
+        out.checkpoint.arch.embeddings,
+        EmbeddingKind::Factorized { rank: 4 }
+    );
+    assert!(logits_diff(&ckpt, &out.checkpoint) < 1e-4);
+    assert_eq!(
+        out.entry.params_before - out.entry.params_after,
+        (172 * 16 - (172 * 4 + 4 * 16)) as u64
+    );
+}
+
+#[test]
+fn factorizing_reports_the_error_it_makes_and_refuses_bad_ranks() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::BertPrefixed, 42);
+    let out = factorize_embeddings::apply(&ckpt, &factorize_embeddings::Spec { rank: 8 }).unwrap();
+    let w = ckpt.tensor(Key::WordEmbeddings, &CPU).unwrap();
+    let a = out.checkpoint.tensor(Key::WordEmbeddings, &CPU).unwrap();
+    let p = out.checkpoint.tensor(Key::WordProjection, &CPU).unwrap();
+    let approx = a.matmul(&p.t().unwrap()).unwrap();
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt() as f64
+    };
+    let measured = norm(&(&w - &approx).unwrap()) / norm(&w);
+    let reported = out.report["relative_frobenius_error"].as_f64().unwrap();
+    assert!(
+        (measured - reported).abs() < 1e-4,
+        "{measured} vs {reported}"
+    );
+    for rank in [0, 16, 100] {
+        let err = factorize_embeddings::apply(&ckpt, &factorize_embeddings::Spec { rank })
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--rank"), "{err}");
+    }
+    // Factorizing again: a smaller rank works, a larger one is refused.
+    let twice =
+        factorize_embeddings::apply(&out.checkpoint, &factorize_embeddings::Spec { rank: 4 })
+            .unwrap();
+    assert_eq!(
+        twice.checkpoint.arch.embeddings,
+        EmbeddingKind::Factorized { rank: 4 }
+    );
+    let err =
+        factorize_embeddings::apply(&out.checkpoint, &factorize_embeddings::Spec { rank: 12 })
+            .err()
+            .unwrap();
+    assert!(
+        err.to_string().contains("already factorized at rank 8"),
+        "{err}"
+    );
+}
+
+fn with_identical_layers(seed: u64) -> Checkpoint {
+    let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, seed);
+    for (key, _) in ckpt.arch.layer_tensors(0) {
+        let t = ckpt.tensor(key, &CPU).unwrap();
+        for l in [1, 2] {
+            ckpt.set_tensor(move_to_layer(key, l), t.clone());
+        }
+    }
+    ckpt
+}
+
+#[test]
+fn tying_identical_layers_changes_nothing_and_counts_them_once() {
+    let ckpt = with_identical_layers(43);
+    let spec = tie_layers::Spec {
+        groups: None,
+        share_all: true,
+        init: tie_layers::Init::Mean,
+    };
+    let out = tie_layers::apply(&ckpt, &spec).unwrap();
+    assert_eq!(out.checkpoint.arch.layer_map, vec![0, 0, 0]);
+    // (a + a + a) / 3 equals a up to f32 rounding.
+    let d = logits_diff(&ckpt, &out.checkpoint);
+    assert!(d < 1e-5, "{d}");
+    let per_layer: u64 = ckpt
+        .arch
+        .layer_tensors(0)
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64)
+        .sum();
+    assert_eq!(
+        out.entry.params_before - out.entry.params_after,
+        2 * per_layer
+    );
+}
+
+#[test]
+fn tied_weights_are_the_mean_or_the_first_member() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 44);
+    let key = Key::LayerNorm {
+        layer: 0,
+        slot: surgery::arch::LayerNormSlot::Output,
+        part: surgery::arch::NormPart::Weight,
+    };
+    let value = |c: &Checkpoint, l: usize| c.tensor(move_to_layer(key, l), &CPU).unwrap();
+    for (init, expected) in [
+        (
+            tie_layers::Init::Mean,
+            ((value(&ckpt, 1) + value(&ckpt, 2)).unwrap() / 2.0).unwrap(),
+        ),
+        (tie_layers::Init::First, value(&ckpt, 1)),
+    ] {
+        let spec = tie_layers::Spec {
+            groups: Some("1-2".into()),
+            share_all: false,
+            init,
+        };
+        let out = tie_layers::apply(&ckpt, &spec).unwrap();
+        assert_eq!(out.checkpoint.arch.layer_map, vec![0, 1, 1]);
+        assert!(max_abs_diff(&value(&out.checkpoint, 1), &expected) < 1e-6);
+        assert_eq!(
+            max_abs_diff(&value(&out.checkpoint, 0), &value(&ckpt, 0)),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn bad_groups_are_refused() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 45);
+    for (groups, needle) in [
+        ("0-3", "layer 3 does not exist"),
+        ("0-1,1-2", "in two groups"),
+        ("2-1", "empty range"),
+        ("a-b", "not a layer range"),
+    ] {
+        let spec = tie_layers::Spec {
+            groups: Some(groups.into()),
+            share_all: false,
+            init: Default::default(),
+        };
+        let err = tie_layers::apply(&ckpt, &spec).err().unwrap().to_string();
+        assert!(err.contains(needle), "{groups}: {err}");
+    }
+    // Layers of different shapes cannot share.
+    let dropped = drop_layers::apply(
+        &ckpt,
+        &drop_layers::Spec {
+            keep: vec![0, 1, 2],
+        },
+    )
+    .unwrap()
+    .checkpoint;
+    let mut config = dropped.config.clone();
+    let mut arch = dropped.arch.clone();
+    arch.layers[1].intermediate = 8;
+    config.surgery = arch.surgery_info(vec![], &config);
+    let mut tensors = std::collections::BTreeMap::new();
+    for (key, shape) in arch.expected_tensors() {
+        tensors.insert(
+            key,
+            Tensor::zeros(shape, candle_core::DType::F32, &CPU).unwrap(),
+        );
+    }
+    let odd = Checkpoint::from_tensors(config, Layout::Bare, tensors).unwrap();
+    let spec = tie_layers::Spec {
+        groups: None,
+        share_all: true,
+        init: Default::default(),
+    };
+    let err = tie_layers::apply(&odd, &spec).err().unwrap().to_string();
+    assert!(err.contains("different structure"), "{err}");
+}
+
+#[test]
+fn dropping_layers_keeps_the_prefix_computation() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::BertPrefixed, 46);
+    let out = drop_layers::apply(&ckpt, &drop_layers::Spec { keep: vec![0, 1] }).unwrap();
+    assert_eq!(out.checkpoint.arch.num_layers(), 2);
+    let (full, cut) = (run(&ckpt), run(&out.checkpoint));
+    assert!(max_abs_diff(&full.hidden_states[2], &cut.last_hidden_state) < 1e-6);
+    for keep in [vec![0, 3], vec![2, 1], vec![]] {
+        assert!(drop_layers::apply(&ckpt, &drop_layers::Spec { keep }).is_err());
+    }
+}
+
+#[test]
+fn the_cli_applies_surgeries_appends_history_and_never_overwrites() {
+    let dir = tempdir();
+    let input = save(
+        &tiny_checkpoint(tiny_config(), Layout::Bare, 47),
+        dir.path(),
+        "in",
+    );
+    let before = std::fs::read(input.join("model.safetensors")).unwrap();
+    let f = dir.path().join("f");
+    let r = surgery(&[
+        "factorize-embeddings",
+        input.to_str().unwrap(),
+        f.to_str().unwrap(),
+        "--rank",
+        "6",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("retained_energy"), "{}", r.stdout);
+    let t = dir.path().join("t");
+    let r = surgery(&[
+        "tie-layers",
+        f.to_str().unwrap(),
+        t.to_str().unwrap(),
+        "--groups",
+        "0-1",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let tied = Checkpoint::open(&t).unwrap();
+    let ops: Vec<String> = tied.history().into_iter().map(|h| h.op).collect();
+    assert_eq!(ops, vec!["factorize-embeddings", "tie-layers"]);
+    assert_eq!(tied.arch.layer_map, vec![0, 0, 1]);
+    // Existing output: refused, untouched; bad spec: exit 2 and nothing written.
+    let r = surgery(&[
+        "drop-layers",
+        t.to_str().unwrap(),
+        f.to_str().unwrap(),
+        "--keep",
+        "0",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("already exists"));
+    let d = dir.path().join("d");
+    let r = surgery(&[
+        "drop-layers",
+        t.to_str().unwrap(),
+        d.to_str().unwrap(),
+        "--keep",
+        "7",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("layer 7 does not exist"), "{}", r.stderr);
+    assert!(!d.exists());
+    assert_eq!(
+        std::fs::read(input.join("model.safetensors")).unwrap(),
+        before
+    );
+}
