@@ -284,3 +284,80 @@ fn the_cli_applies_surgeries_appends_history_and_never_overwrites() {
         before
     );
 }
+
+#[test]
+fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
+    let dir = tempdir();
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 48);
+    let input = save(&ckpt, dir.path(), "in");
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "EU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\nPeter B-PER\nBlackburn I-PER\n",
+    )
+    .unwrap();
+    let sentences = dir.path().join("sentences.txt");
+    std::fs::write(&sentences, "EU rejects German call\nPeter Blackburn\n").unwrap();
+    let spec = surgery::surgery::prune_vocab::Spec {
+        corpus: vec![corpus.clone()],
+        coverage: vec![corpus],
+    };
+    let out =
+        surgery::surgery::prune_vocab::apply(&Checkpoint::open(&input).unwrap(), &spec).unwrap();
+    let kept = out.report["pieces_after"].as_u64().unwrap() as usize;
+    assert!(
+        kept < 172 && kept == out.checkpoint.arch.vocab,
+        "{}",
+        out.report
+    );
+    assert_eq!(out.report["coverage_sentences"], 1.0);
+    let pruned = dir.path().join("pruned");
+    out.save(&pruned, false).unwrap();
+    let forward = |ckpt: &std::path::Path, name: &str| {
+        let path = dir.path().join(name);
+        let r = surgery(&[
+            "forward",
+            ckpt.to_str().unwrap(),
+            "--input",
+            sentences.to_str().unwrap(),
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let store = surgery::io::TensorStore::open_files(&[path]).unwrap();
+        (
+            store.bytes("input_ids").unwrap().to_vec(),
+            store.load_f32("logits", &CPU).unwrap(),
+        )
+    };
+    let (ids_before, logits_before) = forward(&input, "a.safetensors");
+    let (ids_after, logits_after) = forward(&pruned, "b.safetensors");
+    assert_ne!(ids_before, ids_after, "ids are renumbered");
+    assert_eq!(max_abs_diff(&logits_before, &logits_after), 0.0);
+    // Single characters survive, so unseen words still tokenise.
+    let tok =
+        surgery::tokenize::WordTokenizer::from_checkpoint(&Checkpoint::open(&pruned).unwrap())
+            .unwrap();
+    let unk = tok.unk_id();
+    assert!(tok
+        .encode_words(&["Zwingmann"])
+        .unwrap()
+        .ids
+        .iter()
+        .all(|&i| i != unk));
+}
+
+#[test]
+fn pruning_without_a_tokenizer_is_refused() {
+    let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 49);
+    ckpt.tokenizer_files.clear();
+    let spec = surgery::surgery::prune_vocab::Spec {
+        corpus: vec!["x.txt".into()],
+        coverage: vec![],
+    };
+    let err = surgery::surgery::prune_vocab::apply(&ckpt, &spec)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokenizer.json"), "{err}");
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use surgery::io::Checkpoint;
-use surgery::surgery::{drop_layers, factorize_embeddings, tie_layers, Outcome};
+use surgery::surgery::{drop_layers, factorize_embeddings, prune_vocab, tie_layers, Outcome};
 
 use super::inspect::group;
 
@@ -47,6 +47,13 @@ pub enum SurgeryCommand {
         #[command(flatten)]
         spec: drop_layers::Spec,
     },
+    /// Keep only the word pieces a corpus uses (plus specials and single characters).
+    PruneVocab {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: prune_vocab::Spec,
+    },
 }
 
 pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
@@ -56,6 +63,7 @@ pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
         }
         SurgeryCommand::TieLayers { io, spec } => apply(io, |c| tie_layers::apply(c, &spec)),
         SurgeryCommand::DropLayers { io, spec } => apply(io, |c| drop_layers::apply(c, &spec)),
+        SurgeryCommand::PruneVocab { io, spec } => apply(io, |c| prune_vocab::apply(c, &spec)),
     }
 }
 
