@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod budget;
+pub mod calibrate;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -38,6 +38,7 @@ fn run(ckpt: &Checkpoint) -> ForwardOutput {
     let outputs = Outputs {
         hidden_states: true,
         attentions: true,
+        linear_inputs: false,
     };
     model.forward(&batch(), &mut Mode::Eval, outputs).unwrap()
 }

@@ -17,7 +17,7 @@ fn run(ckpt: &Checkpoint) -> surgery::model::ForwardOutput {
     let batch = make_batch(&ids, &mask, &CPU).unwrap();
     let outputs = Outputs {
         hidden_states: true,
-        attentions: false,
+        ..Default::default()
     };
     load_model(ckpt, &CPU)
         .unwrap()
@@ -360,4 +360,169 @@ fn pruning_without_a_tokenizer_is_refused() {
         .unwrap()
         .to_string();
     assert!(err.contains("tokenizer.json"), "{err}");
+}
+
+mod lowrank {
+    use super::*;
+    use surgery::arch::{LinearKind, LinearPart, LinearSlot};
+    use surgery::surgery::lowrank_layers::{apply, Method, Spec};
+
+    fn spec(rank: Option<usize>, method: Method, calib: Option<std::path::PathBuf>) -> Spec {
+        Spec {
+            rank,
+            energy: None,
+            params_target: None,
+            modules: vec!["query".into(), "intermediate".into(), "output".into()],
+            layers: None,
+            method,
+            calib,
+            calib_sentences: 256,
+            damp: 0.01,
+        }
+    }
+
+    /// A CoNLL calibration file made of the parity sentences (words the tiny tokenizer knows).
+    fn calib_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let text =
+            std::fs::read_to_string(crate::util::repo().join("fixtures/parity/sentences.txt"))
+                .unwrap();
+        let mut conll = String::new();
+        for line in text.lines() {
+            for w in line.split(' ') {
+                conll.push_str(&format!("{w} O\n"));
+            }
+            conll.push('\n');
+        }
+        let path = dir.join("calib.txt");
+        std::fs::write(&path, conll).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_exactly_low_rank_linear_is_factorized_without_change() {
+        let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 51);
+        for layer in 0..3 {
+            for (slot, out, inp) in [
+                (LinearSlot::Query, 16, 16),
+                (LinearSlot::Intermediate, 24, 16),
+                (LinearSlot::Output, 16, 24),
+            ] {
+                let w = crate::util::random_tensor(&[out, 2], layer as u64 * 10 + out as u64)
+                    .matmul(&crate::util::random_tensor(&[2, inp], 99 + layer as u64))
+                    .unwrap();
+                ckpt.set_tensor(
+                    Key::Linear {
+                        layer,
+                        slot,
+                        part: LinearPart::Weight,
+                    },
+                    (w * 0.3).unwrap(),
+                );
+            }
+        }
+        let out = apply(&ckpt, &spec(Some(2), Method::Svd, None)).unwrap();
+        assert_eq!(
+            out.checkpoint.arch.layers[1].linear(LinearSlot::Query),
+            LinearKind::LowRank { rank: 2 }
+        );
+        assert!(logits_diff(&ckpt, &out.checkpoint) < 1e-4);
+        let dense = 16 * 16 + 24 * 16 + 16 * 24;
+        let low = 2 * (16 + 16) + 2 * (24 + 16) + 2 * (16 + 24);
+        assert_eq!(
+            out.entry.params_before - out.entry.params_after,
+            3 * (dense - low) as u64
+        );
+    }
+
+    #[test]
+    fn whitening_fits_the_calibration_outputs_better_than_plain_svd() {
+        let dir = tempdir();
+        let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
+        let calib = calib_file(dir.path());
+        let stats = surgery::calibrate::collect(&ckpt, &calib, 256).unwrap();
+        let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
+            .unwrap()
+            .checkpoint;
+        let white = apply(&ckpt, &spec(Some(3), Method::Whiten, Some(calib)))
+            .unwrap()
+            .checkpoint;
+        // Output error ‖(W − Ŵ) Xᵀ‖² = tr(Δ C Δᵀ) with C = XᵀX, for every factorized linear.
+        let gram_error = |c: &Checkpoint, layer: usize, slot: LinearSlot| -> f64 {
+            let key = |part| Key::Linear { layer, slot, part };
+            let approx = c
+                .tensor(key(LinearPart::Up), &CPU)
+                .unwrap()
+                .matmul(&c.tensor(key(LinearPart::Down), &CPU).unwrap())
+                .unwrap();
+            let delta = surgery::linalg::to_mat(
+                &(ckpt.tensor(key(LinearPart::Weight), &CPU).unwrap() - approx).unwrap(),
+            )
+            .unwrap();
+            let g = &stats.grams[&(layer, surgery::calibrate::Input::of(slot))];
+            let m: faer::Mat<f64> = &delta * g * delta.transpose();
+            (0..m.nrows()).map(|i| m[(i, i)]).sum()
+        };
+        for layer in 0..3 {
+            for slot in [
+                LinearSlot::Query,
+                LinearSlot::Intermediate,
+                LinearSlot::Output,
+            ] {
+                let (p, w) = (
+                    gram_error(&plain, layer, slot),
+                    gram_error(&white, layer, slot),
+                );
+                assert!(
+                    w <= p * 1.001,
+                    "layer {layer} {slot:?}: whitened {w} vs plain {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn targets_and_bad_specs() {
+        let dir = tempdir();
+        let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 53);
+        let mut s = spec(None, Method::Svd, None);
+        s.params_target = Some("20k".into());
+        let out = apply(&ckpt, &s).unwrap();
+        assert!(
+            out.entry.params_after <= 20_000,
+            "{}",
+            out.entry.params_after
+        );
+        let mut s = spec(None, Method::Svd, None);
+        s.energy = Some(0.5);
+        assert!(apply(&ckpt, &s).unwrap().entry.params_after < out.entry.params_before);
+        for (bad, needle) in [
+            (
+                spec(Some(9), Method::Svd, None),
+                "saves parameters only below rank",
+            ),
+            (spec(Some(2), Method::Whiten, None), "needs --calib"),
+        ] {
+            let err = apply(&ckpt, &bad).err().unwrap().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        let twice = apply(
+            &apply(&ckpt, &spec(Some(2), Method::Svd, None))
+                .unwrap()
+                .checkpoint,
+            &spec(Some(2), Method::Svd, None),
+        );
+        assert!(twice
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("already low_rank(2)"));
+        // Fewer calibration sentences than asked: use what there is and say so.
+        let mut s = spec(Some(2), Method::Whiten, Some(calib_file(dir.path())));
+        s.calib_sentences = 1000;
+        let out = apply(&ckpt, &s).unwrap();
+        assert!(out.report["note"]
+            .as_str()
+            .unwrap()
+            .contains("fewer than the 1000 asked"));
+    }
 }

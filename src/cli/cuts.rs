@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use surgery::io::Checkpoint;
-use surgery::surgery::{drop_layers, factorize_embeddings, prune_vocab, tie_layers, Outcome};
+use surgery::surgery::{
+    drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, tie_layers, Outcome,
+};
 
 use super::inspect::group;
 
@@ -47,6 +49,13 @@ pub enum SurgeryCommand {
         #[command(flatten)]
         spec: drop_layers::Spec,
     },
+    /// Factorize encoder linears into two low-rank factors (plain or activation-aware SVD).
+    LowrankLayers {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: lowrank_layers::Spec,
+    },
     /// Keep only the word pieces a corpus uses (plus specials and single characters).
     PruneVocab {
         #[command(flatten)]
@@ -63,6 +72,9 @@ pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
         }
         SurgeryCommand::TieLayers { io, spec } => apply(io, |c| tie_layers::apply(c, &spec)),
         SurgeryCommand::DropLayers { io, spec } => apply(io, |c| drop_layers::apply(c, &spec)),
+        SurgeryCommand::LowrankLayers { io, spec } => {
+            apply(io, |c| lowrank_layers::apply(c, &spec))
+        }
         SurgeryCommand::PruneVocab { io, spec } => apply(io, |c| prune_vocab::apply(c, &spec)),
     }
 }

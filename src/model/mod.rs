@@ -26,6 +26,20 @@ pub enum Mode<'a> {
 pub struct Outputs {
     pub hidden_states: bool,
     pub attentions: bool,
+    /// The inputs of every linear (for data-aware surgeries).
+    pub linear_inputs: bool,
+}
+
+/// The inputs of the linears of one layer, each [B·L, in] (padding rows included).
+pub struct LinearInputs {
+    /// Input of query, key and value.
+    pub attention: Tensor,
+    /// Input of the attention output (the heads' context); None without heads.
+    pub context: Option<Tensor>,
+    /// Input of the intermediate (FFN in) linear.
+    pub ffn: Tensor,
+    /// Input of the output (FFN out) linear: the activation.
+    pub ffn_activation: Tensor,
 }
 
 /// The results of a forward pass.
@@ -38,6 +52,8 @@ pub struct ForwardOutput {
     pub hidden_states: Vec<Tensor>,
     /// Per layer [B, heads, L, L] attention probabilities (before attention dropout).
     pub attentions: Vec<Tensor>,
+    /// Per logical layer, when asked for.
+    pub linear_inputs: Vec<LinearInputs>,
 }
 
 /// A batch of token ids and the mask of real (non-pad) tokens.
@@ -243,11 +259,14 @@ impl Bert {
             ((batch.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
         let mut hidden_states = vec![];
         let mut attentions = vec![];
+        let mut linear_inputs = vec![];
         if outputs.hidden_states {
             hidden_states.push(x.clone());
         }
         for &stored in &self.arch.layer_map {
-            let (next, probs) = self.layer_forward(&self.layers[stored], &x, &mask_bias, mode)?;
+            let capture = outputs.linear_inputs.then_some(&mut linear_inputs);
+            let (next, probs) =
+                self.layer_forward(&self.layers[stored], &x, &mask_bias, mode, capture)?;
             x = next;
             if outputs.hidden_states {
                 hidden_states.push(x.clone());
@@ -273,6 +292,7 @@ impl Bert {
             last_hidden_state: x,
             hidden_states,
             attentions,
+            linear_inputs,
         })
     }
 
@@ -283,9 +303,11 @@ impl Bert {
         x: &Tensor,
         mask_bias: &Tensor,
         mode: &mut Mode,
+        capture: Option<&mut Vec<LinearInputs>>,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
         let flat = x.reshape((b * l, h))?;
+        let mut context_in = None;
         let (attn, probs) = if layer.num_heads == 0 {
             // No heads left: the sub-block contributes only the output bias; the residual stays.
             (
@@ -312,6 +334,7 @@ impl Bert {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * l, heads * d))?;
+            context_in = Some(context.clone());
             (layer.attention_output.forward(&context)?, Some(probs))
         };
         let attn = dropout(&attn, self.hidden_dropout, mode)?;
@@ -319,6 +342,14 @@ impl Bert {
         let inter = activation(&layer.intermediate.forward(&x1)?, self.arch.activation)?;
         let out = dropout(&layer.output.forward(&inter)?, self.hidden_dropout, mode)?;
         let y = layer.output_norm.forward(&(out + &x1)?)?;
+        if let Some(store) = capture {
+            store.push(LinearInputs {
+                attention: flat,
+                context: context_in,
+                ffn: x1,
+                ffn_activation: inter,
+            });
+        }
         Ok((y.reshape((b, l, h))?, probs))
     }
 }

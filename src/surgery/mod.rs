@@ -3,6 +3,7 @@
 
 pub mod drop_layers;
 pub mod factorize_embeddings;
+pub mod lowrank_layers;
 pub mod prune_vocab;
 pub mod tie_layers;
 

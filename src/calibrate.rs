@@ -1,0 +1,136 @@
+//! Calibration statistics for data-aware surgeries: the Gram matrix XᵀX of the inputs of every
+//! linear, accumulated over the real (non-pad) tokens of a few hundred sentences.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use faer::Mat;
+
+use crate::data::labels::UnknownLabels;
+use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use crate::error::{Error, Result};
+use crate::eval::{collate, Prepared};
+use crate::infer::load_model;
+use crate::io::Checkpoint;
+use crate::model::{Mode, Outputs};
+use crate::tokenize::WordTokenizer;
+
+/// Which input a linear reads (query, key and value share one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Input {
+    Attention,
+    Context,
+    Ffn,
+    FfnActivation,
+}
+
+impl Input {
+    pub fn of(slot: crate::arch::LinearSlot) -> Input {
+        use crate::arch::LinearSlot::*;
+        match slot {
+            Query | Key | Value => Input::Attention,
+            AttentionOutput => Input::Context,
+            Intermediate => Input::Ffn,
+            Output => Input::FfnActivation,
+        }
+    }
+}
+
+/// XᵀX per (stored layer, input), in f64.
+pub struct Calibration {
+    pub grams: BTreeMap<(usize, Input), Mat<f64>>,
+    /// Real tokens the statistics were taken over.
+    pub tokens: usize,
+    pub sentences: usize,
+    /// Set when the file had fewer sentences than asked.
+    pub note: Option<String>,
+}
+
+/// Reads up to `n` sentences of `path` and accumulates the Gram matrices of the checkpoint's
+/// linear inputs.
+pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<Calibration> {
+    let mut data = read_dataset(path, &ReadOptions::default())?;
+    let available = data.sentences.len();
+    let note = (available < n).then(|| {
+        format!(
+            "{} has {available} sentences, fewer than the {n} asked; using all of them",
+            path.display()
+        )
+    });
+    data.sentences.truncate(n);
+    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
+    // Tags do not matter here: every tag is read as O.
+    let labels = LabelSet::new(vec!["O".into()])?;
+    let max_len = ckpt.arch.max_positions.min(128);
+    let prepared = Prepared::new(
+        &tokenizer,
+        data,
+        &labels,
+        UnknownLabels::Outside,
+        Alignment::FirstSubtoken,
+        max_len,
+    )?;
+    if prepared.examples.is_empty() {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "no calibration sentences".into(),
+        });
+    }
+    let device = Device::Cpu;
+    let model = load_model(ckpt, &device)?;
+    let mut grams: BTreeMap<(usize, Input), Mat<f64>> = BTreeMap::new();
+    let mut tokens = 0;
+    let outputs = Outputs {
+        linear_inputs: true,
+        ..Default::default()
+    };
+    let examples: Vec<_> = prepared.examples.iter().collect();
+    for chunk in examples.chunks(32) {
+        let batch = collate(chunk, tokenizer.pad_id(), &device)?;
+        let real: Vec<u32> = batch
+            .batch
+            .attention_mask
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m > 0.0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        tokens += real.len();
+        let rows = Tensor::from_vec(real.clone(), real.len(), &device)?;
+        let out = model.forward(&batch.batch, &mut Mode::Eval, outputs)?;
+        for (logical, inputs) in out.linear_inputs.iter().enumerate() {
+            let stored = ckpt.arch.layer_map[logical];
+            let mut add = |kind: Input, x: &Tensor| -> Result<()> {
+                let x = x.index_select(&rows, 0)?;
+                let g = x.t()?.matmul(&x)?;
+                let (d, _) = g.dims2()?;
+                let v = g.flatten_all()?.to_vec1::<f32>()?;
+                let entry = grams
+                    .entry((stored, kind))
+                    .or_insert_with(|| Mat::zeros(d, d));
+                for i in 0..d {
+                    for j in 0..d {
+                        entry[(i, j)] += v[i * d + j] as f64;
+                    }
+                }
+                Ok(())
+            };
+            add(Input::Attention, &inputs.attention)?;
+            if let Some(c) = &inputs.context {
+                add(Input::Context, c)?;
+            }
+            add(Input::Ffn, &inputs.ffn)?;
+            add(Input::FfnActivation, &inputs.ffn_activation)?;
+        }
+    }
+    Ok(Calibration {
+        grams,
+        tokens,
+        sentences: available.min(n),
+        note,
+    })
+}

@@ -1,0 +1,334 @@
+//! lowrank-layers: each selected encoder linear W (out×in) becomes up (out×r) · down (r×in) + bias.
+//! `svd` keeps the best rank-r approximation of W itself; `whiten` (SVD-LLM, Wang et al. 2024)
+//! keeps the best rank-r approximation of W·X on calibration inputs: with C = XᵀX = L·Lᵀ
+//! (Cholesky), it truncates the SVD of W·L and maps back through L⁻¹, so directions the data
+//! never excites cost nothing.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use faer::{Mat, Par};
+use serde::{Deserialize, Serialize};
+
+use super::{cpu, Outcome};
+use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
+use crate::budget::{parse_count, Budget};
+use crate::calibrate::{collect, Calibration, Input};
+use crate::error::{Error, Result};
+use crate::io::Checkpoint;
+use crate::linalg::{energy, to_mat, to_tensor, truncated_svd};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Plain truncated SVD of the weights.
+    #[default]
+    Svd,
+    /// Activation-aware: SVD of W·L with L the Cholesky factor of the calibration inputs' XᵀX.
+    Whiten,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The same rank for every selected linear.
+    #[arg(long, conflicts_with_all = ["energy", "params_target"], required_unless_present_any = ["energy", "params_target"])]
+    pub rank: Option<usize>,
+    /// Per linear, the smallest rank keeping this share of the (weighted) spectrum's energy.
+    #[arg(long, conflicts_with = "params_target")]
+    pub energy: Option<f64>,
+    /// A unique-parameter target for the whole model (e.g. 15M); one rank ratio for all linears.
+    #[arg(long)]
+    pub params_target: Option<String>,
+    /// Linears to factorize.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "query,key,value,attention-output,intermediate,output"
+    )]
+    pub modules: Vec<String>,
+    /// Logical layers to touch (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+    #[arg(long, value_enum, default_value_t = Method::Svd)]
+    pub method: Method,
+    /// Calibration sentences (CoNLL or JSONL); needed by `whiten`, used for the output-error report.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub calib_sentences: usize,
+    /// Damping added to XᵀX, relative to its mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+}
+
+/// One linear to factorize, with its spectrum.
+struct Target {
+    layer: usize,
+    slot: LinearSlot,
+    out: usize,
+    inp: usize,
+    /// Left factor (UΣ), right factor (V), singular values of W (svd) or W·L (whiten).
+    left: Mat<f64>,
+    right: Mat<f64>,
+    singular: Vec<f64>,
+    /// The Cholesky factor of the calibration Gram (whiten only).
+    chol: Option<Mat<f64>>,
+}
+
+impl Target {
+    fn break_even(&self) -> usize {
+        self.out * self.inp / (self.out + self.inp)
+    }
+}
+
+fn selected(arch: &Arch, spec: &Spec) -> Result<Vec<(usize, LinearSlot)>> {
+    let slots = spec
+        .modules
+        .iter()
+        .map(|m| {
+            LinearSlot::parse(m).ok_or_else(|| {
+                Error::Spec(format!("--modules: unknown linear `{m}` (query, key, value, attention-output, intermediate, output)"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n = arch.num_layers();
+    let logical: Vec<usize> = spec.layers.clone().unwrap_or_else(|| (0..n).collect());
+    let mut stored = BTreeSet::new();
+    for l in logical {
+        if l >= n {
+            return Err(Error::Spec(format!(
+                "--layers: layer {l} does not exist (the model has {n})"
+            )));
+        }
+        stored.insert(arch.layer_map[l]);
+    }
+    let mut out = vec![];
+    for layer in stored {
+        for &slot in &slots {
+            match arch.layers[layer].linear(slot) {
+                LinearKind::Dense => {}
+                other => {
+                    return Err(Error::Spec(format!(
+                        "layer {layer} {} is already {}; low-rank applies to dense linears",
+                        slot.as_str(),
+                        crate::budget::describe_linear(other)
+                    )))
+                }
+            }
+            if arch.linear_shape(layer, slot).1 > 0 && arch.linear_shape(layer, slot).0 > 0 {
+                out.push((layer, slot));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn damped_cholesky(gram: &Mat<f64>, damp: f64) -> Result<Mat<f64>> {
+    let d = gram.nrows();
+    let mean_diag = (0..d).map(|i| gram[(i, i)]).sum::<f64>() / d as f64;
+    let mut damp = damp.max(1e-6);
+    for _ in 0..8 {
+        let c = Mat::from_fn(d, d, |i, j| {
+            gram[(i, j)]
+                + if i == j {
+                    damp * mean_diag.max(1e-12)
+                } else {
+                    0.0
+                }
+        });
+        if let Ok(llt) = c.llt(faer::Side::Lower) {
+            return Ok(llt.L().to_owned());
+        }
+        damp *= 10.0;
+    }
+    Err(Error::Spec(
+        "the calibration Gram matrix is not positive definite even with damping".into(),
+    ))
+}
+
+fn decompose(
+    ckpt: &Checkpoint,
+    spec: &Spec,
+    calib: Option<&Calibration>,
+    layer: usize,
+    slot: LinearSlot,
+) -> Result<Target> {
+    let (out, inp) = ckpt.arch.linear_shape(layer, slot);
+    let w = to_mat(&cpu(
+        ckpt,
+        Key::Linear {
+            layer,
+            slot,
+            part: LinearPart::Weight,
+        },
+    )?)?;
+    let full = out.min(inp);
+    let (matrix, chol) = match spec.method {
+        Method::Svd => (w, None),
+        Method::Whiten => {
+            let gram = calib
+                .and_then(|c| c.grams.get(&(layer, Input::of(slot))))
+                .ok_or_else(|| Error::Spec("--method whiten needs --calib".into()))?;
+            let l = damped_cholesky(gram, spec.damp)?;
+            (&w * &l, Some(l))
+        }
+    };
+    let svd = truncated_svd(matrix.as_ref(), full)?;
+    Ok(Target {
+        layer,
+        slot,
+        out,
+        inp,
+        left: svd.left,
+        right: svd.right,
+        singular: svd.singular_values,
+        chol,
+    })
+}
+
+/// Chooses a rank per target.
+fn choose_ranks(arch: &Arch, targets: &[Target], spec: &Spec) -> Result<Vec<Option<usize>>> {
+    let keep_if_saving = |t: &Target, r: usize| (r < t.break_even()).then_some(r.max(1));
+    if let Some(r) = spec.rank {
+        for t in targets {
+            if r == 0 || r >= t.break_even() {
+                return Err(Error::Spec(format!(
+                    "--rank {r}: a {}×{} linear saves parameters only below rank {}",
+                    t.out,
+                    t.inp,
+                    t.break_even()
+                )));
+            }
+        }
+        return Ok(targets.iter().map(|_| Some(r)).collect());
+    }
+    if let Some(e) = spec.energy {
+        if !(0.0..=1.0).contains(&e) || e == 0.0 {
+            return Err(Error::Spec(format!("--energy {e}: must be in (0, 1]")));
+        }
+        return Ok(targets
+            .iter()
+            .map(|t| {
+                let r = (1..=t.singular.len())
+                    .find(|&r| energy(&t.singular, r) >= e)
+                    .unwrap_or(t.singular.len());
+                keep_if_saving(t, r)
+            })
+            .collect());
+    }
+    let text = spec
+        .params_target
+        .as_deref()
+        .expect("clap requires one target");
+    let goal = parse_count(text).map_err(Error::Spec)?;
+    let ranks_at = |ratio: f64| -> Vec<Option<usize>> {
+        targets
+            .iter()
+            .map(|t| keep_if_saving(t, ((t.break_even() as f64) * ratio).floor() as usize))
+            .collect()
+    };
+    let count = |ranks: &[Option<usize>]| Budget::of_arch(&with_ranks(arch, targets, ranks)).unique;
+    let smallest = count(&targets.iter().map(|_| Some(1)).collect::<Vec<_>>());
+    if smallest > goal {
+        return Err(Error::Spec(format!(
+            "--params-target {text}: even rank 1 everywhere leaves {smallest} unique parameters"
+        )));
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..40 {
+        let mid = (lo + hi) / 2.0;
+        if count(&ranks_at(mid)) <= goal {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let ranks = ranks_at(lo);
+    Ok(if ranks.iter().all(|r| r.is_none()) {
+        targets.iter().map(|_| Some(1)).collect()
+    } else {
+        ranks
+    })
+}
+
+fn with_ranks(arch: &Arch, targets: &[Target], ranks: &[Option<usize>]) -> Arch {
+    let mut arch = arch.clone();
+    for (t, r) in targets.iter().zip(ranks) {
+        if let Some(rank) = r {
+            arch.layers[t.layer]
+                .linears
+                .insert(t.slot, LinearKind::LowRank { rank: *rank });
+        }
+    }
+    arch
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let start = std::time::Instant::now();
+    let selection = selected(&ckpt.arch, spec)?;
+    if selection.is_empty() {
+        return Err(Error::Spec("no linear selected".into()));
+    }
+    let calib = match &spec.calib {
+        Some(path) => Some(collect(ckpt, path, spec.calib_sentences)?),
+        None if spec.method == Method::Whiten => {
+            return Err(Error::Spec("--method whiten needs --calib FILE".into()))
+        }
+        None => None,
+    };
+    let targets = selection
+        .iter()
+        .map(|&(layer, slot)| decompose(ckpt, spec, calib.as_ref(), layer, slot))
+        .collect::<Result<Vec<_>>>()?;
+    let ranks = choose_ranks(&ckpt.arch, &targets, spec)?;
+    let mut out = ckpt.clone();
+    let mut details = vec![];
+    for (t, rank) in targets.iter().zip(&ranks) {
+        let Some(r) = *rank else {
+            details.push(
+                serde_json::json!({"layer": t.layer, "linear": t.slot.as_str(), "kept": "dense"}),
+            );
+            continue;
+        };
+        let up = t.left.subcols(0, r).to_owned();
+        let mut v = t.right.subcols(0, r).to_owned();
+        if let Some(l) = &t.chol {
+            // down = V_rᵀ L⁻¹: solve Lᵀ Z = V_r, then down = Zᵀ.
+            faer::linalg::triangular_solve::solve_upper_triangular_in_place(
+                l.transpose(),
+                v.as_mut(),
+                Par::Seq,
+            );
+        }
+        let key = |part| Key::Linear {
+            layer: t.layer,
+            slot: t.slot,
+            part,
+        };
+        out.set_tensor(key(LinearPart::Up), to_tensor(up.as_ref())?);
+        out.set_tensor(key(LinearPart::Down), to_tensor(v.transpose())?);
+        details.push(serde_json::json!({
+            "layer": t.layer, "linear": t.slot.as_str(), "rank": r,
+            "retained_energy": energy(&t.singular, r),
+        }));
+    }
+    let arch = with_ranks(&ckpt.arch, &targets, &ranks);
+    out.set_arch(arch)?;
+    let mut report = serde_json::json!({
+        "method": spec.method,
+        "linears": details.len(),
+        "mean_retained_energy": details.iter().filter_map(|d| d["retained_energy"].as_f64()).sum::<f64>()
+            / details.iter().filter(|d| d["retained_energy"].is_f64()).count().max(1) as f64,
+        "seconds": start.elapsed().as_secs_f64(),
+        "details": details,
+    });
+    if let Some(c) = &calib {
+        report["calibration_sentences"] = c.sentences.into();
+        report["calibration_tokens"] = c.tokens.into();
+        if let Some(note) = &c.note {
+            report["note"] = note.clone().into();
+        }
+    }
+    Ok(Outcome::new(ckpt, out, "lowrank-layers", spec, report))
+}
