@@ -91,27 +91,17 @@ pub struct WordPredictions {
     pub tokens: usize,
 }
 
-/// Runs the model over the examples (bucketed by length) and reads word predictions.
-pub fn predict_words(
+/// Runs the model over the examples (bucketed by length) and calls `visit(sentence, word,
+/// logits)` at the first sub-token of every word. Returns the seconds spent.
+pub fn for_each_word(
     model: &Bert,
     prepared: &Prepared,
     pad_id: u32,
     batch_size: usize,
     device: &Device,
-) -> Result<WordPredictions> {
+    mut visit: impl FnMut(usize, usize, &[f32]),
+) -> Result<f64> {
     let start = Instant::now();
-    let mut ids: Vec<Vec<usize>> = prepared
-        .data
-        .sentences
-        .iter()
-        .map(|s| vec![0; s.words.len()])
-        .collect();
-    let mut scores: Vec<Vec<f32>> = prepared
-        .data
-        .sentences
-        .iter()
-        .map(|s| vec![0.0; s.words.len()])
-        .collect();
     let plan = crate::data::bucket_batches(&prepared.lengths(), batch_size, None);
     for batch in &plan.batches {
         let examples: Vec<&Example> = batch.iter().map(|&i| &prepared.examples[i]).collect();
@@ -123,16 +113,40 @@ pub fn predict_words(
         let logits = logits.to_vec3::<f32>()?;
         for (row, ex) in logits.iter().zip(&examples) {
             for &(pos, word) in &ex.word_starts {
-                let (best, p) = argmax_softmax(&row[pos]);
-                ids[ex.sentence][word] = best;
-                scores[ex.sentence][word] = p;
+                visit(ex.sentence, word, &row[pos]);
             }
         }
     }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Runs the model over the examples (bucketed by length) and reads word predictions.
+pub fn predict_words(
+    model: &Bert,
+    prepared: &Prepared,
+    pad_id: u32,
+    batch_size: usize,
+    device: &Device,
+) -> Result<WordPredictions> {
+    let sentences = &prepared.data.sentences;
+    let mut ids: Vec<Vec<usize>> = sentences.iter().map(|s| vec![0; s.words.len()]).collect();
+    let mut scores: Vec<Vec<f32>> = sentences.iter().map(|s| vec![0.0; s.words.len()]).collect();
+    let seconds = for_each_word(
+        model,
+        prepared,
+        pad_id,
+        batch_size,
+        device,
+        |s, w, logits| {
+            let (best, p) = argmax_softmax(logits);
+            ids[s][w] = best;
+            scores[s][w] = p;
+        },
+    )?;
     Ok(WordPredictions {
         ids,
         scores,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds,
         tokens: prepared.num_tokens(),
     })
 }

@@ -17,6 +17,7 @@ pub mod predict;
 pub mod quickstart;
 pub mod rng;
 pub mod score;
+pub mod student;
 pub mod surgery;
 pub mod synthetic;
 pub mod tokenize;

@@ -4,6 +4,7 @@ mod bad_input;
 mod budget;
 mod checkpoint_io;
 mod data;
+mod distill;
 mod metrics;
 mod model;
 mod parity;

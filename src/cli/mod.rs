@@ -3,6 +3,7 @@
 mod cuts;
 mod evaluate;
 mod inspect;
+mod students;
 mod train;
 
 use std::path::PathBuf;
@@ -44,6 +45,10 @@ enum Command {
     Predict(evaluate::PredictArgs),
     #[command(flatten)]
     Surgery(cuts::SurgeryCommand),
+    /// Write a randomly initialised student with a teacher's tokenizer and labels.
+    InitStudent(students::InitStudentArgs),
+    /// List student shapes that fit a parameter budget.
+    Plan(students::PlanArgs),
     /// Run a checkpoint on pre-tokenised sentences and write ids, mask, hidden states and logits.
     Forward {
         /// Checkpoint folder.
@@ -69,6 +74,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Train(command) => train::run(command),
         Command::Surgery(command) => cuts::run(command),
+        Command::InitStudent(args) => students::init(args),
+        Command::Plan(args) => students::plan_cmd(args),
         Command::Eval(args) => evaluate::eval(args),
         Command::Score(args) => evaluate::score(args),
         Command::Predict(args) => evaluate::predict(args),

@@ -5,18 +5,37 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
+use surgery::train::distill::{distill, DistillSpec};
+use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainOutcome, TrainSpec};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
     /// Fine-tune a checkpoint on NER data (cross-entropy on the aligned labels).
     Finetune(FinetuneArgs),
+    /// Distill a teacher into a student (KL·τ² on softened logits + hard CE, optional
+    /// hidden-state / attention matching).
+    Distill(DistillArgs),
 }
 
 #[derive(Args)]
-pub struct FinetuneArgs {
-    /// Checkpoint folder to start from (a classifier is added if it has none).
-    checkpoint: PathBuf,
+pub struct DistillArgs {
+    /// Student checkpoint folder (from init-student or any surgery).
+    student: PathBuf,
+    /// Fine-tuned teacher checkpoint folder.
+    #[arg(long)]
+    teacher: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    data: DataSpec,
+    #[command(flatten)]
+    spec: TrainSpec,
+    #[command(flatten)]
+    distill: DistillSpec,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
     /// Run folder: run.json, metrics.jsonl, best/ and last/ checkpoints.
     #[arg(long)]
     out: PathBuf,
@@ -29,6 +48,24 @@ pub struct FinetuneArgs {
     /// Stop after N optimizer steps as if interrupted (continue later with --resume).
     #[arg(long)]
     stop_after: Option<usize>,
+}
+
+impl RunArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            resume: self.resume,
+            force: self.force,
+            stop_after: self.stop_after,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Checkpoint folder to start from (a classifier is added if it has none).
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     #[command(flatten)]
     data: DataSpec,
     #[command(flatten)]
@@ -38,12 +75,29 @@ pub struct FinetuneArgs {
 pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     match command {
         TrainCommand::Finetune(a) => {
-            let options = RunOptions {
-                resume: a.resume,
-                force: a.force,
-                stop_after: a.stop_after,
-            };
-            let outcome = finetune(&a.checkpoint, &a.data, &a.spec, &a.out, options)?;
+            let outcome = finetune(&a.checkpoint, &a.data, &a.spec, &a.run.out, a.run.options())?;
+            report(&outcome);
+            Ok(ExitCode::SUCCESS)
+        }
+        TrainCommand::Distill(a) => {
+            let outcome = distill(
+                &a.student,
+                &a.teacher,
+                &a.data,
+                &a.spec,
+                &a.distill,
+                &a.run.out,
+                a.run.options(),
+            )?;
+            report(&outcome);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(outcome: &TrainOutcome) {
+    {
+        {
             println!(
                 "best dev F1 {:.4} at step {} of {}; best checkpoint: {}",
                 outcome.best_dev_f1,
@@ -60,7 +114,6 @@ pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
                 outcome.padding_ratio * 100.0,
                 outcome.seconds
             );
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

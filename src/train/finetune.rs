@@ -21,7 +21,7 @@ use crate::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
 use crate::rng::Rng;
 use crate::tokenize::WordTokenizer;
 use crate::train::loss::{cross_entropy, scored_positions};
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::optim::{AdamW, AdamWConfig, OptParam};
 use crate::train::run_dir::{fnv1a, git_commit, restore_optimizer, Progress, RunDir};
 use crate::train::schedule::{learning_rate, Decay};
 
@@ -196,6 +196,9 @@ pub struct LoopInputs<'a> {
     pub op: &'static str,
     /// Extra provenance for run.json (command line, data hashes, teacher, ...).
     pub provenance: serde_json::Value,
+    /// Trainable tensors outside the model (e.g. distillation projections): optimized and
+    /// resumed with the run, never saved into the checkpoint.
+    pub extra_params: Vec<(String, candle_core::Var)>,
 }
 
 /// Checks the checkpoint's classifier against the training labels; attaches a new one if it has
@@ -294,6 +297,7 @@ pub fn finetune(
         spec: spec.clone(),
         op: "train finetune",
         provenance,
+        extra_params: vec![],
     };
     let mut loss = |model: &Bert, batch: &BatchData, _: &[&Example], mode: &mut Mode| {
         let out = model.forward(&batch.batch, mode, Outputs::default())?;
@@ -368,14 +372,24 @@ pub fn train_loop(
         }
         _ => false,
     };
-    let vars = params.vars().map(|(k, v)| (*k, v.clone())).collect();
+    let mut vars: Vec<OptParam> = params
+        .vars()
+        .map(|(k, v)| OptParam::model(*k, arch.layout, v.clone(), sparse(*k)))
+        .collect();
+    vars.extend(inputs.extra_params.iter().map(|(name, var)| OptParam {
+        name: name.clone(),
+        var: var.clone(),
+        decay: true,
+        keep_zeros: false,
+        external: true,
+    }));
     let adam = AdamWConfig {
         weight_decay: spec.weight_decay,
         ..Default::default()
     };
-    let mut optimizer = AdamW::new(vars, adam, sparse)?;
+    let mut optimizer = AdamW::new(vars, adam)?;
     if let Some(store) = &optimizer_state {
-        restore_optimizer(&mut optimizer, store, ckpt.arch.layout)?;
+        restore_optimizer(&mut optimizer, store)?;
     }
 
     let lengths = inputs.train.lengths();

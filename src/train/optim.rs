@@ -30,10 +30,38 @@ impl Default for AdamWConfig {
     }
 }
 
+/// A parameter handed to the optimizer.
+pub struct OptParam {
+    /// Name used for the saved optimizer state.
+    pub name: String,
+    pub var: Var,
+    /// Weight decay applies.
+    pub decay: bool,
+    /// Keep the current zeros at zero (pruned weights).
+    pub keep_zeros: bool,
+    /// Not part of the checkpoint (e.g. a distillation projection): its value is saved with the
+    /// optimizer state so a resumed run continues with it.
+    pub external: bool,
+}
+
+impl OptParam {
+    /// A model parameter: decay and masking follow from its key and structure.
+    pub fn model(key: Key, layout: crate::arch::Layout, var: Var, sparse: bool) -> Self {
+        OptParam {
+            name: key.name(layout),
+            var,
+            decay: decays(key),
+            keep_zeros: sparse,
+            external: false,
+        }
+    }
+}
+
 /// Per-parameter optimizer state and gradient buffer.
 pub struct ParamState {
-    pub key: Key,
+    pub name: String,
     pub var: Var,
+    pub external: bool,
     /// Weight decay applies (not to biases and LayerNorm parameters).
     pub decay: bool,
     /// Positions that must stay zero (pruned weights), when the parameter is sparse.
@@ -81,16 +109,18 @@ fn cpu_slice(t: &Tensor, f: &mut dyn FnMut(&[f32])) -> Result<()> {
 }
 
 impl AdamW {
-    /// `sparse` says which parameters keep their current zeros fixed.
-    pub fn new(
-        vars: Vec<(Key, Var)>,
-        config: AdamWConfig,
-        sparse: impl Fn(Key) -> bool,
-    ) -> Result<Self> {
+    pub fn new(vars: Vec<OptParam>, config: AdamWConfig) -> Result<Self> {
         let mut params = vec![];
-        for (key, var) in vars {
+        for OptParam {
+            name,
+            var,
+            decay,
+            keep_zeros,
+            external,
+        } in vars
+        {
             let n = var.elem_count();
-            let zero_mask = if sparse(key) {
+            let zero_mask = if keep_zeros {
                 let mut mask = vec![];
                 cpu_slice(var.as_tensor(), &mut |w| {
                     mask = w.iter().map(|v| *v == 0.0).collect()
@@ -100,9 +130,10 @@ impl AdamW {
                 None
             };
             params.push(ParamState {
-                key,
+                name,
                 var,
-                decay: decays(key),
+                external,
+                decay,
                 zero_mask,
                 m: vec![0.0; n],
                 v: vec![0.0; n],
@@ -262,11 +293,15 @@ mod tests {
 
     #[test]
     fn in_place_update_matches_reference_adamw_and_keeps_masked_zeros() {
-        let key = Key::WordEmbeddings;
         let var =
             Var::from_tensor(&Tensor::new(&[1.0f32, 0.0, -2.0], &Device::Cpu).unwrap()).unwrap();
-        let mut opt =
-            AdamW::new(vec![(key, var.clone())], AdamWConfig::default(), |_| true).unwrap();
+        let param = OptParam::model(
+            Key::WordEmbeddings,
+            crate::arch::Layout::Bare,
+            var.clone(),
+            true,
+        );
+        let mut opt = AdamW::new(vec![param], AdamWConfig::default()).unwrap();
         let grads = [[0.5f32, 1.0, -0.3], [0.1, 0.2, 0.4], [-0.7, 0.3, 0.2]];
         for g in &grads {
             opt.params[0].grad.copy_from_slice(g);
@@ -284,12 +319,8 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let var = Var::from_tensor(&Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
-        let mut opt = AdamW::new(
-            vec![(Key::WordEmbeddings, var)],
-            AdamWConfig::default(),
-            |_| false,
-        )
-        .unwrap();
+        let param = OptParam::model(Key::WordEmbeddings, crate::arch::Layout::Bare, var, false);
+        let mut opt = AdamW::new(vec![param], AdamWConfig::default()).unwrap();
         opt.params[0].grad.copy_from_slice(&[3.0, 4.0]);
         assert!((opt.grad_norm() - 5.0).abs() < 1e-9);
         let norm = opt.step(1e-3, 2.0, 1.0).unwrap();

@@ -120,10 +120,16 @@ impl RunDir {
         let folder = AtomicDir::create(&staging.join("state"), true)?;
         let mut tensors = vec![];
         for p in &optimizer.params {
-            let name = p.key.name(ckpt.arch.layout);
+            let name = &p.name;
             let shape = p.var.dims().to_vec();
             tensors.push((format!("m.{name}"), RawTensor::f32(shape.clone(), &p.m)));
             tensors.push((format!("v.{name}"), RawTensor::f32(shape, &p.v)));
+            if p.external {
+                tensors.push((
+                    format!("value.{name}"),
+                    RawTensor::from_tensor(p.var.as_tensor())?,
+                ));
+            }
         }
         let mut meta = HashMap::new();
         meta.insert("optimizer_step".into(), optimizer.step.to_string());
@@ -168,18 +174,14 @@ impl RunDir {
 }
 
 /// Restores optimizer moments saved by [`RunDir::save_last`].
-pub fn restore_optimizer(
-    optimizer: &mut AdamW,
-    store: &TensorStore,
-    layout: crate::arch::Layout,
-) -> Result<()> {
+pub fn restore_optimizer(optimizer: &mut AdamW, store: &TensorStore) -> Result<()> {
     optimizer.step = store
         .metadata
         .get("optimizer_step")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     for p in &mut optimizer.params {
-        let name = p.key.name(layout);
+        let name = p.name.clone();
         for (prefix, target) in [("m.", &mut p.m), ("v.", &mut p.v)] {
             let t: Tensor = store.load_f32(&format!("{prefix}{name}"), &Device::Cpu)?;
             let values = t.flatten_all()?.to_vec1::<f32>()?;
@@ -192,6 +194,10 @@ pub fn restore_optimizer(
                 });
             }
             *target = values;
+        }
+        if p.external {
+            p.var
+                .set(&store.load_f32(&format!("value.{name}"), &Device::Cpu)?)?;
         }
     }
     Ok(())

@@ -1,0 +1,259 @@
+//! Distillation, students and plans on tiny synthetic data.
+
+use surgery::io::Checkpoint;
+use surgery::student::{init_student, plan, Shape};
+use surgery::train::distill::{distill, DistillSpec};
+use surgery::train::finetune::{finetune, RunOptions};
+
+use crate::train::{quick_spec, setup, Setup};
+use crate::util::surgery;
+
+/// A fine-tuned tiny teacher and a smaller random student in the setup folder.
+fn teacher_and_student(
+    s: &Setup,
+    student_shape: Shape,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let run = s.dir.path().join("teacher-run");
+    let mut spec = quick_spec();
+    spec.epochs = 3;
+    finetune(&s.model, &s.data, &spec, &run, RunOptions::default()).unwrap();
+    let teacher = run.join("best");
+    let student = init_student(
+        &Checkpoint::open(&teacher).unwrap(),
+        &student_shape,
+        None,
+        3,
+    )
+    .unwrap();
+    let path = s.dir.path().join("student");
+    student.save(&path, false, vec![]).unwrap();
+    (teacher, path)
+}
+
+fn small() -> Shape {
+    Shape {
+        layers: 1,
+        hidden: 16,
+        heads: 2,
+        intermediate: 32,
+        embedding_rank: Some(8),
+    }
+}
+
+fn kd() -> DistillSpec {
+    DistillSpec {
+        temperature: 2.0,
+        alpha: 0.5,
+        hidden_weight: 0.0,
+        attention_weight: 0.0,
+        layer_map: None,
+        cache_teacher: None,
+    }
+}
+
+#[test]
+fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
+    let s = setup(1000);
+    let shape = Shape {
+        layers: 2,
+        hidden: 32,
+        heads: 2,
+        intermediate: 64,
+        embedding_rank: Some(16),
+    };
+    let (teacher, student) = teacher_and_student(&s, shape);
+    let mut spec = quick_spec();
+    spec.epochs = 3;
+    let mut d = kd();
+    d.cache_teacher = Some(s.dir.path().join("cache"));
+    let a = s.dir.path().join("a");
+    let outcome = distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &a,
+        RunOptions::default(),
+    )
+    .unwrap();
+    assert!(outcome.best_dev_f1 > 0.3, "dev F1 {}", outcome.best_dev_f1);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["provenance"]["teacher_cache_hit"], false);
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("cache"))
+            .unwrap()
+            .count(),
+        1
+    );
+    let b = s.dir.path().join("b");
+    distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &b,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["provenance"]["teacher_cache_hit"], true);
+    let (x, y) = (
+        Checkpoint::open(&a.join("last/model")).unwrap(),
+        Checkpoint::open(&b.join("last/model")).unwrap(),
+    );
+    let key = surgery::arch::Key::Classifier(surgery::arch::NormPart::Weight);
+    let cpu = candle_core::Device::Cpu;
+    assert_eq!(
+        crate::util::max_abs_diff(&x.tensor(key, &cpu).unwrap(), &y.tensor(key, &cpu).unwrap()),
+        0.0
+    );
+    assert_eq!(
+        Checkpoint::open(&a.join("best"))
+            .unwrap()
+            .history()
+            .last()
+            .unwrap()
+            .op,
+        "train distill"
+    );
+}
+
+#[test]
+fn intermediate_matching_trains_a_projection_that_is_not_saved() {
+    let s = setup(200);
+    let shape = Shape {
+        layers: 1,
+        hidden: 24,
+        heads: 4,
+        intermediate: 32,
+        embedding_rank: None,
+    };
+    let (teacher, student) = teacher_and_student(&s, shape);
+    let mut spec = quick_spec();
+    spec.epochs = 1;
+    let mut d = kd();
+    d.hidden_weight = 1.0;
+    d.attention_weight = 1.0;
+    let out = s.dir.path().join("inter");
+    distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &out,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let store = surgery::io::TensorStore::open_dir(&out.join("best")).unwrap();
+    assert!(
+        store.names().all(|n| !n.contains("distill")),
+        "projection must not be saved"
+    );
+    let optimizer =
+        surgery::io::TensorStore::open_files(&[out.join("last/state/optimizer.safetensors")])
+            .unwrap();
+    assert_eq!(
+        optimizer
+            .info("value.distill.hidden_projection")
+            .unwrap()
+            .shape,
+        vec![32, 24]
+    );
+    // A layer map naming a missing layer, and attention matching with other head counts, are refused.
+    let mut bad = d.clone();
+    bad.layer_map = Some("0:5".into());
+    let err = distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &bad,
+        &s.dir.path().join("x"),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("the teacher 0..1"), "{err}");
+    let other = s.dir.path().join("other-heads");
+    let t = Checkpoint::open(&teacher).unwrap();
+    init_student(&t, &Shape { heads: 2, ..shape }, None, 1)
+        .unwrap()
+        .save(&other, false, vec![])
+        .unwrap();
+    let err = distill(
+        &other,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &s.dir.path().join("y"),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("equal head counts"), "{err}");
+}
+
+#[test]
+fn students_with_other_labels_are_refused_naming_both() {
+    let s = setup(100);
+    let (teacher, _) = teacher_and_student(&s, small());
+    let mut other = Checkpoint::open(&s.model).unwrap();
+    surgery::generate::attach_classifier(&mut other, &["O".into(), "B-X".into()], 0.02, 1).unwrap();
+    let path = s.dir.path().join("other");
+    other.save(&path, false, vec![]).unwrap();
+    let err = distill(
+        &path,
+        &teacher,
+        &s.data,
+        &quick_spec(),
+        &kd(),
+        &s.dir.path().join("r"),
+        RunOptions::default(),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("other") && msg.contains("best") && msg.contains("B-X"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn plans_fit_the_budget_or_say_the_smallest_possible() {
+    let s = setup(20);
+    let teacher = Checkpoint::open(&s.model).unwrap();
+    let shapes = plan(&teacher, 400_000).unwrap();
+    assert!(!shapes.is_empty() && shapes.iter().all(|c| c.unique_parameters <= 400_000));
+    assert!(shapes
+        .windows(2)
+        .all(|w| w[0].mflops_per_token >= w[1].mflops_per_token));
+    let err = plan(&teacher, 1_000).unwrap_err().to_string();
+    assert!(err.contains("smallest considered has"), "{err}");
+    let r = surgery(&["plan", s.model.to_str().unwrap(), "--budget", "400k"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = s.dir.path().join("st");
+    let r = surgery(&[
+        "init-student",
+        out.to_str().unwrap(),
+        "--like",
+        s.model.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--intermediate",
+        "48",
+        "--embedding-rank",
+        "8",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let st = Checkpoint::open(&out).unwrap();
+    assert_eq!(st.arch.num_layers(), 2);
+    assert_eq!(st.tokenizer_files, teacher.tokenizer_files);
+}
