@@ -8,6 +8,7 @@ mod distill;
 mod metrics;
 mod model;
 mod parity;
+mod sparsegpt;
 mod surgeries;
 mod train;
 mod util;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use surgery::io::Checkpoint;
 use surgery::surgery::{
-    drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, tie_layers, Outcome,
+    drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, sparsegpt, tie_layers, Outcome,
 };
 
 use super::inspect::group;
@@ -56,6 +56,13 @@ pub enum SurgeryCommand {
         #[command(flatten)]
         spec: lowrank_layers::Spec,
     },
+    /// One-shot pruning with Hessian-based OBS updates (unstructured or N:M).
+    Sparsegpt {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: sparsegpt::Spec,
+    },
     /// Keep only the word pieces a corpus uses (plus specials and single characters).
     PruneVocab {
         #[command(flatten)]
@@ -75,6 +82,7 @@ pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
         SurgeryCommand::LowrankLayers { io, spec } => {
             apply(io, |c| lowrank_layers::apply(c, &spec))
         }
+        SurgeryCommand::Sparsegpt { io, spec } => apply(io, |c| sparsegpt::apply(c, &spec)),
         SurgeryCommand::PruneVocab { io, spec } => apply(io, |c| prune_vocab::apply(c, &spec)),
     }
 }

@@ -236,27 +236,8 @@ impl Bert {
     ) -> candle_core::Result<ForwardOutput> {
         let (b, l) = batch.input_ids.dims2()?;
         let h = self.arch.hidden;
-        if l > self.arch.max_positions {
-            candle_core::bail!(
-                "sequence of {l} tokens exceeds max_position_embeddings {}",
-                self.arch.max_positions
-            );
-        }
-        let e = &self.embeddings;
-        let ids = batch.input_ids.flatten_all()?;
-        let mut x = e.word.index_select(&ids, 0)?;
-        if let Some(p) = &e.projection {
-            x = x.matmul(&p.t()?)?;
-        }
-        let x = x.reshape((b, l, h))?;
-        let x = x
-            .broadcast_add(&e.position.narrow(0, 0, l)?)?
-            .broadcast_add(&e.token_type.narrow(0, 0, 1)?)?;
-        let mut x = dropout(&e.norm.forward(&x)?, self.hidden_dropout, mode)?;
-
-        // [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
-        let mask_bias =
-            ((batch.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let mut x = self.embed(batch, mode)?;
+        let mask_bias = attention_bias(batch)?;
         let mut hidden_states = vec![];
         let mut attentions = vec![];
         let mut linear_inputs = vec![];
@@ -294,6 +275,50 @@ impl Bert {
             attentions,
             linear_inputs,
         })
+    }
+
+    /// The embedding block (word + position + token type, LayerNorm, dropout): [B, L, H].
+    pub fn embed(&self, batch: &Batch, mode: &mut Mode) -> candle_core::Result<Tensor> {
+        let (b, l) = batch.input_ids.dims2()?;
+        if l > self.arch.max_positions {
+            candle_core::bail!(
+                "sequence of {l} tokens exceeds max_position_embeddings {}",
+                self.arch.max_positions
+            );
+        }
+        let e = &self.embeddings;
+        let ids = batch.input_ids.flatten_all()?;
+        let mut x = e.word.index_select(&ids, 0)?;
+        if let Some(p) = &e.projection {
+            x = x.matmul(&p.t()?)?;
+        }
+        let x = x
+            .reshape((b, l, self.arch.hidden))?
+            .broadcast_add(&e.position.narrow(0, 0, l)?)?
+            .broadcast_add(&e.token_type.narrow(0, 0, 1)?)?;
+        dropout(&e.norm.forward(&x)?, self.hidden_dropout, mode)
+    }
+
+    /// Runs logical layer `layer` in eval mode on `x` [B, L, H]; with `capture`, also returns
+    /// the inputs of its linears (layer-by-layer surgeries such as SparseGPT).
+    pub fn run_layer(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        batch: &Batch,
+        capture: bool,
+    ) -> candle_core::Result<(Tensor, Option<LinearInputs>)> {
+        let mut inputs = vec![];
+        let stored = &self.layers[self.arch.layer_map[layer]];
+        let bias = attention_bias(batch)?;
+        let (y, _) = self.layer_forward(
+            stored,
+            x,
+            &bias,
+            &mut Mode::Eval,
+            capture.then_some(&mut inputs),
+        )?;
+        Ok((y, inputs.pop()))
     }
 
     /// One encoder layer; returns the output and the attention probabilities (None without heads).
@@ -352,6 +377,12 @@ impl Bert {
         }
         Ok((y.reshape((b, l, h))?, probs))
     }
+}
+
+/// [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
+fn attention_bias(batch: &Batch) -> candle_core::Result<Tensor> {
+    let (b, l) = batch.attention_mask.dims2()?;
+    ((batch.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))
 }
 
 fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {

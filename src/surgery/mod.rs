@@ -4,7 +4,9 @@
 pub mod drop_layers;
 pub mod factorize_embeddings;
 pub mod lowrank_layers;
+pub mod obs;
 pub mod prune_vocab;
+pub mod sparsegpt;
 pub mod tie_layers;
 
 use std::path::Path;

@@ -1,0 +1,312 @@
+//! sparsegpt: one-shot pruning of every encoder linear with OBS weight updates, layer by layer:
+//! the inputs of layer l are computed by the already-pruned layers before it; the Hessian of a
+//! linear is H = 2·XᵀX/n over the real (non-pad) calibration tokens (n = their count; the scale
+//! cancels in the updates and the damping is relative); query, key and value share one. The
+//! classifier and the embeddings stay dense. `--method magnitude` is the no-update baseline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use super::obs::{magnitude, sparsegpt, Pattern, Solver};
+use super::Outcome;
+use crate::arch::{Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
+use crate::calibrate::Input;
+use crate::data::labels::UnknownLabels;
+use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use crate::error::{Error, Result};
+use crate::eval::{collate, BatchData, Prepared};
+use crate::io::Checkpoint;
+use crate::model::{dropouts_of, Bert, Mode, Params};
+use crate::tokenize::WordTokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// OBS updates of the remaining weights (SparseGPT).
+    #[default]
+    Sparsegpt,
+    /// Zero the smallest weights, no updates (baseline).
+    Magnitude,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Fraction of each linear's weights to remove, in (0, 1).
+    #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern")]
+    pub sparsity: Option<f64>,
+    /// N:M semi-structured sparsity, e.g. 2:4 (N zeros in every M inputs).
+    #[arg(long)]
+    pub pattern: Option<String>,
+    /// Calibration sentences (CoNLL or JSONL).
+    #[arg(long)]
+    pub calib: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub calib_sentences: usize,
+    /// Dampening, times the mean of the Hessian's diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// Columns per block.
+    #[arg(long, default_value_t = 128)]
+    pub block: usize,
+    #[arg(long, value_enum, default_value_t = Method::Sparsegpt)]
+    pub method: Method,
+}
+
+impl Spec {
+    fn pattern(&self) -> Result<Pattern> {
+        match (&self.sparsity, &self.pattern) {
+            (Some(s), None) => {
+                if !(*s > 0.0 && *s < 1.0) {
+                    return Err(Error::Spec(format!("--sparsity {s}: must be in (0, 1)")));
+                }
+                Ok(Pattern::Unstructured(*s))
+            }
+            (None, Some(p)) => {
+                let parsed = p.split_once(':').and_then(|(n, m)| {
+                    Some((
+                        n.trim().parse::<usize>().ok()?,
+                        m.trim().parse::<usize>().ok()?,
+                    ))
+                });
+                match parsed {
+                    Some((n, m)) if n > 0 && n < m => Ok(Pattern::NofM { n, m }),
+                    Some((n, m)) => {
+                        Err(Error::Spec(format!("--pattern {n}:{m}: N must be in 1..M")))
+                    }
+                    None => Err(Error::Spec(format!(
+                        "--pattern `{p}`: expected N:M such as 2:4"
+                    ))),
+                }
+            }
+            _ => Err(Error::Spec("give --sparsity or --pattern".into())),
+        }
+    }
+}
+
+/// Accumulates XᵀX of the real tokens of a batch into `gram`.
+fn accumulate(gram: &mut Option<Tensor>, x: &Tensor, rows: &Tensor) -> Result<()> {
+    let x = x.index_select(rows, 0)?;
+    let g = x.t()?.matmul(&x)?;
+    *gram = Some(match gram.take() {
+        Some(acc) => (acc + g)?,
+        None => g,
+    });
+    Ok(())
+}
+
+fn gram_to_hessian(g: &Tensor, tokens: usize) -> Result<Mat<f64>> {
+    let (d, _) = g.dims2()?;
+    let v = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let scale = 2.0 / tokens.max(1) as f64;
+    Ok(Mat::from_fn(d, d, |i, j| v[i * d + j] * scale))
+}
+
+/// Relative output error ‖(W − Ŵ)X‖ / ‖WX‖ through the Hessian: √(tr(ΔHΔᵀ) / tr(WHWᵀ)).
+fn relative_output_error(w: &[f64], pruned: &[f64], rows: usize, cols: usize, h: &Mat<f64>) -> f64 {
+    let quad = |m: &[f64]| -> f64 {
+        let a = Mat::from_fn(rows, cols, |r, c| m[r * cols + c]);
+        let p: Mat<f64> = &a * h;
+        (0..rows)
+            .map(|r| (0..cols).map(|c| p[(r, c)] * a[(r, c)]).sum::<f64>())
+            .sum()
+    };
+    let delta: Vec<f64> = w.iter().zip(pruned).map(|(a, b)| a - b).collect();
+    (quad(&delta) / quad(w).max(1e-30)).sqrt()
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let started = Instant::now();
+    let pattern = spec.pattern()?;
+    for layer in &ckpt.arch.layers {
+        if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
+            return Err(Error::Spec(format!(
+                "{} is already {}; sparsegpt prunes dense linears",
+                slot.as_str(),
+                crate::budget::describe_linear(*kind)
+            )));
+        }
+    }
+    let device = Device::Cpu;
+    let mut data = read_dataset(&spec.calib, &ReadOptions::default())?;
+    let available = data.sentences.len();
+    data.sentences.truncate(spec.calib_sentences);
+    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
+    let labels = LabelSet::new(vec!["O".into()])?;
+    let max_len = ckpt.arch.max_positions.min(128);
+    let prepared = Prepared::new(
+        &tokenizer,
+        data,
+        &labels,
+        UnknownLabels::Outside,
+        Alignment::FirstSubtoken,
+        max_len,
+    )?;
+    let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
+    let batches: Vec<BatchData> = plan
+        .batches
+        .iter()
+        .map(|b| {
+            collate(
+                &b.iter().map(|&i| &prepared.examples[i]).collect::<Vec<_>>(),
+                tokenizer.pad_id(),
+                &device,
+            )
+        })
+        .collect::<Result<_>>()?;
+    let real_rows: Vec<Tensor> = batches
+        .iter()
+        .map(|b| {
+            let mask = b.batch.attention_mask.flatten_all()?.to_vec1::<f32>()?;
+            let rows: Vec<u32> = (0..mask.len() as u32)
+                .filter(|&i| mask[i as usize] > 0.0)
+                .collect();
+            Ok(Tensor::from_vec(rows.clone(), rows.len(), &device)?)
+        })
+        .collect::<Result<_>>()?;
+    let tokens: usize = real_rows.iter().map(|r| r.elem_count()).sum();
+
+    let params = Params::from_checkpoint(ckpt, &device)?;
+    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let mut xs: Vec<Tensor> = batches
+        .iter()
+        .map(|b| model.embed(&b.batch, &mut Mode::Eval))
+        .collect::<candle_core::Result<_>>()?;
+    let (mut forward_s, mut solve_s) = (0.0, 0.0);
+    let mut done = vec![false; ckpt.arch.layers.len()];
+    let mut details = vec![];
+    for logical in 0..ckpt.arch.num_layers() {
+        let stored = ckpt.arch.layer_map[logical];
+        if !done[stored] {
+            done[stored] = true;
+            let t0 = Instant::now();
+            let mut grams: BTreeMap<Input, Option<Tensor>> = BTreeMap::new();
+            for ((x, batch), rows) in xs.iter().zip(&batches).zip(&real_rows) {
+                let (_, inputs) = model.run_layer(logical, x, &batch.batch, true)?;
+                let inputs = inputs.expect("captured");
+                accumulate(
+                    grams.entry(Input::Attention).or_default(),
+                    &inputs.attention,
+                    rows,
+                )?;
+                if let Some(c) = &inputs.context {
+                    accumulate(grams.entry(Input::Context).or_default(), c, rows)?;
+                }
+                accumulate(grams.entry(Input::Ffn).or_default(), &inputs.ffn, rows)?;
+                accumulate(
+                    grams.entry(Input::FfnActivation).or_default(),
+                    &inputs.ffn_activation,
+                    rows,
+                )?;
+            }
+            forward_s += t0.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            for slot in LinearSlot::ALL {
+                let (rows_n, cols) = ckpt.arch.linear_shape(stored, slot);
+                let Some(Some(gram)) = grams.get(&Input::of(slot)) else {
+                    continue;
+                };
+                if rows_n == 0 || cols == 0 {
+                    continue;
+                }
+                let hessian = gram_to_hessian(gram, tokens)?;
+                let key = Key::Linear {
+                    layer: stored,
+                    slot,
+                    part: LinearPart::Weight,
+                };
+                let (_, var) = params
+                    .vars()
+                    .find(|(k, _)| **k == key)
+                    .expect("weight loaded");
+                let original: Vec<f64> = var
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?;
+                let mut w = original.clone();
+                let stats = match spec.method {
+                    Method::Sparsegpt => sparsegpt(
+                        &mut w,
+                        rows_n,
+                        cols,
+                        &hessian,
+                        pattern,
+                        Solver {
+                            block: spec.block,
+                            damp: spec.damp,
+                        },
+                    )?,
+                    Method::Magnitude => {
+                        magnitude(&mut w, rows_n, cols, pattern);
+                        Default::default()
+                    }
+                };
+                if w.iter().any(|v| !v.is_finite()) {
+                    return Err(Error::Spec(format!(
+                        "layer {stored} {}: pruning produced non-finite weights",
+                        slot.as_str()
+                    )));
+                }
+                let error = relative_output_error(&original, &w, rows_n, cols, &hessian);
+                var.set(&Tensor::from_vec(w, (rows_n, cols), &device)?.to_dtype(DType::F32)?)?;
+                details.push(serde_json::json!({
+                    "layer": stored, "linear": slot.as_str(), "relative_output_error": error,
+                    "damp": stats.damp, "dead_inputs": stats.dead_inputs,
+                }));
+            }
+            solve_s += t1.elapsed().as_secs_f64();
+        }
+        let t2 = Instant::now();
+        xs = xs
+            .iter()
+            .zip(&batches)
+            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0))
+            .collect::<Result<_>>()?;
+        forward_s += t2.elapsed().as_secs_f64();
+    }
+    let mut out = ckpt.clone();
+    params.store_into(&mut out)?;
+    let sparse = match pattern {
+        Pattern::Unstructured(s) => SparsePattern::Unstructured { sparsity: s as f32 },
+        Pattern::NofM { n, m } => SparsePattern::NofM { n, m },
+    };
+    let mut arch = out.arch.clone();
+    for layer in &mut arch.layers {
+        for slot in LinearSlot::ALL {
+            layer
+                .linears
+                .insert(slot, LinearKind::Sparse { pattern: sparse });
+        }
+    }
+    out.set_arch(arch)?;
+    let errors: Vec<f64> = details
+        .iter()
+        .filter_map(|d| d["relative_output_error"].as_f64())
+        .collect();
+    let mut report = serde_json::json!({
+        "method": spec.method,
+        "pattern": pattern,
+        "calibration_sentences": available.min(spec.calib_sentences),
+        "calibration_tokens": tokens,
+        "mean_relative_output_error": errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        "seconds": started.elapsed().as_secs_f64(),
+        "seconds_forward": forward_s,
+        "seconds_solve": solve_s,
+        "details": details,
+    });
+    if available < spec.calib_sentences {
+        report["note"] = format!(
+            "{} has {available} sentences, fewer than the {} asked; used all of them",
+            spec.calib.display(),
+            spec.calib_sentences
+        )
+        .into();
+    }
+    Ok(Outcome::new(ckpt, out, "sparsegpt", spec, report))
+}
