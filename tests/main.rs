@@ -5,6 +5,7 @@ mod budget;
 mod checkpoint_io;
 mod data;
 mod distill;
+mod heads;
 mod metrics;
 mod model;
 mod parity;

@@ -89,6 +89,9 @@ def load_tokenizer(model):
                                    unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
 
 
+DEVICE = "cpu"
+
+
 def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
     label_ids = {l: i for i, l in enumerate(labels)}
     examples = encode(tokenizer, sentences, label_ids, max_len)
@@ -100,7 +103,8 @@ def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             ids, mask, _ = collate(examples, idx, tokenizer.pad_token_id)
-            logits = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            ids, mask = ids.to(DEVICE), mask.to(DEVICE)
+            logits = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()
             tokens += int(mask.sum())
             for row, i in enumerate(idx):
                 words, prev, out = examples[i][2], None, []
@@ -133,6 +137,7 @@ def cmd_train(args):
     tokenizer = load_tokenizer(args.model)
     model = AutoModelForTokenClassification.from_pretrained(
         args.model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids)
+    model = model.float().to(DEVICE)
     examples = encode(tokenizer, train, label_ids, args.max_len)
     steps_per_epoch = math.ceil(len(examples) / args.batch_size)
     total = steps_per_epoch * args.epochs
@@ -153,6 +158,7 @@ def cmd_train(args):
         model.train()
         for idx in batches(examples, args.batch_size, args.batching, rng):
             ids, mask, lab = collate(examples, idx, tokenizer.pad_token_id)
+            ids, mask, lab = ids.to(DEVICE), mask.to(DEVICE), lab.to(DEVICE)
             start = time.perf_counter()
             loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
             loss.backward()
@@ -177,7 +183,7 @@ def cmd_train(args):
         if dev_f1 > best_dev and args.test:
             best_dev = dev_f1
             best_test, _ = evaluate(model, tokenizer, read_conll(args.test), labels, 64, args.max_len)
-    result = {"what": "hf-train", "batching": args.batching, "steps": step,
+    result = {"what": "hf-train", "batching": args.batching, "steps": step, "device": DEVICE,
               "train_tokens_per_s": tokens / train_seconds, "padding_ratio": 1 - tokens / padded,
               "threads": torch.get_num_threads(), "epochs": log}
     if args.test and log:
@@ -187,6 +193,7 @@ def cmd_train(args):
 
 
 def main():
+    global DEVICE
     torch.set_num_threads(2)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -208,7 +215,12 @@ def main():
     t.add_argument("--max-len", type=int, default=128)
     t.add_argument("--max-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--device", default="cpu", help="cpu (the comparison) or cuda (a reference F1 only)")
     args = parser.parse_args()
+    if getattr(args, "device", "cpu") != "cpu":
+        DEVICE = args.device
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     cmd_forward(args) if args.cmd == "forward" else cmd_train(args)
 
 

@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 
 use surgery::io::Checkpoint;
 use surgery::surgery::{
-    drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, sparsegpt, tie_layers, Outcome,
+    drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, remove_heads, sparsegpt,
+    tie_layers, Outcome,
 };
 
 use super::inspect::group;
@@ -63,6 +64,13 @@ pub enum SurgeryCommand {
         #[command(flatten)]
         spec: sparsegpt::Spec,
     },
+    /// Remove attention heads (named, below a gate threshold, or the least important).
+    RemoveHeads {
+        #[command(flatten)]
+        io: InOut,
+        #[command(flatten)]
+        spec: remove_heads::Spec,
+    },
     /// Keep only the word pieces a corpus uses (plus specials and single characters).
     PruneVocab {
         #[command(flatten)]
@@ -83,6 +91,7 @@ pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
             apply(io, |c| lowrank_layers::apply(c, &spec))
         }
         SurgeryCommand::Sparsegpt { io, spec } => apply(io, |c| sparsegpt::apply(c, &spec)),
+        SurgeryCommand::RemoveHeads { io, spec } => apply(io, |c| remove_heads::apply(c, &spec)),
         SurgeryCommand::PruneVocab { io, spec } => apply(io, |c| prune_vocab::apply(c, &spec)),
     }
 }

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use surgery::train::distill::{distill, DistillSpec};
 use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainOutcome, TrainSpec};
+use surgery::train::gates::{train_gates, GateSpec};
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -15,6 +16,22 @@ pub enum TrainCommand {
     /// Distill a teacher into a student (KL·τ² on softened logits + hard CE, optional
     /// hidden-state / attention matching).
     Distill(DistillArgs),
+    /// Learn hard-concrete head gates with an L0 penalty (writes gates.json and gates.svg).
+    Gates(GatesArgs),
+}
+
+#[derive(Args)]
+pub struct GatesArgs {
+    /// Fine-tuned checkpoint folder.
+    checkpoint: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    data: DataSpec,
+    #[command(flatten)]
+    spec: TrainSpec,
+    #[command(flatten)]
+    gates: GateSpec,
 }
 
 #[derive(Args)]
@@ -77,6 +94,19 @@ pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Finetune(a) => {
             let outcome = finetune(&a.checkpoint, &a.data, &a.spec, &a.run.out, a.run.options())?;
             report(&outcome);
+            Ok(ExitCode::SUCCESS)
+        }
+        TrainCommand::Gates(a) => {
+            let outcome = train_gates(
+                &a.checkpoint,
+                &a.data,
+                &a.spec,
+                &a.gates,
+                &a.run.out,
+                a.run.options(),
+            )?;
+            report(&outcome);
+            println!("gates: {}", a.run.out.join("gates.json").display());
             Ok(ExitCode::SUCCESS)
         }
         TrainCommand::Distill(a) => {

@@ -3,6 +3,7 @@
 //! head counts (0 allowed), and cross-layer sharing through the layer map. Mirrors HF
 //! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
 
+pub mod gates;
 pub mod ops;
 pub mod params;
 
@@ -146,6 +147,8 @@ pub struct Bert {
     hidden_dropout: f32,
     attention_dropout: f32,
     classifier_dropout: f32,
+    /// Trainable hard-concrete head gates, when training them.
+    gates: Option<gates::HeadGates>,
 }
 
 /// Dropout probabilities (from config.json).
@@ -221,7 +224,18 @@ impl Bert {
             hidden_dropout: dropouts.hidden,
             attention_dropout: dropouts.attention,
             classifier_dropout: dropouts.classifier,
+            gates: None,
         }
+    }
+
+    /// Multiplies every head's output by a trainable hard-concrete gate.
+    pub fn with_gates(mut self, gates: gates::HeadGates) -> Self {
+        self.gates = Some(gates);
+        self
+    }
+
+    pub fn gates(&self) -> Option<&gates::HeadGates> {
+        self.gates.as_ref()
     }
 
     pub fn arch(&self) -> &Arch {
@@ -234,6 +248,18 @@ impl Bert {
         mode: &mut Mode,
         outputs: Outputs,
     ) -> candle_core::Result<ForwardOutput> {
+        self.forward_gated(batch, mode, outputs, None)
+    }
+
+    /// The forward pass with one multiplier per attention head (`gates[layer]`: [heads]) applied
+    /// to each head's output, for head importance and L0 gate training.
+    pub fn forward_gated(
+        &self,
+        batch: &Batch,
+        mode: &mut Mode,
+        outputs: Outputs,
+        gates: Option<&[Tensor]>,
+    ) -> candle_core::Result<ForwardOutput> {
         let (b, l) = batch.input_ids.dims2()?;
         let h = self.arch.hidden;
         let mut x = self.embed(batch, mode)?;
@@ -244,10 +270,21 @@ impl Bert {
         if outputs.hidden_states {
             hidden_states.push(x.clone());
         }
-        for &stored in &self.arch.layer_map {
+        for (logical, &stored) in self.arch.layer_map.iter().enumerate() {
             let capture = outputs.linear_inputs.then_some(&mut linear_inputs);
-            let (next, probs) =
-                self.layer_forward(&self.layers[stored], &x, &mask_bias, mode, capture)?;
+            let gate = match (gates, &self.gates) {
+                (Some(g), _) => Some(g[logical].clone()),
+                (None, Some(hg)) => Some(hg.sample(logical, mode)?),
+                (None, None) => None,
+            };
+            let (next, probs) = self.layer_forward(
+                &self.layers[stored],
+                &x,
+                &mask_bias,
+                mode,
+                capture,
+                gate.as_ref(),
+            )?;
             x = next;
             if outputs.hidden_states {
                 hidden_states.push(x.clone());
@@ -317,6 +354,7 @@ impl Bert {
             &bias,
             &mut Mode::Eval,
             capture.then_some(&mut inputs),
+            None,
         )?;
         Ok((y, inputs.pop()))
     }
@@ -329,6 +367,7 @@ impl Bert {
         mask_bias: &Tensor,
         mode: &mut Mode,
         capture: Option<&mut Vec<LinearInputs>>,
+        gate: Option<&Tensor>,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
         let flat = x.reshape((b * l, h))?;
@@ -354,7 +393,10 @@ impl Bert {
             let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?
                 .broadcast_add(mask_bias)?;
             let probs = ops::softmax_last_dim(&scores)?;
-            let context = dropout(&probs, self.attention_dropout, mode)?.matmul(&v)?;
+            let mut context = dropout(&probs, self.attention_dropout, mode)?.matmul(&v)?;
+            if let Some(g) = gate {
+                context = context.broadcast_mul(&g.reshape((1, heads, 1, 1))?)?;
+            }
             let context = context
                 .transpose(1, 2)?
                 .contiguous()?
@@ -387,7 +429,7 @@ fn attention_bias(batch: &Batch) -> candle_core::Result<Tensor> {
 
 fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     match act {
-        Activation::GeluErf => x.gelu_erf(),
+        Activation::GeluErf => ops::gelu_erf(x),
         Activation::GeluTanh => x.gelu(),
         Activation::Relu => x.relu(),
     }

@@ -6,6 +6,7 @@ pub mod factorize_embeddings;
 pub mod lowrank_layers;
 pub mod obs;
 pub mod prune_vocab;
+pub mod remove_heads;
 pub mod sparsegpt;
 pub mod tie_layers;
 

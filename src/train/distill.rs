@@ -362,7 +362,12 @@ pub fn distill(
             let (ht, hs) = (teacher_ckpt.arch.hidden, student.arch.hidden);
             let w: Vec<f32> = (0..ht * hs).map(|_| rng.normal() * 0.02).collect();
             let var = Var::from_tensor(&Tensor::from_vec(w, (ht, hs), &device)?)?;
-            extra_params.push(("distill.hidden_projection".to_string(), var.clone()));
+            extra_params.push(crate::train::optim::OptParam::external(
+                "distill.hidden_projection",
+                var.clone(),
+                true,
+                1.0,
+            ));
             projection = Some(var);
         }
     }
@@ -381,6 +386,7 @@ pub fn distill(
         op: "train distill",
         provenance,
         extra_params,
+        head_gates: None,
     };
     let (tau, alpha) = (distill.temperature, distill.alpha);
     let outputs = Outputs {

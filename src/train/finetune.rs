@@ -198,7 +198,9 @@ pub struct LoopInputs<'a> {
     pub provenance: serde_json::Value,
     /// Trainable tensors outside the model (e.g. distillation projections): optimized and
     /// resumed with the run, never saved into the checkpoint.
-    pub extra_params: Vec<(String, candle_core::Var)>,
+    pub extra_params: Vec<OptParam>,
+    /// Trainable head gates attached to the model (`train gates`).
+    pub head_gates: Option<crate::model::gates::HeadGates>,
 }
 
 /// Checks the checkpoint's classifier against the training labels; attaches a new one if it has
@@ -225,14 +227,21 @@ pub fn ensure_classifier(
     }
 }
 
-/// `train finetune`: reads data, prepares the checkpoint and runs the loop with cross-entropy.
-pub fn finetune(
-    input: &Path,
-    data: &DataSpec,
-    spec: &TrainSpec,
-    out: &Path,
-    options: RunOptions,
-) -> Result<TrainOutcome> {
+/// A checkpoint and data ready for supervised training.
+pub struct PreparedRun {
+    pub ckpt: Checkpoint,
+    pub labels: LabelSet,
+    pub tokenizer: WordTokenizer,
+    pub train: Prepared,
+    pub dev: Prepared,
+    pub test: Option<Prepared>,
+    /// Data files with their hashes, for run.json.
+    pub files: serde_json::Value,
+}
+
+/// Reads the data (labels from the training file), opens the checkpoint (adding a classifier if
+/// needed) and tokenises every split.
+pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Result<PreparedRun> {
     spec.validate()?;
     let read_options = ReadOptions {
         iob1_to_iob2: data.iob1,
@@ -282,22 +291,43 @@ pub fn finetune(
             );
         }
     }
-    let provenance = serde_json::json!({
-        "input": input,
-        "data": data,
-        "files": files,
-    });
-    let inputs = LoopInputs {
+    Ok(PreparedRun {
         ckpt,
         labels,
-        tokenizer: &tokenizer,
+        tokenizer,
         train,
         dev,
         test,
+        files: files.into(),
+    })
+}
+
+/// `train finetune`: reads data, prepares the checkpoint and runs the loop with cross-entropy.
+pub fn finetune(
+    input: &Path,
+    data: &DataSpec,
+    spec: &TrainSpec,
+    out: &Path,
+    options: RunOptions,
+) -> Result<TrainOutcome> {
+    let prepared = finetune_inputs(input, data, spec)?;
+    let provenance = serde_json::json!({
+        "input": input,
+        "data": data,
+        "files": prepared.files,
+    });
+    let inputs = LoopInputs {
+        ckpt: prepared.ckpt,
+        labels: prepared.labels,
+        tokenizer: &prepared.tokenizer,
+        train: prepared.train,
+        dev: prepared.dev,
+        test: prepared.test,
         spec: spec.clone(),
         op: "train finetune",
         provenance,
         extra_params: vec![],
+        head_gates: None,
     };
     let mut loss = |model: &Bert, batch: &BatchData, _: &[&Example], mode: &mut Mode| {
         let out = model.forward(&batch.batch, mode, Outputs::default())?;
@@ -364,7 +394,10 @@ pub fn train_loop(
     }
     let params_count = Budget::of_arch(&ckpt.arch).unique;
     let params = Params::from_checkpoint(&ckpt, &device)?;
-    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let mut model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    if let Some(g) = &inputs.head_gates {
+        model = model.with_gates(g.clone());
+    }
     let arch = ckpt.arch.clone();
     let sparse = |key: Key| match key {
         Key::Linear { layer, slot, .. } => {
@@ -376,12 +409,10 @@ pub fn train_loop(
         .vars()
         .map(|(k, v)| OptParam::model(*k, arch.layout, v.clone(), sparse(*k)))
         .collect();
-    vars.extend(inputs.extra_params.iter().map(|(name, var)| OptParam {
-        name: name.clone(),
-        var: var.clone(),
-        decay: true,
-        keep_zeros: false,
-        external: true,
+    vars.extend(inputs.extra_params.iter().map(|p| OptParam {
+        var: p.var.clone(),
+        name: p.name.clone(),
+        ..*p
     }));
     let adam = AdamWConfig {
         weight_decay: spec.weight_decay,
@@ -522,10 +553,16 @@ pub fn train_loop(
                 } else {
                     eprintln!("{line}");
                 }
-                run.log(&serde_json::json!({
+                let mut record = serde_json::json!({
                     "step": progress.step, "epoch": progress.epoch, "loss": avg, "lr": lr,
                     "grad_norm": grad_norm, "tokens_per_s": tps,
-                }))?;
+                });
+                if let Some(g) = model.gates() {
+                    record["gates"] = serde_json::to_value(g.values()?).expect("json");
+                    record["expected_open_heads"] =
+                        (g.expected_open()?.to_scalar::<f32>()? as f64).into();
+                }
+                run.log(&record)?;
                 (window_loss, window_batches, window_tokens) = (0.0, 0, 0);
                 window_start = Instant::now();
             }
@@ -599,6 +636,14 @@ pub fn train_loop(
             &evaluate,
             &inputs.dev,
         )?;
+    }
+    if model.gates().is_some() {
+        crate::train::gates::write_gates_file(&run.path.join("gates.json"), &model)?;
+        let metrics = std::fs::read_to_string(run.path.join("metrics.jsonl")).unwrap_or_default();
+        if let Some(svg) = crate::train::gates::gates_svg(&metrics) {
+            let path = run.path.join("gates.svg");
+            std::fs::write(&path, svg).map_err(|e| Error::io(&path, e))?;
+        }
     }
     let best_f1 = progress.best_f1.unwrap_or(0.0);
     let test = match &inputs.test {

@@ -3,6 +3,7 @@
 
 pub mod distill;
 pub mod finetune;
+pub mod gates;
 pub mod loss;
 pub mod optim;
 pub mod run_dir;

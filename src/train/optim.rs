@@ -42,6 +42,22 @@ pub struct OptParam {
     /// Not part of the checkpoint (e.g. a distillation projection): its value is saved with the
     /// optimizer state so a resumed run continues with it.
     pub external: bool,
+    /// Multiplies the scheduled learning rate (head gates learn much faster than weights).
+    pub lr_scale: f64,
+}
+
+impl OptParam {
+    /// A trainable tensor outside the model.
+    pub fn external(name: &str, var: Var, decay: bool, lr_scale: f64) -> Self {
+        OptParam {
+            name: name.to_string(),
+            var,
+            decay,
+            keep_zeros: false,
+            external: true,
+            lr_scale,
+        }
+    }
 }
 
 impl OptParam {
@@ -53,6 +69,7 @@ impl OptParam {
             decay: decays(key),
             keep_zeros: sparse,
             external: false,
+            lr_scale: 1.0,
         }
     }
 }
@@ -62,6 +79,7 @@ pub struct ParamState {
     pub name: String,
     pub var: Var,
     pub external: bool,
+    pub lr_scale: f64,
     /// Weight decay applies (not to biases and LayerNorm parameters).
     pub decay: bool,
     /// Positions that must stay zero (pruned weights), when the parameter is sparse.
@@ -117,6 +135,7 @@ impl AdamW {
             decay,
             keep_zeros,
             external,
+            lr_scale,
         } in vars
         {
             let n = var.elem_count();
@@ -133,6 +152,7 @@ impl AdamW {
                 name,
                 var,
                 external,
+                lr_scale,
                 decay,
                 zero_mask,
                 m: vec![0.0; n],
@@ -200,8 +220,12 @@ impl AdamW {
         };
         for p in &mut self.params {
             let decay = if p.decay { c.weight_decay as f32 } else { 0.0 };
+            let scaled = AdamUpdate {
+                lr: update.lr * p.lr_scale as f32,
+                ..update
+            };
             let op = ParamUpdate {
-                update: &update,
+                update: &scaled,
                 decay,
                 state: RefCell::new(p),
             };
@@ -215,6 +239,7 @@ impl AdamW {
     }
 }
 
+#[derive(Clone, Copy)]
 struct AdamUpdate {
     lr: f32,
     beta1: f32,

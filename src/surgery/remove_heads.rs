@@ -1,0 +1,335 @@
+//! remove-heads: physically removes attention heads — the query/key/value output rows and the
+//! attention-output input columns of each removed head — and records the per-layer head count
+//! (a layer may keep none: its attention sub-block then adds only the output bias to the
+//! residual). Heads are named explicitly, read from a gates file (`train gates`), or ranked by
+//! the gradient-based importance of Michel et al. (2019).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::{cpu, Outcome};
+use crate::arch::{Key, LinearPart, LinearSlot};
+use crate::data::labels::UnknownLabels;
+use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use crate::error::{Error, Result};
+use crate::eval::{collate, Prepared};
+use crate::io::Checkpoint;
+use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
+use crate::tokenize::WordTokenizer;
+use crate::train::loss::{cross_entropy, scored_positions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Ranking {
+    /// |∂L/∂gate| accumulated over labelled data, normalised per layer (Michel et al. 2019).
+    #[default]
+    Importance,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Heads to remove, `layer:head,head;layer:head`, e.g. `0:1,3;5:0,2,7` (logical layers).
+    #[arg(long, conflicts_with_all = ["gates", "keep"], required_unless_present_any = ["gates", "keep"])]
+    pub heads: Option<String>,
+    /// A gates file written by `train gates`: heads whose gate is below --threshold are removed.
+    #[arg(long, conflicts_with = "keep")]
+    pub gates: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    /// Keep this many heads in the whole model, chosen by --by.
+    #[arg(long)]
+    pub keep: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Ranking::Importance)]
+    pub by: Ranking,
+    /// Labelled data for the importance scores.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub data_sentences: usize,
+    /// Allow removing every head of every layer.
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+/// A gates file: one gate value per head per logical layer, and the structure it was made for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GatesFile {
+    pub heads_per_layer: Vec<usize>,
+    pub hidden_size: usize,
+    pub gates: Vec<Vec<f64>>,
+}
+
+/// Parses `0:1,3;5:0,2,7` into (logical layer, head) pairs.
+pub fn parse_heads(text: &str) -> Result<BTreeSet<(usize, usize)>> {
+    let bad = |m: String| Error::Spec(format!("--heads `{text}`: {m}"));
+    let mut out = BTreeSet::new();
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (layer, heads) = part
+            .split_once(':')
+            .ok_or_else(|| bad(format!("`{part}` is not layer:heads")))?;
+        let layer: usize = layer
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("`{layer}` is not a layer")))?;
+        for h in heads.split(',') {
+            let head: usize = h
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("`{h}` is not a head index")))?;
+            out.insert((layer, head));
+        }
+    }
+    Ok(out)
+}
+
+/// Head importance (Michel et al. 2019): |Σ ∂L/∂ξ_h| per batch, summed over batches, then
+/// normalised by the layer's L2 norm. Returns scores per logical layer.
+pub fn importance(
+    ckpt: &Checkpoint,
+    path: &std::path::Path,
+    sentences: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let labels = LabelSet::new(
+        ckpt.config
+            .labels()
+            .filter(|_| ckpt.arch.num_labels.is_some())
+            .ok_or_else(|| {
+                Error::Spec(format!(
+                    "{}: importance scores need a classifier",
+                    ckpt.source().display()
+                ))
+            })?,
+    )?;
+    let mut data = read_dataset(path, &ReadOptions::default())?;
+    data.sentences.truncate(sentences);
+    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
+    let prepared = Prepared::new(
+        &tokenizer,
+        data,
+        &labels,
+        UnknownLabels::Outside,
+        Alignment::FirstSubtoken,
+        ckpt.arch.max_positions.min(128),
+    )?;
+    let device = Device::Cpu;
+    let params = Params::from_checkpoint(ckpt, &device)?;
+    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let heads: Vec<usize> = ckpt
+        .arch
+        .layer_map
+        .iter()
+        .map(|&s| ckpt.arch.layers[s].num_heads)
+        .collect();
+    let gates: Vec<Var> = heads
+        .iter()
+        .map(|&h| Var::ones(h, candle_core::DType::F32, &device))
+        .collect::<candle_core::Result<_>>()?;
+    let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
+    let mut scores: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
+    let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
+    for batch in &plan.batches {
+        let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
+        let b = collate(&examples, tokenizer.pad_id(), &device)?;
+        let out = model.forward_gated(
+            &b.batch,
+            &mut Mode::Eval,
+            Outputs::default(),
+            Some(&gate_tensors),
+        )?;
+        let (pos, tgt) = scored_positions(&b.labels);
+        let pos = Tensor::from_vec(pos.clone(), pos.len(), &device)?;
+        let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
+        let loss = cross_entropy(out.logits.as_ref().expect("classifier"), &pos, &tgt)?;
+        let grads = loss.backward()?;
+        for (l, g) in gates.iter().enumerate() {
+            if let Some(grad) = grads.get(g.as_tensor()) {
+                for (s, v) in scores[l].iter_mut().zip(grad.to_vec1::<f32>()?) {
+                    *s += v.abs() as f64;
+                }
+            }
+        }
+    }
+    for layer in &mut scores {
+        let norm = layer.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            layer.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    Ok(scores)
+}
+
+/// The heads to remove, as (logical layer, head).
+fn heads_to_remove(
+    ckpt: &Checkpoint,
+    spec: &Spec,
+) -> Result<(BTreeSet<(usize, usize)>, serde_json::Value)> {
+    let arch = &ckpt.arch;
+    let heads: Vec<usize> = arch
+        .layer_map
+        .iter()
+        .map(|&s| arch.layers[s].num_heads)
+        .collect();
+    if let Some(text) = &spec.heads {
+        return Ok((parse_heads(text)?, serde_json::Value::Null));
+    }
+    if let Some(path) = &spec.gates {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let file: GatesFile = serde_json::from_str(&text).map_err(|e| Error::Input {
+            path: path.clone(),
+            line: e.line(),
+            msg: e.to_string(),
+        })?;
+        if file.heads_per_layer != heads || file.hidden_size != arch.hidden {
+            return Err(Error::Input {
+                path: path.clone(),
+                line: 0,
+                msg: format!(
+                    "gates for a different model: {} heads per layer, hidden {} (this model: {heads:?}, hidden {})",
+                    format!("{:?}", file.heads_per_layer),
+                    file.hidden_size,
+                    arch.hidden
+                ),
+            });
+        }
+        let remove = file
+            .gates
+            .iter()
+            .enumerate()
+            .flat_map(|(l, g)| {
+                g.iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v < spec.threshold)
+                    .map(move |(h, _)| (l, h))
+            })
+            .collect();
+        return Ok((remove, serde_json::json!({"gates": file.gates})));
+    }
+    let keep = spec.keep.expect("clap requires one selection");
+    let path = spec
+        .data
+        .as_ref()
+        .ok_or_else(|| Error::Spec("--keep --by importance needs --data FILE (labelled)".into()))?;
+    let scores = importance(ckpt, path, spec.data_sentences)?;
+    let mut ranked: Vec<(f64, usize, usize)> = scores
+        .iter()
+        .enumerate()
+        .flat_map(|(l, s)| s.iter().enumerate().map(move |(h, v)| (*v, l, h)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let remove = ranked.iter().skip(keep).map(|&(_, l, h)| (l, h)).collect();
+    Ok((remove, serde_json::json!({"importance": scores})))
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let arch = &ckpt.arch;
+    let (remove, extra) = heads_to_remove(ckpt, spec)?;
+    // Check indices and map logical layers to stored ones.
+    let mut by_stored: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); arch.layers.len()];
+    for &(layer, head) in &remove {
+        if layer >= arch.num_layers() {
+            return Err(Error::Spec(format!(
+                "layer {layer} does not exist (the model has {})",
+                arch.num_layers()
+            )));
+        }
+        let stored = arch.layer_map[layer];
+        if head >= arch.layers[stored].num_heads {
+            return Err(Error::Spec(format!(
+                "layer {layer} has {} heads; head {head} does not exist",
+                arch.layers[stored].num_heads
+            )));
+        }
+        by_stored[stored].insert(head);
+    }
+    let left: usize = arch
+        .layers
+        .iter()
+        .zip(&by_stored)
+        .map(|(l, r)| l.num_heads - r.len())
+        .sum();
+    if left == 0 && !spec.allow_empty {
+        return Err(Error::Spec(
+            "this would remove every head of every layer; pass --allow-empty to do it anyway"
+                .into(),
+        ));
+    }
+    let mut out = ckpt.clone();
+    let mut new_arch = arch.clone();
+    let d = arch.head_dim;
+    for (stored, removed) in by_stored.iter().enumerate() {
+        if removed.is_empty() {
+            continue;
+        }
+        let keep: Vec<u32> = (0..arch.layers[stored].num_heads)
+            .filter(|h| !removed.contains(h))
+            .flat_map(|h| (h * d..(h + 1) * d).map(|i| i as u32))
+            .collect();
+        let index = Tensor::from_vec(keep.clone(), keep.len(), &Device::Cpu)?;
+        let key = |slot, part| Key::Linear {
+            layer: stored,
+            slot,
+            part,
+        };
+        let select = |t: Tensor, dim: usize| -> Result<Tensor> {
+            if keep.is_empty() {
+                let mut shape = t.dims().to_vec();
+                shape[dim] = 0;
+                Ok(Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu)?)
+            } else {
+                Ok(t.index_select(&index, dim)?)
+            }
+        };
+        for slot in [LinearSlot::Query, LinearSlot::Key, LinearSlot::Value] {
+            if arch.layers[stored].linear(slot) != crate::arch::LinearKind::Dense
+                && !matches!(
+                    arch.layers[stored].linear(slot),
+                    crate::arch::LinearKind::Sparse { .. }
+                )
+            {
+                return Err(Error::Spec(format!(
+                    "layer {stored} {} is low-rank; remove heads before factorizing",
+                    slot.as_str()
+                )));
+            }
+            out.set_tensor(
+                key(slot, LinearPart::Weight),
+                select(cpu(ckpt, key(slot, LinearPart::Weight))?, 0)?,
+            );
+            out.set_tensor(
+                key(slot, LinearPart::Bias),
+                select(cpu(ckpt, key(slot, LinearPart::Bias))?, 0)?,
+            );
+        }
+        let ao = key(LinearSlot::AttentionOutput, LinearPart::Weight);
+        if arch.layers[stored].linear(LinearSlot::AttentionOutput) != crate::arch::LinearKind::Dense
+            && !matches!(
+                arch.layers[stored].linear(LinearSlot::AttentionOutput),
+                crate::arch::LinearKind::Sparse { .. }
+            )
+        {
+            return Err(Error::Spec(format!(
+                "layer {stored} attention-output is low-rank; remove heads before factorizing"
+            )));
+        }
+        out.set_tensor(ao, select(cpu(ckpt, ao)?, 1)?);
+        new_arch.layers[stored].num_heads -= removed.len();
+    }
+    out.set_arch(new_arch)?;
+    let shared = arch.layer_map.iter().enumerate().any(|(i, &s)| i != s);
+    let mut report = serde_json::json!({
+        "removed_heads": remove.len(),
+        "heads_left": left,
+        "heads_per_layer": out.arch.layer_map.iter().map(|&s| out.arch.layers[s].num_heads).collect::<Vec<_>>(),
+    });
+    if shared {
+        report["note"] = "layers share weights: removing a head of a layer removes it from every layer sharing it".into();
+    }
+    if !extra.is_null() {
+        report["scores"] = extra;
+    }
+    Ok(Outcome::new(ckpt, out, "remove-heads", spec, report))
+}

@@ -1,0 +1,217 @@
+//! `train gates`: learns one hard-concrete gate per attention head together with the model,
+//! with an L0 penalty λ·E[open heads] (Voita et al. 2019). `--target-heads K` replaces the
+//! hand-tuned λ by a controller: after every step λ ← max(0, λ + η·(E[open] − K)), so the
+//! penalty grows while too many heads are open and relaxes once the target is met (a
+//! one-sided variant of CoFi's Lagrangian, with no second optimizer). The gates are written to
+//! `gates.json` (for `remove-heads --gates`) and their trajectories to `gates.svg`.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Example;
+use crate::error::{Error, Result};
+use crate::eval::BatchData;
+use crate::model::gates::HeadGates;
+use crate::model::{Bert, Mode, Outputs};
+use crate::surgery::remove_heads::GatesFile;
+use crate::train::finetune::{
+    finetune_inputs, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
+};
+use crate::train::loss::{cross_entropy, scored_positions};
+use crate::train::optim::OptParam;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct GateSpec {
+    /// Weight λ of the L0 penalty (expected number of open heads).
+    #[arg(
+        long,
+        conflicts_with = "target_heads",
+        required_unless_present = "target_heads"
+    )]
+    pub l0: Option<f64>,
+    /// Aim for this many open heads (λ adapted by a controller instead of --l0).
+    #[arg(long)]
+    pub target_heads: Option<usize>,
+    /// Controller step η for --target-heads.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lambda_lr: f64,
+    /// Learning rate of the gates' log α (the weights use --lr).
+    #[arg(long, default_value_t = 0.05)]
+    pub gate_lr: f64,
+    /// Initial log α (3: every gate starts ~99% open).
+    #[arg(long, default_value_t = 3.0)]
+    pub gate_init: f64,
+}
+
+/// Writes `gates.json` for `remove-heads --gates`.
+pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
+    let gates = model
+        .gates()
+        .ok_or_else(|| Error::Spec("the model has no gates".into()))?;
+    let arch = model.arch();
+    let file = GatesFile {
+        heads_per_layer: arch
+            .layer_map
+            .iter()
+            .map(|&s| arch.layers[s].num_heads)
+            .collect(),
+        hidden_size: arch.hidden,
+        gates: gates.values()?,
+    };
+    let text = serde_json::to_string_pretty(&file).expect("json");
+    crate::io::atomic::write_file(path, true, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// `train gates`: fine-tuning with gates and the L0 penalty; returns the run's outcome.
+pub fn train_gates(
+    input: &Path,
+    data: &DataSpec,
+    spec: &TrainSpec,
+    gates: &GateSpec,
+    out: &Path,
+    options: RunOptions,
+) -> Result<TrainOutcome> {
+    if gates.l0.is_some_and(|l| l < 0.0) {
+        return Err(Error::Spec("--l0 must be non-negative".into()));
+    }
+    let prepared = finetune_inputs(input, data, spec)?;
+    let arch = &prepared.ckpt.arch;
+    let heads: Vec<usize> = arch
+        .layer_map
+        .iter()
+        .map(|&s| arch.layers[s].num_heads)
+        .collect();
+    let total: usize = heads.iter().sum();
+    if gates.target_heads.is_some_and(|k| k > total) {
+        return Err(Error::Spec(format!(
+            "--target-heads exceeds the model's {total} heads"
+        )));
+    }
+    let head_gates = HeadGates::new(&heads, gates.gate_init)?;
+    let extra_params = head_gates
+        .log_alpha
+        .iter()
+        .enumerate()
+        .map(|(l, v)| {
+            OptParam::external(
+                &format!("gates.log_alpha.{l}"),
+                v.clone(),
+                false,
+                gates.gate_lr / spec.lr,
+            )
+        })
+        .collect();
+    let provenance =
+        serde_json::json!({"input": input, "data": data, "gates": gates, "files": prepared.files});
+    let inputs = LoopInputs {
+        ckpt: prepared.ckpt,
+        labels: prepared.labels,
+        tokenizer: &prepared.tokenizer,
+        train: prepared.train,
+        dev: prepared.dev,
+        // The saved checkpoints carry no gates: a test score of them would not be the gated
+        // model's. Remove the heads (`remove-heads --gates`), then evaluate.
+        test: None,
+        spec: spec.clone(),
+        op: "train gates",
+        provenance,
+        extra_params,
+        head_gates: Some(head_gates),
+    };
+    let lambda = Cell::new(gates.l0.unwrap_or(0.0));
+    let device = Device::Cpu;
+    let mut loss = |model: &Bert, batch: &BatchData, _: &[&Example], mode: &mut Mode| {
+        let out = model.forward(&batch.batch, mode, Outputs::default())?;
+        let (pos, tgt) = scored_positions(&batch.labels);
+        let pos = candle_core::Tensor::from_vec(pos.clone(), pos.len(), &device)?;
+        let tgt = candle_core::Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
+        let logits = out
+            .logits
+            .as_ref()
+            .ok_or_else(|| Error::Spec("the model has no classifier".into()))?;
+        let task = cross_entropy(logits, &pos, &tgt)?;
+        let open = model.gates().expect("gates attached").expected_open()?;
+        if let Some(k) = gates.target_heads {
+            let e = open.to_scalar::<f32>()? as f64;
+            lambda.set((lambda.get() + gates.lambda_lr * (e - k as f64)).max(0.0));
+        }
+        let total = (task + (open * lambda.get())?)?;
+        Ok((total, out))
+    };
+    train_loop(inputs, out, options, &mut loss)
+}
+
+/// An SVG of gate trajectories (one line per head, coloured by layer) from `metrics.jsonl`.
+pub fn gates_svg(metrics: &str) -> Option<String> {
+    let points: Vec<(f64, Vec<Vec<f64>>)> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some((
+                v["step"].as_f64()?,
+                serde_json::from_value(v.get("gates")?.clone()).ok()?,
+            ))
+        })
+        .collect();
+    let (last_step, first) = (points.last()?.0.max(1.0), &points.first()?.1);
+    let (w, h, left, top, plot_w, plot_h) = (720.0, 420.0, 60.0, 30.0, 620.0, 330.0);
+    let x = |s: f64| left + plot_w * s / last_step;
+    let y = |g: f64| top + plot_h * (1.0 - g);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="18" text-anchor="middle" font-size="14">Head gate values (deterministic) during training</text>
+<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
+<text x="{}" y="{}" text-anchor="middle">optimizer step (last: {last_step})</text>
+<text x="15" y="{}" transform="rotate(-90 15 {})" text-anchor="middle">gate value</text>
+"#,
+        w / 2.0,
+        top + plot_h,
+        left + plot_w,
+        top + plot_h,
+        top + plot_h,
+        left + plot_w / 2.0,
+        h - 10.0,
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
+    );
+    for g in [0.0, 0.5, 1.0] {
+        svg.push_str(&format!(
+            r#"<text x="{}" y="{}" text-anchor="end">{g}</text>"#,
+            left - 5.0,
+            y(g) + 4.0
+        ));
+        svg.push('\n');
+    }
+    let layers = first.len();
+    for (l, layer) in first.iter().enumerate() {
+        let hue = 360.0 * l as f64 / layers.max(1) as f64;
+        for head in 0..layer.len() {
+            let path: Vec<String> = points
+                .iter()
+                .filter_map(|(s, g)| Some(format!("{:.1},{:.1}", x(*s), y(*g.get(l)?.get(head)?))))
+                .collect();
+            svg.push_str(&format!(
+                r#"<polyline fill="none" stroke="hsl({hue:.0},70%,45%)" stroke-opacity="0.7" points="{}"/>"#,
+                path.join(" ")
+            ));
+            svg.push('\n');
+        }
+        svg.push_str(&format!(
+            r#"<rect x="{}" y="{}" width="10" height="10" fill="hsl({hue:.0},70%,45%)"/><text x="{}" y="{}">layer {l}</text>"#,
+            left + plot_w + 5.0 - 60.0,
+            top + 5.0 + 16.0 * l as f64,
+            left + plot_w + 20.0 - 60.0,
+            top + 14.0 + 16.0 * l as f64
+        ));
+        svg.push('\n');
+    }
+    svg.push_str("</svg>\n");
+    Some(svg)
+}

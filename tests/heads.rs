@@ -1,0 +1,174 @@
+//! remove-heads: exact removal, importance ranking, gates files, and refusals.
+
+use candle_core::Device;
+use surgery::arch::Layout;
+use surgery::io::Checkpoint;
+use surgery::surgery::remove_heads::{apply, GatesFile, Ranking, Spec};
+
+use crate::util::{max_abs_diff, tempdir, tiny_checkpoint, tiny_config};
+
+fn spec() -> Spec {
+    Spec {
+        heads: None,
+        gates: None,
+        threshold: 0.5,
+        keep: None,
+        by: Ranking::Importance,
+        data: None,
+        data_sentences: 512,
+        allow_empty: false,
+    }
+}
+
+fn logits(ckpt: &Checkpoint, gates: Option<&[candle_core::Tensor]>) -> candle_core::Tensor {
+    let ids = vec![vec![2, 10, 20, 30, 40, 50, 3], vec![2, 11, 21, 3, 0, 0, 0]];
+    let mask = vec![vec![1; 7], vec![1, 1, 1, 1, 0, 0, 0]];
+    let batch = surgery::infer::make_batch(&ids, &mask, &Device::Cpu).unwrap();
+    let model = surgery::infer::load_model(ckpt, &Device::Cpu).unwrap();
+    model
+        .forward_gated(
+            &batch,
+            &mut surgery::model::Mode::Eval,
+            Default::default(),
+            gates,
+        )
+        .unwrap()
+        .logits
+        .unwrap()
+}
+
+#[test]
+fn removing_heads_equals_gating_them_to_zero_and_removing_none_changes_nothing() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::BertPrefixed, 71);
+    let out = apply(
+        &ckpt,
+        &Spec {
+            heads: Some("0:1,3;2:0,1,2,3".into()),
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(out.report["heads_per_layer"], serde_json::json!([2, 4, 0]));
+    let gates = [[1.0f32, 0.0, 1.0, 0.0], [1.0; 4], [0.0; 4]]
+        .map(|g| candle_core::Tensor::new(&g, &Device::Cpu).unwrap());
+    let d = max_abs_diff(&logits(&ckpt, Some(&gates)), &logits(&out.checkpoint, None));
+    assert!(d < 1e-5, "{d}");
+    let per_head = 3 * (16 * 4 + 4) + 16 * 4;
+    assert_eq!(
+        out.entry.params_before - out.entry.params_after,
+        6 * per_head as u64
+    );
+    let none = apply(
+        &ckpt,
+        &Spec {
+            heads: Some("".into()),
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        max_abs_diff(&logits(&ckpt, None), &logits(&none.checkpoint, None)),
+        0.0
+    );
+}
+
+#[test]
+fn bad_heads_and_empty_models_are_refused() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 72);
+    let err = apply(
+        &ckpt,
+        &Spec {
+            heads: Some("1:4".into()),
+            ..spec()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("head 4 does not exist"), "{err}");
+    let all = "0:0,1,2,3;1:0,1,2,3;2:0,1,2,3";
+    let err = apply(
+        &ckpt,
+        &Spec {
+            heads: Some(all.into()),
+            ..spec()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--allow-empty"), "{err}");
+    let empty = apply(
+        &ckpt,
+        &Spec {
+            heads: Some(all.into()),
+            allow_empty: true,
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(empty.report["heads_left"], 0);
+    logits(&empty.checkpoint, None);
+}
+
+#[test]
+fn gates_files_must_match_the_model() {
+    let dir = tempdir();
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 73);
+    let file = GatesFile {
+        heads_per_layer: vec![4, 4, 4],
+        hidden_size: 16,
+        gates: vec![vec![0.9, 0.1, 0.7, 0.0], vec![1.0; 4], vec![0.2; 4]],
+    };
+    let path = dir.path().join("gates.json");
+    std::fs::write(&path, serde_json::to_string(&file).unwrap()).unwrap();
+    let out = apply(
+        &ckpt,
+        &Spec {
+            gates: Some(path.clone()),
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(out.report["heads_per_layer"], serde_json::json!([2, 4, 0]));
+    let other = GatesFile {
+        heads_per_layer: vec![12; 6],
+        hidden_size: 384,
+        gates: vec![vec![1.0; 12]; 6],
+    };
+    std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+    let err = apply(
+        &ckpt,
+        &Spec {
+            gates: Some(path),
+            ..spec()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("different model"), "{err}");
+}
+
+#[test]
+fn importance_keeps_the_requested_number_of_heads() {
+    let s = crate::train::setup(200);
+    let run = s.dir.path().join("run");
+    let mut train = crate::train::quick_spec();
+    train.epochs = 1;
+    surgery::train::finetune::finetune(&s.model, &s.data, &train, &run, Default::default())
+        .unwrap();
+    let ckpt = Checkpoint::open(&run.join("best")).unwrap();
+    let out = apply(
+        &ckpt,
+        &Spec {
+            keep: Some(5),
+            data: Some(s.data.dev.clone()),
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(out.report["heads_left"], 5);
+    let scores = &out.report["scores"]["importance"];
+    assert_eq!(scores.as_array().unwrap().len(), 2);
+}
