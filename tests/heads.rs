@@ -172,3 +172,53 @@ fn importance_keeps_the_requested_number_of_heads() {
     let scores = &out.report["scores"]["importance"];
     assert_eq!(scores.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
+    use surgery::train::gates::{train_gates, GateSpec};
+    let s = crate::train::setup(300);
+    let run = s.dir.path().join("base");
+    let mut train = crate::train::quick_spec();
+    train.epochs = 1;
+    surgery::train::finetune::finetune(&s.model, &s.data, &train, &run, Default::default())
+        .unwrap();
+    let base = run.join("best");
+    let gates_run = s.dir.path().join("gates");
+    let mut spec = crate::train::quick_spec();
+    spec.epochs = 2;
+    let g = GateSpec {
+        l0: Some(0.5),
+        target_heads: None,
+        lambda_lr: 1e-4,
+        gate_lr: 0.1,
+        gate_init: 3.0,
+    };
+    train_gates(&base, &s.data, &spec, &g, &gates_run, Default::default()).unwrap();
+    let metrics = std::fs::read_to_string(gates_run.join("metrics.jsonl")).unwrap();
+    let open: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["expected_open_heads"].as_f64()
+        })
+        .collect();
+    assert!(
+        open.len() > 2 && open.last().unwrap() < &(open[0] - 0.5),
+        "{open:?}"
+    );
+    let svg = std::fs::read_to_string(gates_run.join("gates.svg")).unwrap();
+    assert!(svg.contains("<polyline") && svg.contains("layer 1"));
+    let out = apply(
+        &Checkpoint::open(&gates_run.join("best")).unwrap(),
+        &Spec {
+            gates: Some(gates_run.join("gates.json")),
+            allow_empty: true,
+            ..spec_defaults()
+        },
+    )
+    .unwrap();
+    assert!(out.report["heads_left"].as_u64().unwrap() <= 8);
+}
+
+fn spec_defaults() -> Spec {
+    spec()
+}

@@ -7,7 +7,12 @@ use std::cell::RefCell;
 
 use candle_core::{backprop::GradStore, CpuStorage, InplaceOp1, Layout, Storage, Tensor, Var};
 
+use rayon::prelude::*;
+
 use crate::arch::{Key, LinearPart};
+
+/// Elements per parallel task of the optimizer's memory-bound loops.
+const CHUNK: usize = 1 << 15;
 use crate::error::{Error, Result};
 
 /// Hyper-parameters of AdamW (PyTorch defaults except weight decay).
@@ -173,9 +178,13 @@ impl AdamW {
             if let Some(g) = grads.get(p.var.as_tensor()) {
                 let buf = &mut p.grad;
                 cpu_slice(g, &mut |gs| {
-                    for (b, v) in buf.iter_mut().zip(gs) {
-                        *b += v;
-                    }
+                    buf.par_chunks_mut(CHUNK)
+                        .zip(gs.par_chunks(CHUNK))
+                        .for_each(|(b, g)| {
+                            for (b, v) in b.iter_mut().zip(g) {
+                                *b += v;
+                            }
+                        })
                 })?;
             }
         }
@@ -232,9 +241,6 @@ impl AdamW {
             let var = op.state.borrow().var.clone();
             var.as_tensor().inplace_op1(&op)?;
         }
-        for p in &mut self.params {
-            p.grad.iter_mut().for_each(|g| *g = 0.0);
-        }
         Ok(norm)
     }
 }
@@ -276,21 +282,38 @@ impl InplaceOp1 for ParamUpdate<'_, '_> {
         let step_size = u.lr / u.bias1;
         let inv_bias2_sqrt = 1.0 / u.bias2.sqrt();
         let shrink = 1.0 - u.lr * self.decay;
-        for i in 0..w.len() {
-            let g = state.grad[i] * u.grad_scale;
-            let m = u.beta1 * state.m[i] + (1.0 - u.beta1) * g;
-            let v = u.beta2 * state.v[i] + (1.0 - u.beta2) * g * g;
-            state.m[i] = m;
-            state.v[i] = v;
-            w[i] = w[i] * shrink - step_size * m / (v.sqrt() * inv_bias2_sqrt + u.eps);
-        }
-        if let Some(mask) = &state.zero_mask {
-            for (w, zero) in w.iter_mut().zip(mask) {
-                if *zero {
-                    *w = 0.0;
+        let ParamState {
+            m,
+            v,
+            grad,
+            zero_mask,
+            ..
+        } = state;
+        let mask: Option<&[bool]> = zero_mask.as_deref();
+        w.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(grad.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(chunk, (((w, m), v), grad))| {
+                for i in 0..w.len() {
+                    let g = grad[i] * u.grad_scale;
+                    grad[i] = 0.0;
+                    let mi = u.beta1 * m[i] + (1.0 - u.beta1) * g;
+                    let vi = u.beta2 * v[i] + (1.0 - u.beta2) * g * g;
+                    m[i] = mi;
+                    v[i] = vi;
+                    w[i] = w[i] * shrink - step_size * mi / (vi.sqrt() * inv_bias2_sqrt + u.eps);
                 }
-            }
-        }
+                if let Some(mask) = mask {
+                    let zeros = &mask[chunk * CHUNK..chunk * CHUNK + w.len()];
+                    for (w, zero) in w.iter_mut().zip(zeros) {
+                        if *zero {
+                            *w = 0.0;
+                        }
+                    }
+                }
+            });
         Ok(())
     }
 }
