@@ -169,7 +169,7 @@ fn importance_keeps_the_requested_number_of_heads() {
     )
     .unwrap();
     assert_eq!(out.report["heads_left"], 5);
-    let scores = &out.report["scores"]["importance"];
+    let scores = &out.report["ranking"]["scores"];
     assert_eq!(scores.as_array().unwrap().len(), 2);
 }
 

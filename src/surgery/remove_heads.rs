@@ -27,6 +27,8 @@ pub enum Ranking {
     /// |∂L/∂gate| accumulated over labelled data, normalised per layer (Michel et al. 2019).
     #[default]
     Importance,
+    /// The learned gate values of a `train gates` run (--gates FILE).
+    Gates,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
@@ -36,7 +38,7 @@ pub struct Spec {
     #[arg(long, conflicts_with_all = ["gates", "keep"], required_unless_present_any = ["gates", "keep"])]
     pub heads: Option<String>,
     /// A gates file written by `train gates`: heads whose gate is below --threshold are removed.
-    #[arg(long, conflicts_with = "keep")]
+    #[arg(long)]
     pub gates: Option<PathBuf>,
     #[arg(long, default_value_t = 0.5)]
     pub threshold: f64,
@@ -176,25 +178,8 @@ fn heads_to_remove(
     if let Some(text) = &spec.heads {
         return Ok((parse_heads(text)?, serde_json::Value::Null));
     }
-    if let Some(path) = &spec.gates {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let file: GatesFile = serde_json::from_str(&text).map_err(|e| Error::Input {
-            path: path.clone(),
-            line: e.line(),
-            msg: e.to_string(),
-        })?;
-        if file.heads_per_layer != heads || file.hidden_size != arch.hidden {
-            return Err(Error::Input {
-                path: path.clone(),
-                line: 0,
-                msg: format!(
-                    "gates for a different model: {} heads per layer, hidden {} (this model: {heads:?}, hidden {})",
-                    format!("{:?}", file.heads_per_layer),
-                    file.hidden_size,
-                    arch.hidden
-                ),
-            });
-        }
+    if let Some(path) = spec.gates.as_ref().filter(|_| spec.keep.is_none()) {
+        let file = read_gates(path, &heads, arch.hidden)?;
         let remove = file
             .gates
             .iter()
@@ -209,11 +194,21 @@ fn heads_to_remove(
         return Ok((remove, serde_json::json!({"gates": file.gates})));
     }
     let keep = spec.keep.expect("clap requires one selection");
-    let path = spec
-        .data
-        .as_ref()
-        .ok_or_else(|| Error::Spec("--keep --by importance needs --data FILE (labelled)".into()))?;
-    let scores = importance(ckpt, path, spec.data_sentences)?;
+    let scores = match spec.by {
+        Ranking::Gates => {
+            let path = spec
+                .gates
+                .as_ref()
+                .ok_or_else(|| Error::Spec("--by gates needs --gates FILE".into()))?;
+            read_gates(path, &heads, arch.hidden)?.gates
+        }
+        Ranking::Importance => {
+            let path = spec.data.as_ref().ok_or_else(|| {
+                Error::Spec("--keep --by importance needs --data FILE (labelled)".into())
+            })?;
+            importance(ckpt, path, spec.data_sentences)?
+        }
+    };
     let mut ranked: Vec<(f64, usize, usize)> = scores
         .iter()
         .enumerate()
@@ -221,7 +216,28 @@ fn heads_to_remove(
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     let remove = ranked.iter().skip(keep).map(|&(_, l, h)| (l, h)).collect();
-    Ok((remove, serde_json::json!({"importance": scores})))
+    Ok((remove, serde_json::json!({"scores": scores})))
+}
+
+/// Reads a gates file and checks it was made for this structure.
+fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<GatesFile> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let file: GatesFile = serde_json::from_str(&text).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        line: e.line(),
+        msg: e.to_string(),
+    })?;
+    if file.heads_per_layer != heads || file.hidden_size != hidden {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!(
+                "gates for a different model: {:?} heads per layer, hidden {} (this model: {heads:?}, hidden {hidden})",
+                file.heads_per_layer, file.hidden_size
+            ),
+        });
+    }
+    Ok(file)
 }
 
 pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
@@ -329,7 +345,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["note"] = "layers share weights: removing a head of a layer removes it from every layer sharing it".into();
     }
     if !extra.is_null() {
-        report["scores"] = extra;
+        report["ranking"] = extra;
     }
     Ok(Outcome::new(ckpt, out, "remove-heads", spec, report))
 }
