@@ -1,8 +1,9 @@
 //! `train gates`: learns one hard-concrete gate per attention head together with the model,
 //! with an L0 penalty λ·E[open heads] (Voita et al. 2019). `--target-heads K` replaces the
-//! hand-tuned λ by a controller: after every step λ ← max(0, λ + η·(E[open] − K)), so the
-//! penalty grows while too many heads are open and relaxes once the target is met (a
-//! one-sided variant of CoFi's Lagrangian, with no second optimizer). The gates are written to
+//! hand-tuned λ by a proportional controller, λ = η·max(0, E[open] − K): the penalty acts only
+//! while too many heads are expected open and vanishes at the target, so the task loss alone
+//! decides which gates reopen. (An integrating controller, λ ← λ + η·(E − K), was tried first
+//! on MiniLM: it wound up and closed every gate before relaxing.) The gates are written to
 //! `gates.json` (for `remove-heads --gates`) and their trajectories to `gates.svg`.
 
 use std::cell::Cell;
@@ -36,8 +37,8 @@ pub struct GateSpec {
     /// Aim for this many open heads (λ adapted by a controller instead of --l0).
     #[arg(long)]
     pub target_heads: Option<usize>,
-    /// Controller step η for --target-heads.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Controller gain η for --target-heads: λ = η·max(0, E[open] − K).
+    #[arg(long, default_value_t = 0.01)]
     pub lambda_lr: f64,
     /// Learning rate of the gates' log α (the weights use --lr).
     #[arg(long, default_value_t = 0.05)]
@@ -139,7 +140,7 @@ pub fn train_gates(
         let open = model.gates().expect("gates attached").expected_open()?;
         if let Some(k) = gates.target_heads {
             let e = open.to_scalar::<f32>()? as f64;
-            lambda.set((lambda.get() + gates.lambda_lr * (e - k as f64)).max(0.0));
+            lambda.set(gates.lambda_lr * (e - k as f64).max(0.0));
         }
         let total = (task + (open * lambda.get())?)?;
         Ok((total, out))
