@@ -50,34 +50,8 @@ pub struct Calibration {
 /// Reads up to `n` sentences of `path` and accumulates the Gram matrices of the checkpoint's
 /// linear inputs.
 pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<Calibration> {
-    let mut data = read_dataset(path, &ReadOptions::default())?;
-    let available = data.sentences.len();
-    let note = (available < n).then(|| {
-        format!(
-            "{} has {available} sentences, fewer than the {n} asked; using all of them",
-            path.display()
-        )
-    });
-    data.sentences.truncate(n);
-    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    // Tags do not matter here: every tag is read as O.
-    let labels = LabelSet::new(vec!["O".into()])?;
-    let max_len = ckpt.arch.max_positions.min(128);
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        UnknownLabels::Outside,
-        Alignment::FirstSubtoken,
-        max_len,
-    )?;
-    if prepared.examples.is_empty() {
-        return Err(Error::Input {
-            path: path.to_path_buf(),
-            line: 0,
-            msg: "no calibration sentences".into(),
-        });
-    }
+    let (prepared, tokenizer, note) = calibration_examples(ckpt, path, n)?;
+    let available = prepared.data.sentences.len();
     let device = Device::Cpu;
     let model = load_model(ckpt, &device)?;
     let mut grams: BTreeMap<(usize, Input), Mat<f64>> = BTreeMap::new();
@@ -130,7 +104,45 @@ pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<Calibration> 
     Ok(Calibration {
         grams,
         tokens,
-        sentences: available.min(n),
+        sentences: available,
         note,
     })
+}
+
+/// The first `n` sentences of `path` tokenised for `ckpt` (tags are ignored), the tokenizer, and
+/// a note when the file has fewer sentences than asked. No sentence at all is an error.
+pub fn calibration_examples(
+    ckpt: &Checkpoint,
+    path: &Path,
+    n: usize,
+) -> Result<(Prepared, WordTokenizer, Option<String>)> {
+    let mut data = read_dataset(path, &ReadOptions::default())?;
+    let available = data.sentences.len();
+    let note = (available < n).then(|| {
+        format!(
+            "{} has {available} sentences, fewer than the {n} asked; using all of them",
+            path.display()
+        )
+    });
+    data.sentences.truncate(n);
+    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
+    // Tags do not matter here: every tag is read as O.
+    let labels = LabelSet::new(vec!["O".into()])?;
+    let max_len = ckpt.arch.max_positions.min(128);
+    let prepared = Prepared::new(
+        &tokenizer,
+        data,
+        &labels,
+        UnknownLabels::Outside,
+        Alignment::FirstSubtoken,
+        max_len,
+    )?;
+    if prepared.examples.is_empty() {
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "no calibration sentences".into(),
+        });
+    }
+    Ok((prepared, tokenizer, note))
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::data::labels::UnknownLabels;
 use crate::data::{Alignment, Dataset, LabelSet, Sentence};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::eval::{predict_words, Prepared};
 use crate::io::Checkpoint;
 use crate::metrics::entities_default;
@@ -82,17 +82,7 @@ pub fn predict_lines(
     lines: &[String],
     batch_size: usize,
 ) -> Result<Vec<Prediction>> {
-    let labels = LabelSet::new(
-        ckpt.config
-            .labels()
-            .filter(|_| ckpt.arch.num_labels.is_some())
-            .ok_or_else(|| {
-                Error::Spec(format!(
-                    "{}: the checkpoint has no classifier",
-                    ckpt.source().display()
-                ))
-            })?,
-    )?;
+    let labels = LabelSet::new(ckpt.require_labels()?)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
     let split: Vec<Vec<Word>> = lines.iter().map(|l| split_words(l)).collect();
     let outside = labels.labels()[0].clone();

@@ -68,11 +68,7 @@ pub fn init_student(
     let config = student_config(teacher, shape, source.arch.vocab)?;
     let mut student = random_checkpoint(config, teacher.arch.layout, false, false, 0.02, seed)?;
     student.tokenizer_files = source.tokenizer_files.clone();
-    if let Some(labels) = teacher
-        .config
-        .labels()
-        .filter(|_| teacher.arch.num_labels.is_some())
-    {
+    if let Some(labels) = teacher.classifier_labels() {
         attach_classifier(&mut student, &labels, 0.02, seed ^ 1)?;
     }
     Ok(student)

@@ -53,17 +53,7 @@ fn mode(strict: bool) -> Mode {
 }
 
 fn checkpoint_labels(ckpt: &Checkpoint) -> anyhow::Result<LabelSet> {
-    let labels = ckpt
-        .config
-        .labels()
-        .filter(|_| ckpt.arch.num_labels.is_some())
-        .ok_or_else(|| {
-            surgery::Error::Spec(format!(
-                "{}: the checkpoint has no classifier",
-                ckpt.source().display()
-            ))
-        })?;
-    Ok(LabelSet::new(labels)?)
+    Ok(LabelSet::new(ckpt.require_labels()?)?)
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {

@@ -207,6 +207,23 @@ impl Checkpoint {
         Ok(values.iter().filter(|v| **v != 0.0).count() as u64)
     }
 
+    /// The labels of the token-classification head, when the checkpoint has one.
+    pub fn classifier_labels(&self) -> Option<Vec<String>> {
+        self.config
+            .labels()
+            .filter(|_| self.arch.num_labels.is_some())
+    }
+
+    /// The classifier's labels, or an error naming the checkpoint.
+    pub fn require_labels(&self) -> Result<Vec<String>> {
+        self.classifier_labels().ok_or_else(|| {
+            Error::Spec(format!(
+                "{}: the checkpoint has no classifier",
+                self.source().display()
+            ))
+        })
+    }
+
     /// The history recorded in config.json.
     pub fn history(&self) -> Vec<HistoryEntry> {
         self.config

@@ -95,17 +95,7 @@ pub fn importance(
     path: &std::path::Path,
     sentences: usize,
 ) -> Result<Vec<Vec<f64>>> {
-    let labels = LabelSet::new(
-        ckpt.config
-            .labels()
-            .filter(|_| ckpt.arch.num_labels.is_some())
-            .ok_or_else(|| {
-                Error::Spec(format!(
-                    "{}: importance scores need a classifier",
-                    ckpt.source().display()
-                ))
-            })?,
-    )?;
+    let labels = LabelSet::new(ckpt.require_labels()?)?;
     let mut data = read_dataset(path, &ReadOptions::default())?;
     data.sentences.truncate(sentences);
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;

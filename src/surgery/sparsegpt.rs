@@ -16,13 +16,10 @@ use super::obs::{magnitude, sparsegpt, Pattern, Solver};
 use super::Outcome;
 use crate::arch::{Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
 use crate::calibrate::Input;
-use crate::data::labels::UnknownLabels;
-use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
-use crate::eval::{collate, BatchData, Prepared};
+use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
 use crate::model::{dropouts_of, Bert, Mode, Params};
-use crate::tokenize::WordTokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -133,20 +130,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         }
     }
     let device = Device::Cpu;
-    let mut data = read_dataset(&spec.calib, &ReadOptions::default())?;
-    let available = data.sentences.len();
-    data.sentences.truncate(spec.calib_sentences);
-    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    let labels = LabelSet::new(vec!["O".into()])?;
-    let max_len = ckpt.arch.max_positions.min(128);
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        UnknownLabels::Outside,
-        Alignment::FirstSubtoken,
-        max_len,
-    )?;
+    let (prepared, tokenizer, note) =
+        crate::calibrate::calibration_examples(ckpt, &spec.calib, spec.calib_sentences)?;
+    let available = prepared.data.sentences.len();
     let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
     let batches: Vec<BatchData> = plan
         .batches
@@ -292,7 +278,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let mut report = serde_json::json!({
         "method": spec.method,
         "pattern": pattern,
-        "calibration_sentences": available.min(spec.calib_sentences),
+        "calibration_sentences": available,
         "calibration_tokens": tokens,
         "mean_relative_output_error": errors.iter().sum::<f64>() / errors.len().max(1) as f64,
         "seconds": started.elapsed().as_secs_f64(),
@@ -300,13 +286,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         "seconds_solve": solve_s,
         "details": details,
     });
-    if available < spec.calib_sentences {
-        report["note"] = format!(
-            "{} has {available} sentences, fewer than the {} asked; used all of them",
-            spec.calib.display(),
-            spec.calib_sentences
-        )
-        .into();
+    if let Some(note) = note {
+        report["note"] = note.into();
     }
     Ok(Outcome::new(ckpt, out, "sparsegpt", spec, report))
 }

@@ -230,16 +230,7 @@ pub fn distill(
     }
     let device = Device::Cpu;
     let teacher_ckpt = Checkpoint::open(teacher_dir)?;
-    let teacher_labels = teacher_ckpt
-        .config
-        .labels()
-        .filter(|_| teacher_ckpt.arch.num_labels.is_some())
-        .ok_or_else(|| {
-            Error::Spec(format!(
-                "{}: the teacher has no classifier",
-                teacher_dir.display()
-            ))
-        })?;
+    let teacher_labels = teacher_ckpt.require_labels()?;
     let labels = LabelSet::new(teacher_labels.clone())?;
     let read = ReadOptions {
         iob1_to_iob2: data.iob1,
@@ -250,11 +241,7 @@ pub fn distill(
         train_data.sentences.truncate(n);
     }
     let mut student = Checkpoint::open(student_dir)?;
-    match student
-        .config
-        .labels()
-        .filter(|_| student.arch.num_labels.is_some())
-    {
+    match student.classifier_labels() {
         Some(l) if l != teacher_labels => {
             return Err(Error::Spec(format!(
                 "the student {} has labels [{}] but the teacher {} has [{}]",

@@ -211,11 +211,7 @@ pub fn ensure_classifier(
     reinit: bool,
     seed: u64,
 ) -> Result<()> {
-    let existing = ckpt
-        .config
-        .labels()
-        .filter(|_| ckpt.arch.num_labels.is_some());
-    match existing {
+    match ckpt.classifier_labels() {
         Some(l) if l == labels.labels() => Ok(()),
         Some(l) if !reinit => Err(Error::Spec(format!(
             "{}: the classifier has labels [{}] but the training data has [{}]; pass --reinit-classifier to replace it",

@@ -49,7 +49,7 @@ PY
   tail -1 "$out/results.jsonl"
 }
 
-run a-ce student-a --alpha 1.0
-run a-kd student-a --alpha 0.5 --temperature 2
-run a-kd-hidden student-a --alpha 0.5 --temperature 2 --hidden-weight 1.0
-run b-kd student-b --alpha 0.5 --temperature 2
+run a-ce "$out/student-a" --alpha 1.0
+run a-kd "$out/student-a" --alpha 0.5 --temperature 2
+run a-kd-hidden "$out/student-a" --alpha 0.5 --temperature 2 --hidden-weight 1.0
+run b-kd "$out/student-b" --alpha 0.5 --temperature 2

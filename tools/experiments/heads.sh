@@ -13,7 +13,7 @@ out=${OUT:-runs/heads}
 bin=./target/release/surgery
 mkdir -p "$out"
 $bin train gates "$teacher" --out "$out/gates" --force --train "$data/train.txt" --dev "$data/valid.txt" \
-  --epochs 1 --max-steps "$gate_steps" --lr 5e-5 --log-every 10 --target-heads 36 --lambda-lr 1e-3 \
+  --epochs 1 --max-steps "$gate_steps" --lr 5e-5 --log-every 10 --target-heads 36 \
   --gate-lr 0.05 --seed 42 > "$out/gates.log" 2>&1
 for keep in 48 36 24 12; do
   for by in gates importance; do
