@@ -1,4 +1,5 @@
 //! lowrank-layers: each selected encoder linear W (out×in) becomes up (out×r) · down (r×in) + bias.
+//! The factors are balanced (U√Σ and √Σ Vᵀ) so recovery training moves both at a sensible scale.
 //! `svd` keeps the best rank-r approximation of W itself; `whiten` (SVD-LLM, Wang et al. 2024)
 //! keeps the best rank-r approximation of W·X on calibration inputs: with C = XᵀX = L·Lᵀ
 //! (Cholesky), it truncates the SVD of W·L and maps back through L⁻¹, so directions the data
@@ -170,7 +171,11 @@ fn decompose(
             let gram = calib
                 .and_then(|c| c.grams.get(&(layer, Input::of(slot))))
                 .ok_or_else(|| Error::Spec("--method whiten needs --calib".into()))?;
-            let l = damped_cholesky(gram, spec.damp)?;
+            // The mean XᵀX/n (not the sum) keeps L at the scale of the activations, so the
+            // factors stay at the scale of ordinary weights.
+            let tokens = calib.map_or(1, |c| c.tokens.max(1)) as f64;
+            let mean = Mat::from_fn(gram.nrows(), gram.ncols(), |i, j| gram[(i, j)] / tokens);
+            let l = damped_cholesky(&mean, spec.damp)?;
             (&w * &l, Some(l))
         }
     };
@@ -291,8 +296,15 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             );
             continue;
         };
-        let up = t.left.subcols(0, r).to_owned();
-        let mut v = t.right.subcols(0, r).to_owned();
+        // Balanced split: up = U√Σ, down = √Σ Vᵀ (· L⁻¹), so neither factor is orders of magnitude
+        // smaller than the other — AdamW takes steps of the same absolute size on both, and an
+        // unbalanced pair (UΣ, Vᵀ) lost F1 during recovery fine-tuning.
+        let root: Vec<f64> = t.singular[..r]
+            .iter()
+            .map(|s| s.max(1e-12).sqrt())
+            .collect();
+        let up = Mat::from_fn(t.out, r, |i, k| t.left[(i, k)] / root[k]);
+        let mut v = Mat::from_fn(t.inp, r, |j, k| t.right[(j, k)] * root[k]);
         if let Some(l) = &t.chol {
             // down = V_rᵀ L⁻¹: solve Lᵀ Z = V_r, then down = Zᵀ.
             faer::linalg::triangular_solve::solve_upper_triangular_in_place(

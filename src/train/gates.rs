@@ -169,7 +169,7 @@ pub fn gates_svg(metrics: &str) -> Option<String> {
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="18" text-anchor="middle" font-size="14">Head gate values (deterministic) during training</text>
 <line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
-<text x="{}" y="{}" text-anchor="middle">optimizer step (last: {last_step})</text>
+<text x="{}" y="{}" text-anchor="middle">optimizer step</text>
 <text x="15" y="{}" transform="rotate(-90 15 {})" text-anchor="middle">gate value</text>
 "#,
         w / 2.0,
@@ -182,6 +182,15 @@ pub fn gates_svg(metrics: &str) -> Option<String> {
         top + plot_h / 2.0,
         top + plot_h / 2.0
     );
+    for frac in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let step = (last_step * frac).round();
+        svg.push_str(&format!(
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{step}</text>"#,
+            x(step),
+            top + plot_h + 16.0
+        ));
+        svg.push('\n');
+    }
     for g in [0.0, 0.5, 1.0] {
         svg.push_str(&format!(
             r#"<text x="{}" y="{}" text-anchor="end">{g}</text>"#,
