@@ -18,11 +18,11 @@ use crate::tokenize::WordTokenizer;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// Corpus files (CoNLL or JSONL) whose word pieces are kept.
-    #[arg(long, num_args = 1.., required = true)]
+    /// A corpus file (CoNLL or JSONL) whose word pieces are kept; repeat for several.
+    #[arg(long, required = true)]
     pub corpus: Vec<PathBuf>,
-    /// Files to report coverage on (share of their pieces that survive unchanged).
-    #[arg(long, num_args = 1..)]
+    /// A file to report coverage on (share of its pieces that survive); repeat for several.
+    #[arg(long)]
     #[serde(default)]
     pub coverage: Vec<PathBuf>,
 }
