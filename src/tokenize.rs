@@ -63,10 +63,6 @@ impl WordTokenizer {
         self.inner.token_to_id("[UNK]").unwrap_or(self.pad_id)
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
-    }
-
     /// Tokenises one sentence given as words.
     pub fn encode_words(&self, words: &[&str]) -> Result<Encoded> {
         let encoding = self

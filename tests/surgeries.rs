@@ -531,13 +531,22 @@ mod lowrank {
 fn prune_vocab_options_do_not_swallow_the_positional_folders() {
     // Regression: `--corpus A --coverage B IN OUT` once read IN and OUT as more coverage files.
     let dir = tempdir();
-    let input = save(&tiny_checkpoint(tiny_config(), Layout::Bare, 50), dir.path(), "in");
+    let input = save(
+        &tiny_checkpoint(tiny_config(), Layout::Bare, 50),
+        dir.path(),
+        "in",
+    );
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "EU B-ORG\n").unwrap();
     let out = dir.path().join("out");
     let r = surgery(&[
-        "prune-vocab", "--corpus", corpus.to_str().unwrap(), "--coverage", corpus.to_str().unwrap(),
-        input.to_str().unwrap(), out.to_str().unwrap(),
+        "prune-vocab",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--coverage",
+        corpus.to_str().unwrap(),
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(out.join("tokenizer.json").exists());

@@ -125,25 +125,22 @@ pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints the outcome of a training run.
 fn report(outcome: &TrainOutcome) {
-    {
-        {
-            println!(
-                "best dev F1 {:.4} at step {} of {}; best checkpoint: {}",
-                outcome.best_dev_f1,
-                outcome.best_step,
-                outcome.steps,
-                outcome.run_dir.join("best").display()
-            );
-            if let Some(test) = &outcome.test {
-                println!("test F1 {:.4} (best checkpoint)", test.f1());
-            }
-            println!(
-                "training throughput {:.0} real tokens/s, padding {:.1}%, {:.0} s",
-                outcome.train_tokens_per_second,
-                outcome.padding_ratio * 100.0,
-                outcome.seconds
-            );
-        }
+    println!(
+        "best dev F1 {:.4} at step {} of {}; best checkpoint: {}",
+        outcome.best_dev_f1,
+        outcome.best_step,
+        outcome.steps,
+        outcome.run_dir.join("best").display()
+    );
+    if let Some(test) = &outcome.test {
+        println!("test F1 {:.4} (best checkpoint)", test.f1());
     }
+    println!(
+        "training throughput {:.0} real tokens/s, padding {:.1}%, {:.0} s",
+        outcome.train_tokens_per_second,
+        outcome.padding_ratio * 100.0,
+        outcome.seconds
+    );
 }

@@ -7,7 +7,7 @@ pub mod gates;
 pub mod ops;
 pub mod params;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::arch::{
     Activation, Arch, EmbeddingKind, Key, LayerNormSlot, LinearKind, LinearPart, LinearSlot,
@@ -466,9 +466,4 @@ pub fn dropouts_of(config: &crate::arch::BertConfig) -> Dropouts {
             .classifier_dropout
             .unwrap_or(config.hidden_dropout_prob) as f32,
     }
-}
-
-/// The device used for compute.
-pub fn default_device() -> Device {
-    Device::Cpu
 }

@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 use super::{cpu, move_to_layer, Outcome};
-use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 
@@ -127,9 +126,4 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     out.set_arch(new_arch)?;
     let report = serde_json::json!({"groups": groups, "stored_layers": groups.len()});
     Ok(Outcome::new(ckpt, out, "tie-layers", spec, report))
-}
-
-/// True when the structure has any sharing.
-pub fn is_shared(arch: &Arch) -> bool {
-    arch.layer_map.iter().enumerate().any(|(i, &m)| i != m)
 }

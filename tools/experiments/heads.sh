@@ -3,7 +3,7 @@
 # `train gates`, heads then ranked by their learned gate) vs. gradient importance (Michel et al.),
 # keeping 48, 36, 24 and 12 heads, each followed by the same short recovery fine-tune.
 # Results: runs/heads/results.jsonl; the gate trajectories: runs/heads/gates/gates.svg.
-# Usage: tools/experiments/heads.sh TEACHER_DIR [GATE_STEPS] [RECOVERY_STEPS]
+# Usage: [KEEPS="48 36"] tools/experiments/heads.sh TEACHER_DIR [GATE_STEPS] [RECOVERY_STEPS]
 set -euo pipefail
 teacher=${1:?teacher checkpoint}
 gate_steps=${2:-300}
@@ -12,10 +12,11 @@ data=${DATA:-../shared/data/conll2003}
 out=${OUT:-runs/heads}
 bin=./target/release/surgery
 mkdir -p "$out"
-$bin train gates "$teacher" --out "$out/gates" --force --train "$data/train.txt" --dev "$data/valid.txt" \
+# The gate run is reused when it exists (e.g. to add more head counts: KEEPS="24 12").
+[ -f "$out/gates/gates.json" ] || $bin train gates "$teacher" --out "$out/gates" --force --train "$data/train.txt" --dev "$data/valid.txt" \
   --epochs 1 --max-steps "$gate_steps" --lr 5e-5 --log-every 10 --target-heads 36 \
   --gate-lr 0.05 --seed 42 > "$out/gates.log" 2>&1
-for keep in 48 36 24 12; do
+for keep in ${KEEPS:-48 36 24 12}; do
   for by in gates importance; do
     name="$by-$keep"
     if [ "$by" = gates ]; then sel=(--by gates --gates "$out/gates/gates.json"); else sel=(--by importance --data "$data/train.txt"); fi
