@@ -228,6 +228,10 @@ impl AdamW {
             bias2: 1.0 - c.beta2.powi(t) as f32,
         };
         for p in &mut self.params {
+            if p.var.elem_count() == 0 {
+                // e.g. the query weight of a layer whose heads were all removed
+                continue;
+            }
             let decay = if p.decay { c.weight_decay as f32 } else { 0.0 };
             let scaled = AdamUpdate {
                 lr: update.lr * p.lr_scale as f32,
