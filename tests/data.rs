@@ -31,7 +31,7 @@ fn bad_files_name_the_file_and_line() {
     let dir = tempdir();
     let empty = write(dir.path(), "empty.txt", b"");
     assert!(error_of(&empty).contains("empty.txt") && error_of(&empty).contains("no sentences"));
-    let one = write(dir.path(), "one.txt", b"EU B-ORG\nrejects\n");
+    let one = write(dir.path(), "one.txt", b"UN B-ORG\nvotes\n");
     let e = error_of(&one);
     assert!(e.contains("one.txt:2") && e.contains("1 column"), "{e}");
     let latin1 = write(dir.path(), "latin1.txt", b"EU B-ORG\n\nna\xefve O\n");
@@ -70,7 +70,7 @@ fn jsonl_with_string_and_integer_tags() {
     let p = write(
         dir.path(),
         "d.jsonl",
-        br#"{"tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]}
+        br#"{"tokens": ["UN", "votes"], "ner_tags": ["B-ORG", "O"]}
 {"tokens": ["Peter"], "ner_tags": [1]}
 "#,
     );

@@ -229,10 +229,24 @@ fn a_model_with_a_headless_layer_trains() {
     // without heads ("dst has repeated elements").
     let s = crate::train::setup(48);
     let ckpt = Checkpoint::open(&s.model).unwrap();
-    let cut = apply(&ckpt, &Spec { heads: Some("1:0,1,2,3".into()), ..spec() }).unwrap();
+    let cut = apply(
+        &ckpt,
+        &Spec {
+            heads: Some("1:0,1,2,3".into()),
+            ..spec()
+        },
+    )
+    .unwrap();
     let path = s.dir.path().join("headless");
     cut.save(&path, false).unwrap();
     let mut train = crate::train::quick_spec();
     train.max_steps = 2;
-    surgery::train::finetune::finetune(&path, &s.data, &train, &s.dir.path().join("run"), Default::default()).unwrap();
+    surgery::train::finetune::finetune(
+        &path,
+        &s.data,
+        &train,
+        &s.dir.path().join("run"),
+        Default::default(),
+    )
+    .unwrap();
 }

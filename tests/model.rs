@@ -90,7 +90,7 @@ fn assert_same_output(a: &ForwardOutput, b: &ForwardOutput, tol: f32) {
 #[test]
 fn factorized_embeddings_equal_the_dense_product() {
     let base = tiny_checkpoint(tiny_config(), Layout::Bare, 21);
-    let (v, h, e) = (172, 16, 5);
+    let (v, h, e) = (177, 16, 5);
     let a = random(&[v, e], 1, 1.0);
     let p = random(&[h, e], 2, 0.3);
     let dense_w = a.matmul(&p.t().unwrap()).unwrap();
@@ -408,7 +408,7 @@ fn every_parameter_of_every_variant_gets_a_gradient() {
         },
         [
             vec![
-                (Key::WordEmbeddings, random(&[172, 6], 30, 1.0)),
+                (Key::WordEmbeddings, random(&[177, 6], 30, 1.0)),
                 (Key::WordProjection, random(&[16, 6], 31, 0.3)),
                 lin(0, LinearSlot::Query, LinearPart::Down, &[3, 16], 32),
                 lin(0, LinearSlot::Query, LinearPart::Up, &[16, 3], 33),

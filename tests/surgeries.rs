@@ -35,7 +35,7 @@ fn logits_diff(a: &Checkpoint, b: &Checkpoint) -> f32 {
 #[test]
 fn factorizing_an_exactly_low_rank_table_keeps_the_outputs() {
     let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 41);
-    let w = crate::util::random_tensor(&[172, 4], 1)
+    let w = crate::util::random_tensor(&[177, 4], 1)
         .matmul(&crate::util::random_tensor(&[4, 16], 2))
         .unwrap();
     ckpt.set_tensor(Key::WordEmbeddings, w);
@@ -48,7 +48,7 @@ fn factorizing_an_exactly_low_rank_table_keeps_the_outputs() {
     assert!(logits_diff(&ckpt, &out.checkpoint) < 1e-4);
     assert_eq!(
         out.entry.params_before - out.entry.params_after,
-        (172 * 16 - (172 * 4 + 4 * 16)) as u64
+        (177 * 16 - (177 * 4 + 4 * 16)) as u64
     );
 }
 
@@ -293,11 +293,11 @@ fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(
         &corpus,
-        "EU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\nPeter B-PER\nBlackburn I-PER\n",
+        "Maria B-PER\nflew O\nfrom O\nLisbon B-LOC\n\nAcme B-ORG\nRobotics I-ORG\n",
     )
     .unwrap();
     let sentences = dir.path().join("sentences.txt");
-    std::fs::write(&sentences, "EU rejects German call\nPeter Blackburn\n").unwrap();
+    std::fs::write(&sentences, "Maria flew from Lisbon\nAcme Robotics\n").unwrap();
     let spec = surgery::surgery::prune_vocab::Spec {
         corpus: vec![corpus.clone()],
         coverage: vec![corpus],
@@ -306,7 +306,7 @@ fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
         surgery::surgery::prune_vocab::apply(&Checkpoint::open(&input).unwrap(), &spec).unwrap();
     let kept = out.report["pieces_after"].as_u64().unwrap() as usize;
     assert!(
-        kept < 172 && kept == out.checkpoint.arch.vocab,
+        kept < 177 && kept == out.checkpoint.arch.vocab,
         "{}",
         out.report
     );

@@ -230,11 +230,10 @@ mod tests {
 
     #[test]
     fn conll_columns_docstart_and_blank_lines() {
-        let text =
-            "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects\tVBZ\tO\n\n\nPeter B-PER\r\n";
+        let text = "-DOCSTART- -X- -X- O\n\nUN NNP B-NP B-ORG\nvotes\tVBZ\tO\n\n\nPeter B-PER\r\n";
         let s = parse_conll(Path::new("x"), text).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].words, vec!["EU", "rejects"]);
+        assert_eq!(s[0].words, vec!["UN", "votes"]);
         assert_eq!(s[0].tags, vec!["B-ORG", "O"]);
         assert_eq!(s[0].line, 3);
         assert_eq!(s[1].tags, vec!["B-PER"]);

@@ -10,11 +10,11 @@ use surgery::generate::random_checkpoint;
 use surgery::io::Checkpoint;
 
 /// A tiny BERT config: 3 layers, hidden 16, 4 heads, intermediate 24, 5 labels, and the
-/// vocabulary of the committed tiny tokenizer (fixtures/tiny-bert-tc, 172 pieces).
+/// vocabulary of the committed tiny tokenizer (fixtures/tiny-bert-tc, 177 pieces).
 pub fn tiny_config() -> BertConfig {
     let mut config = BertConfig::from_json(
         r#"{"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
-            "intermediate_size": 24, "vocab_size": 172, "max_position_embeddings": 32,
+            "intermediate_size": 24, "vocab_size": 177, "max_position_embeddings": 32,
             "model_type": "bert"}"#,
     )
     .unwrap();
