@@ -248,6 +248,16 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// Gradients of Σ(out · probe), a loss that reaches every output element.
+    fn grads(out: Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+        (out * probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
@@ -280,18 +290,8 @@ mod tests {
         let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
         let reference = composite_layer_norm(&x, &w, &b, 1e-5);
         assert!(max_diff(&fused, &reference) < 1e-5);
-        let g1 = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = grads(fused, &probe);
+        let g2 = grads(reference, &probe);
         for v in [&x, &w, &b] {
             let (a, r) = (g1.get(v).unwrap(), g2.get(v).unwrap());
             assert!(max_diff(a, r) < 1e-4, "{}", max_diff(a, r));
@@ -305,18 +305,8 @@ mod tests {
         let fused = softmax_last_dim(&x).unwrap();
         let reference = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
         assert!(max_diff(&fused, &reference) < 1e-6);
-        let g1 = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = grads(fused, &probe);
+        let g2 = grads(reference, &probe);
         assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
     }
 
@@ -327,18 +317,8 @@ mod tests {
         let fused = gelu_erf(&x).unwrap();
         let reference = x.as_tensor().gelu_erf().unwrap();
         assert!(max_diff(&fused, &reference) < 1e-6);
-        let g1 = (fused * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = grads(fused, &probe);
+        let g2 = grads(reference, &probe);
         assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
     }
 

@@ -477,6 +477,20 @@ pub fn train_loop(
             &device,
         )
     };
+    // Evaluate on dev, keep best/ and write last/.
+    let checkpoint = |ckpt: &mut Checkpoint, progress: &mut Progress, optimizer: &AdamW| {
+        eval_and_checkpoint(
+            &run,
+            &model,
+            &params,
+            ckpt,
+            &history,
+            optimizer,
+            progress,
+            &evaluate,
+            &inputs.dev,
+        )
+    };
     let interactive = std::io::stderr().is_terminal();
     let (mut window_loss, mut window_batches, mut window_tokens) = (0f64, 0usize, 0usize);
     let mut window_start = Instant::now();
@@ -567,29 +581,16 @@ pub fn train_loop(
             } else {
                 end_of_epoch
             } || progress.step == total_steps;
+            if end_of_epoch {
+                progress.epoch += 1;
+                progress.batch_in_epoch = 0;
+            }
             if eval_now {
                 if interactive {
                     eprintln!();
                 }
-                if end_of_epoch {
-                    progress.epoch += 1;
-                    progress.batch_in_epoch = 0;
-                }
-                eval_and_checkpoint(
-                    &run,
-                    &model,
-                    &params,
-                    &mut ckpt,
-                    &history,
-                    &optimizer,
-                    &mut progress,
-                    &evaluate,
-                    &inputs.dev,
-                )?;
+                checkpoint(&mut ckpt, &mut progress, &optimizer)?;
                 last_eval_step = progress.step;
-            } else if end_of_epoch {
-                progress.epoch += 1;
-                progress.batch_in_epoch = 0;
             }
             if progress.step >= total_steps {
                 break 'epochs;
@@ -615,23 +616,9 @@ pub fn train_loop(
                 });
             }
         }
-        if progress.batch_in_epoch >= plan.batches.len() {
-            progress.epoch += 1;
-            progress.batch_in_epoch = 0;
-        }
     }
     if last_eval_step != progress.step && progress.best_f1.is_none() {
-        eval_and_checkpoint(
-            &run,
-            &model,
-            &params,
-            &mut ckpt,
-            &history,
-            &optimizer,
-            &mut progress,
-            &evaluate,
-            &inputs.dev,
-        )?;
+        checkpoint(&mut ckpt, &mut progress, &optimizer)?;
     }
     if model.gates().is_some() {
         crate::train::gates::write_gates_file(&run.path.join("gates.json"), &model)?;
