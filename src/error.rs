@@ -45,6 +45,11 @@ pub enum Error {
         line: usize,
         msg: String,
     },
+    #[error("{path}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Recipe {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     /// A bad option value or specification given by the user.
     #[error("{0}")]
     Spec(String),

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use surgery::arch::Arch;
 use surgery::io::Checkpoint;
 use surgery::surgery::{
     drop_layers, factorize_embeddings, lowrank_layers, prune_vocab, remove_heads, sparsegpt,
-    tie_layers, Outcome,
+    tie_layers, Outcome, Planned,
 };
 
 use super::inspect::group;
@@ -78,6 +79,26 @@ pub enum SurgeryCommand {
         #[command(flatten)]
         spec: prune_vocab::Spec,
     },
+}
+
+impl SurgeryCommand {
+    /// What the surgery would do to the structure, without reading a tensor (for --dry-run).
+    pub fn plan(&self, arch: &Arch) -> surgery::Result<Planned> {
+        use Planned::Exact;
+        Ok(match self {
+            SurgeryCommand::FactorizeEmbeddings { spec, .. } => {
+                Exact(factorize_embeddings::plan(arch, spec)?)
+            }
+            SurgeryCommand::TieLayers { spec, .. } => Exact(tie_layers::plan(arch, spec)?),
+            SurgeryCommand::DropLayers { spec, .. } => Exact(drop_layers::plan(arch, spec)?),
+            SurgeryCommand::LowrankLayers { spec, .. } => lowrank_layers::plan(arch, spec)?,
+            SurgeryCommand::Sparsegpt { spec, .. } => Exact(sparsegpt::plan(arch, spec)?),
+            SurgeryCommand::RemoveHeads { spec, .. } => remove_heads::plan(arch, spec)?,
+            SurgeryCommand::PruneVocab { .. } => {
+                Planned::Unknown("the kept word pieces depend on the corpus".into())
+            }
+        })
+    }
 }
 
 pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {

@@ -32,6 +32,9 @@ pub struct EvalArgs {
     /// Write `word gold predicted` lines (CoNLL layout, for `surgery score`).
     #[arg(long)]
     write_predictions: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    save_json: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     #[arg(long, default_value_t = 128)]
@@ -103,19 +106,17 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             }
             text.push('\n');
         }
-        surgery::io::atomic::write_file(path, true, |tmp| {
-            std::fs::write(tmp, text.as_bytes()).map_err(|err| surgery::Error::Io {
-                path: tmp.to_path_buf(),
-                source: err,
-            })
-        })?;
+        write_text(path, &text)?;
+    }
+    let json = serde_json::json!({
+        "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
+        "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
+    });
+    if let Some(path) = &args.save_json {
+        write_text(path, &serde_json::to_string_pretty(&json)?)?;
     }
     if args.json {
-        let out = serde_json::json!({
-            "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
-            "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", format_report(&e.report));
         println!(
@@ -126,6 +127,16 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a text file atomically (replacing an existing one).
+fn write_text(path: &std::path::Path, text: &str) -> surgery::Result<()> {
+    surgery::io::atomic::write_file(path, true, |tmp| {
+        std::fs::write(tmp, text.as_bytes()).map_err(|err| surgery::Error::Io {
+            path: tmp.to_path_buf(),
+            source: err,
+        })
+    })
 }
 
 #[derive(Args)]

@@ -72,29 +72,54 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_tables(&args.checkpoint, &ckpt, &budget);
     }
-    match (args.budget, within) {
-        (Some(limit), Some(false)) => {
-            eprintln!(
-                "over budget: {} unique parameters > {} (by {})",
-                group(budget.unique),
-                group(limit),
-                group(budget.unique - limit)
-            );
-            Ok(ExitCode::from(3))
-        }
-        (Some(limit), _) => {
-            if !args.json {
-                println!(
-                    "within budget: {} ≤ {} ({} to spare)",
-                    group(budget.unique),
-                    group(limit),
-                    group(limit - budget.unique)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => Ok(ExitCode::SUCCESS),
+    Ok(match args.budget {
+        Some(limit) => check_budget(budget.unique, limit, args.json),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// Fails (exit code 3) when a checkpoint's unique parameters exceed a budget.
+#[derive(Args)]
+pub struct AssertBudgetArgs {
+    /// Checkpoint folder.
+    checkpoint: PathBuf,
+    /// The budget in unique parameters (e.g. 20M, 750k, 20000000).
+    #[arg(long, value_parser = parse_count)]
+    max: u64,
+}
+
+impl AssertBudgetArgs {
+    pub fn max(&self) -> u64 {
+        self.max
     }
+}
+
+pub fn assert_budget(args: AssertBudgetArgs) -> anyhow::Result<ExitCode> {
+    let ckpt = Checkpoint::open(&args.checkpoint)?;
+    let budget = Budget::of_checkpoint(&ckpt)?;
+    Ok(check_budget(budget.unique, args.max, false))
+}
+
+/// Prints the verdict; exit code 3 when over budget.
+fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
+    if unique > limit {
+        eprintln!(
+            "over budget: {} unique parameters > {} (by {})",
+            group(unique),
+            group(limit),
+            group(unique - limit)
+        );
+        return ExitCode::from(3);
+    }
+    if !quiet {
+        println!(
+            "within budget: {} ≤ {} ({} to spare)",
+            group(unique),
+            group(limit),
+            group(limit - unique)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// 22713216 → "22,713,216"

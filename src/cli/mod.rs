@@ -3,6 +3,8 @@
 mod cuts;
 mod evaluate;
 mod inspect;
+mod provenance;
+mod recipe;
 mod students;
 mod train;
 
@@ -34,7 +36,9 @@ enum Command {
     },
     /// Show the parameter budget of a checkpoint, per component and per layer.
     Inspect(inspect::InspectArgs),
-    /// Training: fine-tuning (and later distillation, head gates).
+    /// Fail (exit code 3) when a checkpoint's unique parameters exceed a budget.
+    AssertBudget(inspect::AssertBudgetArgs),
+    /// Training: fine-tuning, distillation, head gates.
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Evaluate a checkpoint on labelled data (seqeval entity F1, per-type report, tokens/s).
@@ -45,6 +49,10 @@ enum Command {
     Predict(evaluate::PredictArgs),
     #[command(flatten)]
     Surgery(cuts::SurgeryCommand),
+    /// Run a recipe: an ordered list of steps, each one of the commands, resumable.
+    Run(recipe::RunArgs),
+    /// Write a Markdown report with plots (F1 vs parameters, curves, gates, speed) from run folders.
+    Report(recipe::ReportArgs),
     /// Write a randomly initialised student with a teacher's tokenizer and labels.
     InitStudent(students::InitStudentArgs),
     /// List student shapes that fit a parameter budget.
@@ -69,11 +77,18 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    run_command(cli.command)
+}
+
+fn run_command(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Quickstart { out, force } => quickstart(&out, force),
         Command::Inspect(args) => inspect::run(args),
+        Command::AssertBudget(args) => inspect::assert_budget(args),
         Command::Train(command) => train::run(command),
         Command::Surgery(command) => cuts::run(command),
+        Command::Run(args) => recipe::run(args),
+        Command::Report(args) => recipe::report(args),
         Command::InitStudent(args) => students::init(args),
         Command::Plan(args) => students::plan_cmd(args),
         Command::Eval(args) => evaluate::eval(args),

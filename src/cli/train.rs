@@ -89,6 +89,17 @@ pub struct FinetuneArgs {
     spec: TrainSpec,
 }
 
+impl TrainCommand {
+    /// The data the run trains on (the recipe runner reads its labels for --dry-run).
+    pub fn data(&self) -> &DataSpec {
+        match self {
+            TrainCommand::Finetune(a) => &a.data,
+            TrainCommand::Distill(a) => &a.data,
+            TrainCommand::Gates(a) => &a.data,
+        }
+    }
+}
+
 pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     match command {
         TrainCommand::Finetune(a) => {

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{cpu, move_to_layer, Outcome};
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 
@@ -14,8 +15,13 @@ pub struct Spec {
     pub keep: Vec<usize>,
 }
 
-pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
-    let arch = &ckpt.arch;
+/// The architecture with only the kept layers (checks the list).
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
+    Ok(renumber(arch, spec)?.0)
+}
+
+/// The new architecture and, for each of its stored layers, the stored layer it comes from.
+fn renumber(arch: &Arch, spec: &Spec) -> Result<(Arch, Vec<usize>)> {
     let n = arch.num_layers();
     if spec.keep.is_empty() {
         return Err(Error::Spec("--keep names no layer".into()));
@@ -55,6 +61,13 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         .iter()
         .map(|&s| arch.layers[s].clone())
         .collect();
+    Ok((new_arch, stored_order))
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let arch = &ckpt.arch;
+    let n = arch.num_layers();
+    let (new_arch, stored_order) = renumber(arch, spec)?;
     let mut out = ckpt.clone();
     for (new, &old) in stored_order.iter().enumerate() {
         for (key, _) in arch.layer_tensors(old) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{cpu, Outcome};
-use crate::arch::{EmbeddingKind, Key};
+use crate::arch::{Arch, EmbeddingKind, Key};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 use crate::linalg::{to_mat, to_tensor, truncated_svd};
@@ -21,8 +21,9 @@ pub struct Spec {
     pub rank: usize,
 }
 
-pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
-    let (v, h) = (ckpt.arch.vocab, ckpt.arch.hidden);
+/// The architecture after factorizing at `spec.rank` (checks the rank).
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
+    let (v, h) = (arch.vocab, arch.hidden);
     let e = spec.rank;
     if e == 0 || e >= v.min(h) {
         return Err(Error::Spec(format!(
@@ -30,15 +31,25 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             v.min(h)
         )));
     }
+    if let EmbeddingKind::Factorized { rank } = arch.embeddings {
+        if e >= rank {
+            return Err(Error::Spec(format!(
+                "--rank {e}: the embeddings are already factorized at rank {rank}; only a smaller rank makes sense"
+            )));
+        }
+    }
+    let mut arch = arch.clone();
+    arch.embeddings = EmbeddingKind::Factorized { rank: e };
+    Ok(arch)
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let new_arch = plan(&ckpt.arch, spec)?;
+    let e = spec.rank;
     let start = Instant::now();
     let dense = match ckpt.arch.embeddings {
         EmbeddingKind::Dense => cpu(ckpt, Key::WordEmbeddings)?,
-        EmbeddingKind::Factorized { rank } => {
-            if e >= rank {
-                return Err(Error::Spec(format!(
-                    "--rank {e}: the embeddings are already factorized at rank {rank}; only a smaller rank makes sense"
-                )));
-            }
+        EmbeddingKind::Factorized { .. } => {
             cpu(ckpt, Key::WordEmbeddings)?.matmul(&cpu(ckpt, Key::WordProjection)?.t()?)?
         }
     };
@@ -48,9 +59,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let mut out = ckpt.clone();
     out.set_tensor(Key::WordEmbeddings, table);
     out.set_tensor(Key::WordProjection, projection);
-    let mut arch = out.arch.clone();
-    arch.embeddings = EmbeddingKind::Factorized { rank: e };
-    out.set_arch(arch)?;
+    out.set_arch(new_arch)?;
     let report = serde_json::json!({
         "rank": e,
         "relative_frobenius_error": svd.relative_error(e),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use faer::{Mat, Par};
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, Outcome};
+use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
 use crate::calibrate::{collect, Calibration, Input};
@@ -63,12 +63,25 @@ pub struct Spec {
     pub damp: f64,
 }
 
-/// One linear to factorize, with its spectrum.
-struct Target {
+/// One selected linear: where it is and its out × in shape.
+#[derive(Clone, Copy)]
+struct Shape {
     layer: usize,
     slot: LinearSlot,
     out: usize,
     inp: usize,
+}
+
+impl Shape {
+    /// Ranks below this save parameters.
+    fn break_even(&self) -> usize {
+        self.out * self.inp / (self.out + self.inp)
+    }
+}
+
+/// One linear to factorize, with its spectrum.
+struct Target {
+    shape: Shape,
     /// Left factor (UΣ), right factor (V), singular values of W (svd) or W·L (whiten).
     left: Mat<f64>,
     right: Mat<f64>,
@@ -77,13 +90,7 @@ struct Target {
     chol: Option<Mat<f64>>,
 }
 
-impl Target {
-    fn break_even(&self) -> usize {
-        self.out * self.inp / (self.out + self.inp)
-    }
-}
-
-fn selected(arch: &Arch, spec: &Spec) -> Result<Vec<(usize, LinearSlot)>> {
+fn selected(arch: &Arch, spec: &Spec) -> Result<Vec<Shape>> {
     let slots = spec
         .modules
         .iter()
@@ -117,8 +124,14 @@ fn selected(arch: &Arch, spec: &Spec) -> Result<Vec<(usize, LinearSlot)>> {
                     )))
                 }
             }
-            if arch.linear_shape(layer, slot).1 > 0 && arch.linear_shape(layer, slot).0 > 0 {
-                out.push((layer, slot));
+            let (rows, cols) = arch.linear_shape(layer, slot);
+            if rows > 0 && cols > 0 {
+                out.push(Shape {
+                    layer,
+                    slot,
+                    out: rows,
+                    inp: cols,
+                });
             }
         }
     }
@@ -152,10 +165,14 @@ fn decompose(
     ckpt: &Checkpoint,
     spec: &Spec,
     calib: Option<&Calibration>,
-    layer: usize,
-    slot: LinearSlot,
+    shape: Shape,
 ) -> Result<Target> {
-    let (out, inp) = ckpt.arch.linear_shape(layer, slot);
+    let Shape {
+        layer,
+        slot,
+        out,
+        inp,
+    } = shape;
     let w = to_mat(&cpu(
         ckpt,
         Key::Linear {
@@ -181,10 +198,7 @@ fn decompose(
     };
     let svd = truncated_svd(matrix.as_ref(), full)?;
     Ok(Target {
-        layer,
-        slot,
-        out,
-        inp,
+        shape,
         left: svd.left,
         right: svd.right,
         singular: svd.singular_values,
@@ -192,11 +206,16 @@ fn decompose(
     })
 }
 
-/// Chooses a rank per target.
-fn choose_ranks(arch: &Arch, targets: &[Target], spec: &Spec) -> Result<Vec<Option<usize>>> {
-    let keep_if_saving = |t: &Target, r: usize| (r < t.break_even()).then_some(r.max(1));
+/// Ranks fixed by the structure alone (`--rank`, `--params-target`); None for `--energy`, whose
+/// ranks depend on the spectra.
+fn structural_ranks(
+    arch: &Arch,
+    shapes: &[Shape],
+    spec: &Spec,
+) -> Result<Option<Vec<Option<usize>>>> {
+    let keep_if_saving = |t: &Shape, r: usize| (r < t.break_even()).then_some(r.max(1));
     if let Some(r) = spec.rank {
-        for t in targets {
+        for t in shapes {
             if r == 0 || r >= t.break_even() {
                 return Err(Error::Spec(format!(
                     "--rank {r}: a {}×{} linear saves parameters only below rank {}",
@@ -206,21 +225,13 @@ fn choose_ranks(arch: &Arch, targets: &[Target], spec: &Spec) -> Result<Vec<Opti
                 )));
             }
         }
-        return Ok(targets.iter().map(|_| Some(r)).collect());
+        return Ok(Some(shapes.iter().map(|_| Some(r)).collect()));
     }
     if let Some(e) = spec.energy {
         if !(0.0..=1.0).contains(&e) || e == 0.0 {
             return Err(Error::Spec(format!("--energy {e}: must be in (0, 1]")));
         }
-        return Ok(targets
-            .iter()
-            .map(|t| {
-                let r = (1..=t.singular.len())
-                    .find(|&r| energy(&t.singular, r) >= e)
-                    .unwrap_or(t.singular.len());
-                keep_if_saving(t, r)
-            })
-            .collect());
+        return Ok(None);
     }
     let text = spec
         .params_target
@@ -228,13 +239,13 @@ fn choose_ranks(arch: &Arch, targets: &[Target], spec: &Spec) -> Result<Vec<Opti
         .expect("clap requires one target");
     let goal = parse_count(text).map_err(Error::Spec)?;
     let ranks_at = |ratio: f64| -> Vec<Option<usize>> {
-        targets
+        shapes
             .iter()
             .map(|t| keep_if_saving(t, ((t.break_even() as f64) * ratio).floor() as usize))
             .collect()
     };
-    let count = |ranks: &[Option<usize>]| Budget::of_arch(&with_ranks(arch, targets, ranks)).unique;
-    let smallest = count(&targets.iter().map(|_| Some(1)).collect::<Vec<_>>());
+    let count = |ranks: &[Option<usize>]| Budget::of_arch(&with_ranks(arch, shapes, ranks)).unique;
+    let smallest = count(&shapes.iter().map(|_| Some(1)).collect::<Vec<_>>());
     if smallest > goal {
         return Err(Error::Spec(format!(
             "--params-target {text}: even rank 1 everywhere leaves {smallest} unique parameters"
@@ -250,16 +261,41 @@ fn choose_ranks(arch: &Arch, targets: &[Target], spec: &Spec) -> Result<Vec<Opti
         }
     }
     let ranks = ranks_at(lo);
-    Ok(if ranks.iter().all(|r| r.is_none()) {
-        targets.iter().map(|_| Some(1)).collect()
+    Ok(Some(if ranks.iter().all(|r| r.is_none()) {
+        shapes.iter().map(|_| Some(1)).collect()
     } else {
         ranks
+    }))
+}
+
+/// The smallest rank per target that keeps `--energy` of its spectrum (dense if none saves).
+fn energy_ranks(targets: &[Target], e: f64) -> Vec<Option<usize>> {
+    targets
+        .iter()
+        .map(|t| {
+            let r = (1..=t.singular.len())
+                .find(|&r| energy(&t.singular, r) >= e)
+                .unwrap_or(t.singular.len());
+            (r < t.shape.break_even()).then_some(r.max(1))
+        })
+        .collect()
+}
+
+/// The architecture after the cut; unknown for `--energy` (the ranks depend on the weights).
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
+    let shapes = selected(arch, spec)?;
+    if shapes.is_empty() {
+        return Err(Error::Spec("no linear selected".into()));
+    }
+    Ok(match structural_ranks(arch, &shapes, spec)? {
+        Some(ranks) => Planned::Exact(with_ranks(arch, &shapes, &ranks)),
+        None => Planned::Unknown("--energy: the ranks depend on the weights' spectra".into()),
     })
 }
 
-fn with_ranks(arch: &Arch, targets: &[Target], ranks: &[Option<usize>]) -> Arch {
+fn with_ranks(arch: &Arch, shapes: &[Shape], ranks: &[Option<usize>]) -> Arch {
     let mut arch = arch.clone();
-    for (t, r) in targets.iter().zip(ranks) {
+    for (t, r) in shapes.iter().zip(ranks) {
         if let Some(rank) = r {
             arch.layers[t.layer]
                 .linears
@@ -284,16 +320,20 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     };
     let targets = selection
         .iter()
-        .map(|&(layer, slot)| decompose(ckpt, spec, calib.as_ref(), layer, slot))
+        .map(|&shape| decompose(ckpt, spec, calib.as_ref(), shape))
         .collect::<Result<Vec<_>>>()?;
-    let ranks = choose_ranks(&ckpt.arch, &targets, spec)?;
+    let ranks = match structural_ranks(&ckpt.arch, &selection, spec)? {
+        Some(ranks) => ranks,
+        None => energy_ranks(
+            &targets,
+            spec.energy.expect("only --energy has no structural rank"),
+        ),
+    };
     let mut out = ckpt.clone();
     let mut details = vec![];
     for (t, rank) in targets.iter().zip(&ranks) {
         let Some(r) = *rank else {
-            details.push(
-                serde_json::json!({"layer": t.layer, "linear": t.slot.as_str(), "kept": "dense"}),
-            );
+            details.push(serde_json::json!({"layer": t.shape.layer, "linear": t.shape.slot.as_str(), "kept": "dense"}));
             continue;
         };
         // Balanced split: up = U√Σ, down = √Σ Vᵀ (· L⁻¹), so neither factor is orders of magnitude
@@ -303,8 +343,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             .iter()
             .map(|s| s.max(1e-12).sqrt())
             .collect();
-        let up = Mat::from_fn(t.out, r, |i, k| t.left[(i, k)] / root[k]);
-        let mut v = Mat::from_fn(t.inp, r, |j, k| t.right[(j, k)] * root[k]);
+        let up = Mat::from_fn(t.shape.out, r, |i, k| t.left[(i, k)] / root[k]);
+        let mut v = Mat::from_fn(t.shape.inp, r, |j, k| t.right[(j, k)] * root[k]);
         if let Some(l) = &t.chol {
             // down = V_rᵀ L⁻¹: solve Lᵀ Z = V_r, then down = Zᵀ.
             faer::linalg::triangular_solve::solve_upper_triangular_in_place(
@@ -314,18 +354,18 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             );
         }
         let key = |part| Key::Linear {
-            layer: t.layer,
-            slot: t.slot,
+            layer: t.shape.layer,
+            slot: t.shape.slot,
             part,
         };
         out.set_tensor(key(LinearPart::Up), to_tensor(up.as_ref())?);
         out.set_tensor(key(LinearPart::Down), to_tensor(v.transpose())?);
         details.push(serde_json::json!({
-            "layer": t.layer, "linear": t.slot.as_str(), "rank": r,
+            "layer": t.shape.layer, "linear": t.shape.slot.as_str(), "rank": r,
             "retained_energy": energy(&t.singular, r),
         }));
     }
-    let arch = with_ranks(&ckpt.arch, &targets, &ranks);
+    let arch = with_ranks(&ckpt.arch, &selection, &ranks);
     out.set_arch(arch)?;
     let mut report = serde_json::json!({
         "method": spec.method,

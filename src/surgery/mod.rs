@@ -15,10 +15,20 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use crate::arch::{HistoryEntry, Key};
+use crate::arch::{Arch, HistoryEntry, Key};
 use crate::budget::Budget;
 use crate::error::Result;
 use crate::io::Checkpoint;
+
+/// What a surgery does to the structure, worked out without reading a tensor (for
+/// `surgery run --dry-run`).
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// The architecture after the surgery (its budget is exact).
+    Exact(Arch),
+    /// The structure depends on weights or data; the text says on what.
+    Unknown(String),
+}
 
 /// The result of a surgery.
 pub struct Outcome {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, Outcome};
-use crate::arch::{Key, LinearPart, LinearSlot};
+use super::{cpu, Outcome, Planned};
+use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::data::labels::UnknownLabels;
 use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
@@ -160,27 +160,13 @@ fn heads_to_remove(
     spec: &Spec,
 ) -> Result<(BTreeSet<(usize, usize)>, serde_json::Value)> {
     let arch = &ckpt.arch;
-    let heads: Vec<usize> = arch
-        .layer_map
-        .iter()
-        .map(|&s| arch.layers[s].num_heads)
-        .collect();
+    let heads = heads_per_layer(arch);
     if let Some(text) = &spec.heads {
         return Ok((parse_heads(text)?, serde_json::Value::Null));
     }
     if let Some(path) = spec.gates.as_ref().filter(|_| spec.keep.is_none()) {
         let file = read_gates(path, &heads, arch.hidden)?;
-        let remove = file
-            .gates
-            .iter()
-            .enumerate()
-            .flat_map(|(l, g)| {
-                g.iter()
-                    .enumerate()
-                    .filter(|(_, v)| **v < spec.threshold)
-                    .map(move |(h, _)| (l, h))
-            })
-            .collect();
+        let remove = gated_heads(&file, spec.threshold);
         return Ok((remove, serde_json::json!({"gates": file.gates})));
     }
     let keep = spec.keep.expect("clap requires one selection");
@@ -209,6 +195,28 @@ fn heads_to_remove(
     Ok((remove, serde_json::json!({"scores": scores})))
 }
 
+/// Heads per logical layer.
+fn heads_per_layer(arch: &Arch) -> Vec<usize> {
+    arch.layer_map
+        .iter()
+        .map(|&s| arch.layers[s].num_heads)
+        .collect()
+}
+
+/// The heads whose gate is below the threshold, as (logical layer, head).
+fn gated_heads(file: &GatesFile, threshold: f64) -> BTreeSet<(usize, usize)> {
+    file.gates
+        .iter()
+        .enumerate()
+        .flat_map(|(l, g)| {
+            g.iter()
+                .enumerate()
+                .filter(move |(_, v)| **v < threshold)
+                .map(move |(h, _)| (l, h))
+        })
+        .collect()
+}
+
 /// Reads a gates file and checks it was made for this structure.
 fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<GatesFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -230,12 +238,53 @@ fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<
     Ok(file)
 }
 
-pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
-    let arch = &ckpt.arch;
-    let (remove, extra) = heads_to_remove(ckpt, spec)?;
+/// The architecture after the removal. `--keep N` is exact in size (every head of a layer costs
+/// the same) though which heads go is decided at run time; a gates file that does not exist yet
+/// (written by an earlier recipe step) leaves the structure unknown.
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
+    let heads = heads_per_layer(arch);
+    let remove: BTreeSet<(usize, usize)> = if let Some(text) = &spec.heads {
+        parse_heads(text)?
+    } else if let Some(keep) = spec.keep {
+        // Any `total − keep` heads: remove them round-robin from the last head of each layer.
+        let total: usize = heads.iter().sum();
+        let mut left = heads.clone();
+        let mut remove = BTreeSet::new();
+        for l in (0..heads.len()).cycle().take(total * heads.len().max(1)) {
+            if remove.len() >= total.saturating_sub(keep) {
+                break;
+            }
+            if left[l] > 0 && !arch.layer_map[..l].contains(&arch.layer_map[l]) {
+                left[l] -= 1;
+                remove.insert((l, left[l]));
+            }
+        }
+        remove
+    } else {
+        let path = spec.gates.as_ref().expect("clap requires one selection");
+        if !path.exists() {
+            return Ok(Planned::Unknown(format!(
+                "the heads below the threshold are known once {} exists",
+                path.display()
+            )));
+        }
+        gated_heads(&read_gates(path, &heads, arch.hidden)?, spec.threshold)
+    };
+    Ok(Planned::Exact(
+        without_heads(arch, &remove, spec.allow_empty)?.0,
+    ))
+}
+
+/// The new architecture and, per stored layer, the heads removed from it (checks the indices,
+/// that some head is left, and that the attention linears are not low-rank).
+fn without_heads(
+    arch: &Arch,
+    remove: &BTreeSet<(usize, usize)>,
+    allow_empty: bool,
+) -> Result<(Arch, Vec<BTreeSet<usize>>)> {
     // Check indices and map logical layers to stored ones.
     let mut by_stored: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); arch.layers.len()];
-    for &(layer, head) in &remove {
+    for &(layer, head) in remove {
         if layer >= arch.num_layers() {
             return Err(Error::Spec(format!(
                 "layer {layer} does not exist (the model has {})",
@@ -257,14 +306,40 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         .zip(&by_stored)
         .map(|(l, r)| l.num_heads - r.len())
         .sum();
-    if left == 0 && !spec.allow_empty {
+    if left == 0 && !allow_empty {
         return Err(Error::Spec(
             "this would remove every head of every layer; pass --allow-empty to do it anyway"
                 .into(),
         ));
     }
-    let mut out = ckpt.clone();
     let mut new_arch = arch.clone();
+    for (stored, removed) in by_stored.iter().enumerate() {
+        if removed.is_empty() {
+            continue;
+        }
+        for slot in [
+            LinearSlot::Query,
+            LinearSlot::Key,
+            LinearSlot::Value,
+            LinearSlot::AttentionOutput,
+        ] {
+            if matches!(arch.layers[stored].linear(slot), LinearKind::LowRank { .. }) {
+                return Err(Error::Spec(format!(
+                    "layer {stored} {} is low-rank; remove heads before factorizing",
+                    slot.as_str()
+                )));
+            }
+        }
+        new_arch.layers[stored].num_heads -= removed.len();
+    }
+    Ok((new_arch, by_stored))
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let arch = &ckpt.arch;
+    let (remove, extra) = heads_to_remove(ckpt, spec)?;
+    let (new_arch, by_stored) = without_heads(arch, &remove, spec.allow_empty)?;
+    let mut out = ckpt.clone();
     let d = arch.head_dim;
     for (stored, removed) in by_stored.iter().enumerate() {
         if removed.is_empty() {
@@ -290,17 +365,6 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             }
         };
         for slot in [LinearSlot::Query, LinearSlot::Key, LinearSlot::Value] {
-            if arch.layers[stored].linear(slot) != crate::arch::LinearKind::Dense
-                && !matches!(
-                    arch.layers[stored].linear(slot),
-                    crate::arch::LinearKind::Sparse { .. }
-                )
-            {
-                return Err(Error::Spec(format!(
-                    "layer {stored} {} is low-rank; remove heads before factorizing",
-                    slot.as_str()
-                )));
-            }
             out.set_tensor(
                 key(slot, LinearPart::Weight),
                 select(cpu(ckpt, key(slot, LinearPart::Weight))?, 0)?,
@@ -311,24 +375,13 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             );
         }
         let ao = key(LinearSlot::AttentionOutput, LinearPart::Weight);
-        if arch.layers[stored].linear(LinearSlot::AttentionOutput) != crate::arch::LinearKind::Dense
-            && !matches!(
-                arch.layers[stored].linear(LinearSlot::AttentionOutput),
-                crate::arch::LinearKind::Sparse { .. }
-            )
-        {
-            return Err(Error::Spec(format!(
-                "layer {stored} attention-output is low-rank; remove heads before factorizing"
-            )));
-        }
         out.set_tensor(ao, select(cpu(ckpt, ao)?, 1)?);
-        new_arch.layers[stored].num_heads -= removed.len();
     }
     out.set_arch(new_arch)?;
     let shared = arch.layer_map.iter().enumerate().any(|(i, &s)| i != s);
     let mut report = serde_json::json!({
         "removed_heads": remove.len(),
-        "heads_left": left,
+        "heads_left": out.arch.layers.iter().map(|l| l.num_heads).sum::<usize>(),
         "heads_per_layer": out.arch.layer_map.iter().map(|&s| out.arch.layers[s].num_heads).collect::<Vec<_>>(),
     });
     if shared {

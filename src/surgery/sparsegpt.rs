@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::obs::{magnitude, sparsegpt, Pattern, Solver};
 use super::Outcome;
-use crate::arch::{Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
+use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
 use crate::calibrate::Input;
 use crate::error::{Error, Result};
 use crate::eval::{collate, BatchData};
@@ -117,10 +117,11 @@ fn relative_output_error(w: &[f64], pruned: &[f64], rows: usize, cols: usize, h:
     (quad(&delta) / quad(w).max(1e-30)).sqrt()
 }
 
-pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
-    let started = Instant::now();
+/// The architecture after pruning: every encoder linear marked sparse (the unique parameter
+/// count does not change; the pruned weights are stored as zeros).
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
     let pattern = spec.pattern()?;
-    for layer in &ckpt.arch.layers {
+    for layer in &arch.layers {
         if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
             return Err(Error::Spec(format!(
                 "{} is already {}; sparsegpt prunes dense linears",
@@ -129,6 +130,25 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             )));
         }
     }
+    let sparse = match pattern {
+        Pattern::Unstructured(s) => SparsePattern::Unstructured { sparsity: s as f32 },
+        Pattern::NofM { n, m } => SparsePattern::NofM { n, m },
+    };
+    let mut arch = arch.clone();
+    for layer in &mut arch.layers {
+        for slot in LinearSlot::ALL {
+            layer
+                .linears
+                .insert(slot, LinearKind::Sparse { pattern: sparse });
+        }
+    }
+    Ok(arch)
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let started = Instant::now();
+    let new_arch = plan(&ckpt.arch, spec)?;
+    let pattern = spec.pattern()?;
     let device = Device::Cpu;
     let (prepared, tokenizer, note) =
         crate::calibrate::calibration_examples(ckpt, &spec.calib, spec.calib_sentences)?;
@@ -258,19 +278,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     }
     let mut out = ckpt.clone();
     params.store_into(&mut out)?;
-    let sparse = match pattern {
-        Pattern::Unstructured(s) => SparsePattern::Unstructured { sparsity: s as f32 },
-        Pattern::NofM { n, m } => SparsePattern::NofM { n, m },
-    };
-    let mut arch = out.arch.clone();
-    for layer in &mut arch.layers {
-        for slot in LinearSlot::ALL {
-            layer
-                .linears
-                .insert(slot, LinearKind::Sparse { pattern: sparse });
-        }
-    }
-    out.set_arch(arch)?;
+    out.set_arch(new_arch)?;
     let errors: Vec<f64> = details
         .iter()
         .filter_map(|d| d["relative_output_error"].as_f64())

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{cpu, move_to_layer, Outcome};
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 
@@ -73,8 +74,13 @@ pub fn parse_groups(text: &str, layers: usize) -> Result<Vec<Vec<usize>>> {
     Ok(groups)
 }
 
-pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
-    let arch = &ckpt.arch;
+/// The architecture with the layers shared as asked (checks that each group's layers match).
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
+    Ok(grouping(arch, spec)?.0)
+}
+
+/// The new architecture and the groups of logical layers, each group one new stored layer.
+fn grouping(arch: &Arch, spec: &Spec) -> Result<(Arch, Vec<Vec<usize>>)> {
     let n = arch.num_layers();
     let mut groups = match (&spec.groups, spec.share_all) {
         (_, true) => vec![(0..n).collect()],
@@ -91,15 +97,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let mut new_arch = arch.clone();
     new_arch.layers.clear();
     new_arch.layer_map = vec![0; n];
-    let mut out = ckpt.clone();
     for (index, group) in groups.iter().enumerate() {
-        // Distinct stored layers of the group (a layer may already be shared).
-        let mut stored: Vec<usize> = vec![];
-        for &l in group {
-            if !stored.contains(&arch.layer_map[l]) {
-                stored.push(arch.layer_map[l]);
-            }
-        }
+        let stored = stored_layers(arch, group);
         let first = &arch.layers[stored[0]];
         if let Some(&other) = stored.iter().find(|&&s| arch.layers[s] != *first) {
             return Err(Error::Spec(format!(
@@ -111,6 +110,27 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         for &l in group {
             new_arch.layer_map[l] = index;
         }
+    }
+    Ok((new_arch, groups))
+}
+
+/// Distinct stored layers of a group of logical layers (a layer may already be shared).
+fn stored_layers(arch: &Arch, group: &[usize]) -> Vec<usize> {
+    let mut stored: Vec<usize> = vec![];
+    for &l in group {
+        if !stored.contains(&arch.layer_map[l]) {
+            stored.push(arch.layer_map[l]);
+        }
+    }
+    stored
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let arch = &ckpt.arch;
+    let (new_arch, groups) = grouping(arch, spec)?;
+    let mut out = ckpt.clone();
+    for (index, group) in groups.iter().enumerate() {
+        let stored = stored_layers(arch, group);
         let members: &[usize] = match spec.init {
             Init::Mean => &stored,
             Init::First => &stored[..1],

@@ -1,0 +1,520 @@
+//! `surgery run RECIPE.toml`: runs a recipe's steps in order, each through the CLI's own parser,
+//! skipping the steps whose output is complete with the same spec hash (so a rerun resumes), and
+//! writes the provenance of every output (step.json, recipe-step.toml, README.md model card).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser};
+
+use surgery::arch::Arch;
+use surgery::budget::Budget;
+use surgery::data::{read_dataset, LabelSet, ReadOptions};
+use surgery::io::Checkpoint;
+use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
+use surgery::surgery::Planned;
+
+use super::inspect::group;
+use super::{Cli, Command};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Recipe file (TOML): [recipe], [vars] and [[step]] tables.
+    recipe: PathBuf,
+    /// Re-run from this step (name or number) on, even where outputs exist.
+    #[arg(long)]
+    from: Option<String>,
+    /// Print the plan and the predicted parameter budget after every step; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Set a variable, overriding the recipe's [vars] (repeatable), e.g. --set data=DIR.
+    #[arg(long = "set", value_parser = parse_var)]
+    set: Vec<(String, String)>,
+    /// Folder that holds the recipe's run folder (runs/<recipe-name>/NN-step/).
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+}
+
+fn parse_var(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}`: expected NAME=VALUE"))
+}
+
+/// A checked recipe: every step's command line parsed by the CLI.
+pub struct Plan {
+    pub recipe: Recipe,
+    pub root: PathBuf,
+    commands: Vec<Option<Command>>,
+}
+
+/// Options the runner fills in, or that name files a step writes (not checked for existence).
+const WRITTEN: [&str; 5] = [
+    "out",
+    "output",
+    "save-json",
+    "write-predictions",
+    "cache-teacher",
+];
+
+impl Plan {
+    /// Reads the recipe and parses every step; all problems are reported together.
+    pub fn new(path: &Path, vars: &[(String, String)], runs: &Path) -> anyhow::Result<Plan> {
+        let (recipe, mut problems) = Recipe::load_lenient(path, vars)?;
+        let root = runs.join(&recipe.name);
+        let mut plan = Plan {
+            recipe,
+            root,
+            commands: vec![],
+        };
+        for step in &plan.recipe.steps {
+            if !step.is_valid() {
+                plan.commands.push(None);
+                continue;
+            }
+            let label = format!("step {} ({})", step.index + 1, step.name);
+            let argv = plan.argv(step);
+            match Cli::try_parse_from(std::iter::once("surgery".to_string()).chain(argv)) {
+                Ok(cli) => plan.commands.push(Some(cli.command)),
+                Err(e) => {
+                    problems.push(format!("{label}: {}", clap_problem(&e)));
+                    plan.commands.push(None);
+                    continue;
+                }
+            }
+            for (key, value) in plan.read_paths(step) {
+                if !Path::new(&value).exists() {
+                    problems.push(format!("{label}: {key}: `{value}` does not exist"));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(surgery::Error::Recipe {
+                path: path.to_path_buf(),
+                problems,
+            }
+            .into());
+        }
+        Ok(plan)
+    }
+
+    pub fn dir(&self, index: usize) -> PathBuf {
+        self.root.join(self.recipe.steps[index].folder_name())
+    }
+
+    /// The checkpoint a step hands on: its folder, its run's best/, or (eval, assert-budget)
+    /// its own input.
+    pub fn output_checkpoint(&self, index: usize) -> PathBuf {
+        let step = &self.recipe.steps[index];
+        match step.kind {
+            _ if !step.is_valid() => self.dir(index),
+            k if k.is_surgery() => self.dir(index),
+            k if k.is_training() => self.dir(index).join("best"),
+            _ => PathBuf::from(self.resolve(&step.input)),
+        }
+    }
+
+    fn resolve(&self, arg: &Arg) -> String {
+        match arg {
+            Arg::Text(t) => t.clone(),
+            Arg::Step { index, sub } if sub.is_empty() => {
+                self.output_checkpoint(*index).display().to_string()
+            }
+            Arg::Step { index, sub } => self.dir(*index).join(sub).display().to_string(),
+        }
+    }
+
+    pub fn argv(&self, step: &Step) -> Vec<String> {
+        step.argv(&self.dir(step.index), &|a| self.resolve(a))
+    }
+
+    /// The step's literal path arguments that it reads (its input and every path option but the
+    /// ones it writes); paths from earlier steps are not checked, they do not exist yet.
+    fn read_paths(&self, step: &Step) -> Vec<(String, String)> {
+        let mut command = Cli::command();
+        let mut sub = &mut command;
+        for word in step.kind.name().split(' ') {
+            sub = sub
+                .find_subcommand_mut(word)
+                .expect("every kind is a subcommand");
+        }
+        let is_path = |key: &str| {
+            sub.get_arguments().any(|a| {
+                a.get_long() == Some(key) && a.get_value_hint() == clap::ValueHint::AnyPath
+            })
+        };
+        let mut out = vec![];
+        if let Arg::Text(t) = &step.input {
+            out.push(("input".to_string(), t.clone()));
+        }
+        for option in &step.options {
+            if WRITTEN.contains(&option.key.as_str()) || !is_path(&option.key) {
+                continue;
+            }
+            for v in &option.values {
+                if let Arg::Text(t) = v {
+                    out.push((option.key.clone(), t.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// True when the step's folder holds a finished output with the step's current hash.
+    fn is_done(&self, index: usize) -> bool {
+        std::fs::read_to_string(self.dir(index).join("step.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["hash"] == self.recipe.steps[index].hash.as_str())
+    }
+}
+
+/// One line for a clap error: unknown options with the closest known one, else clap's message.
+fn clap_problem(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    if e.kind() == ErrorKind::UnknownArgument {
+        let arg = text(ContextKind::InvalidArg).unwrap_or_default();
+        let hint = text(ContextKind::SuggestedArg)
+            .map(|s| format!(" (did you mean `{}`?)", s.trim_start_matches("--")))
+            .unwrap_or_default();
+        return format!("unknown option `{}`{hint}", arg.trim_start_matches("--"));
+    }
+    let rendered = e.render().to_string();
+    rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::new(&args.recipe, &args.set, &args.runs)?;
+    let start = match &args.from {
+        Some(key) => Some(plan.recipe.find_step(key).ok_or_else(|| {
+            surgery::Error::Spec(format!(
+                "--from `{key}`: no such step{}",
+                did_you_mean(key, plan.recipe.steps.iter().map(|s| s.name.as_str()))
+            ))
+        })?),
+        None => None,
+    };
+    if args.dry_run {
+        return dry_run(&plan, start);
+    }
+    execute(&plan, start)
+}
+
+/// Prints each step, its state and the predicted unique parameters after it.
+fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+    let steps = &plan.recipe.steps;
+    println!(
+        "recipe `{}`: {} steps → {}",
+        plan.recipe.name,
+        steps.len(),
+        plan.root.display()
+    );
+    println!(
+        "{:>3}  {:<18} {:<21} {:<24} {:>13}  state",
+        "#", "step", "kind", "reads", "unique params"
+    );
+    // Per step: the structure after it, or the step whose outcome is not known in advance.
+    let mut archs: Vec<Result<Arch, usize>> = vec![];
+    let mut over_budget = false;
+    for step in steps {
+        let command = plan.commands[step.index].as_ref().expect("checked");
+        let mut why = None;
+        let input = match &step.input {
+            Arg::Step { index, .. } => archs[*index].clone(),
+            Arg::Text(path) => Checkpoint::open(Path::new(path))
+                .map(|c| c.arch)
+                .map_err(|e| {
+                    why = Some(e.to_string());
+                    step.index
+                }),
+        };
+        let after = input.and_then(|arch| {
+            planned_arch(command, arch).map_err(|e| {
+                why = Some(e);
+                step.index
+            })
+        });
+        let mut state = match start {
+            Some(s) if step.index >= s => "will run (--from)".to_string(),
+            _ if plan.is_done(step.index) => "done, will be skipped".to_string(),
+            _ => "will run".to_string(),
+        };
+        if let (Command::AssertBudget(a), Ok(arch)) = (command, &after) {
+            let unique = Budget::of_arch(arch).unique;
+            if unique > a.max() {
+                over_budget = true;
+                state = format!("OVER BUDGET by {}", group(unique - a.max()));
+            } else {
+                state = format!(
+                    "{state}; within budget ({} to spare)",
+                    group(a.max() - unique)
+                );
+            }
+        }
+        let reads = match &step.input {
+            Arg::Step { index, .. } => format!("@{}", steps[*index].name),
+            Arg::Text(t) => short(t),
+        };
+        let params = match &after {
+            Ok(arch) => group(Budget::of_arch(arch).unique),
+            Err(origin) if *origin != step.index => {
+                state = format!("{state}; size known after step {}", origin + 1);
+                "?".into()
+            }
+            Err(_) => "?".into(),
+        };
+        println!(
+            "{:>3}  {:<18} {:<21} {:<24} {:>13}  {state}",
+            step.index + 1,
+            step.name,
+            step.kind.name(),
+            reads,
+            params
+        );
+        if let Some(why) = why {
+            println!("{:>5}size unknown until it runs: {why}", "");
+        }
+        archs.push(after);
+    }
+    Ok(if over_budget {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The last path component, at most 24 characters, for the plan table.
+fn short(path: &str) -> String {
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string());
+    if name.chars().count() > 24 {
+        format!(
+            "…{}",
+            name.chars()
+                .skip(name.chars().count() - 23)
+                .collect::<String>()
+        )
+    } else {
+        name
+    }
+}
+
+/// The structure after a step, from the structure before it.
+fn planned_arch(command: &Command, arch: Arch) -> Result<Arch, String> {
+    match command {
+        Command::Surgery(cut) => match cut.plan(&arch).map_err(|e| e.to_string())? {
+            Planned::Exact(a) => Ok(a),
+            Planned::Unknown(why) => Err(why),
+        },
+        Command::Train(train) if arch.num_labels.is_none() => {
+            // Fine-tuning adds a classifier for the training file's labels.
+            let path = &train.data().train;
+            let data = read_dataset(path, &ReadOptions::default()).map_err(|e| e.to_string())?;
+            let labels = LabelSet::discover(&data).map_err(|e| e.to_string())?;
+            Ok(Arch {
+                num_labels: Some(labels.len()),
+                ..arch
+            })
+        }
+        _ => Ok(arch),
+    }
+}
+
+/// Runs the steps in order; a failed step leaves no folder, so a rerun starts at it.
+fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut summary = vec![];
+    let total = plan.recipe.steps.len();
+    for step in &plan.recipe.steps {
+        let dir = plan.dir(step.index);
+        let forced = start.is_some_and(|s| step.index >= s);
+        if !forced && plan.is_done(step.index) {
+            println!(
+                "── {}/{total} {} ({}): done, skipped",
+                step.index + 1,
+                step.name,
+                step.kind.name()
+            );
+            summary.push(
+                serde_json::json!({"step": step.folder_name(), "kind": step.kind.name(),
+                "status": "skipped", "seconds": recorded_seconds(&dir)}),
+            );
+            continue;
+        }
+        let argv = plan.argv(step);
+        println!(
+            "── {}/{total} {} ({}): surgery {}",
+            step.index + 1,
+            step.name,
+            step.kind.name(),
+            shell_words(&argv)
+        );
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing the stale {}", dir.display()))?;
+        }
+        let command =
+            Cli::try_parse_from(std::iter::once("surgery".to_string()).chain(argv.clone()))
+                .expect("parsed when the plan was checked")
+                .command;
+        if !step.kind.is_surgery() && !step.kind.is_training() {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let step_start = Instant::now();
+        let result = super::run_command(command);
+        let seconds = step_start.elapsed().as_secs_f64();
+        let failure = match result {
+            Ok(code) if code == ExitCode::SUCCESS => None,
+            Ok(code) => Some((code, anyhow::anyhow!("the command failed"))),
+            Err(e) => Some((ExitCode::from(super::exit_code(&e)), e)),
+        };
+        if let Some((code, err)) = failure {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).ok();
+            }
+            eprintln!(
+                "step {} ({}) failed after {seconds:.1} s; the earlier steps' outputs stay valid and \
+                 `surgery run {}` resumes at this step",
+                step.index + 1,
+                step.name,
+                plan.recipe.path.display()
+            );
+            if err.to_string() != "the command failed" {
+                eprintln!("error: {err:#}");
+            }
+            return Ok(code);
+        }
+        super::provenance::record(plan, step, &argv, seconds)
+            .with_context(|| format!("writing the provenance of {}", dir.display()))?;
+        println!("   {} finished in {seconds:.1} s", step.name);
+        summary.push(
+            serde_json::json!({"step": step.folder_name(), "kind": step.kind.name(),
+            "status": "ran", "seconds": seconds}),
+        );
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!("\nrecipe `{}` finished in {wall:.1} s", plan.recipe.name);
+    for s in &summary {
+        println!(
+            "  {:<28} {:<8} {:>9.1} s",
+            s["step"].as_str().unwrap_or_default(),
+            s["status"].as_str().unwrap_or_default(),
+            s["seconds"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let json =
+        serde_json::json!({"recipe": plan.recipe.name, "wall_seconds": wall, "steps": summary});
+    surgery::io::atomic::write_file(&plan.root.join("summary.json"), true, |tmp| {
+        std::fs::write(tmp, serde_json::to_string_pretty(&json).expect("json")).map_err(|e| {
+            surgery::Error::Io {
+                path: tmp.to_path_buf(),
+                source: e,
+            }
+        })
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn recorded_seconds(dir: &Path) -> f64 {
+    std::fs::read_to_string(dir.join("step.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["seconds"].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// A command line a shell reads back as the same words.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes a Markdown report with SVG plots from recipe and training run folders.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Recipe run folders (runs/<recipe>), training run folders, or folders of run folders.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Output folder for README.md and the plots.
+    #[arg(long)]
+    out: PathBuf,
+    /// The reference model (a step or run name); default: the first model made from scratch.
+    #[arg(long)]
+    teacher: Option<String>,
+    /// Also replace the generated section of this Markdown file (between
+    /// `<!-- report:begin -->` and `<!-- report:end -->`) with the models table.
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let entries = surgery::report::collect(&args.dirs)?;
+    let mut command = vec!["surgery".to_string(), "report".to_string()];
+    command.extend(args.dirs.iter().map(|d| d.display().to_string()));
+    command.extend(["--out".into(), args.out.display().to_string()]);
+    if let Some(t) = &args.teacher {
+        command.extend(["--teacher".into(), t.clone()]);
+    }
+    if let Some(r) = &args.results {
+        command.extend(["--results".into(), r.display().to_string()]);
+    }
+    let report = surgery::report::build(&entries, args.teacher.as_deref(), &shell_words(&command))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |path: &Path, text: &str| {
+        surgery::io::atomic::write_file(path, true, |tmp| {
+            std::fs::write(tmp, text).map_err(|e| surgery::Error::Io {
+                path: tmp.to_path_buf(),
+                source: e,
+            })
+        })
+    };
+    write(&args.out.join("README.md"), &report.markdown)?;
+    for (name, svg) in &report.files {
+        write(&args.out.join(name), svg)?;
+    }
+    if let Some(path) = &args.results {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let spliced = surgery::report::splice(&text, &report.table).ok_or_else(|| {
+            surgery::Error::Spec(format!(
+                "{}: no `<!-- report:begin -->` … `<!-- report:end -->` section to replace",
+                path.display()
+            ))
+        })?;
+        write(path, &spliced)?;
+        println!("updated {}", path.display());
+    }
+    println!(
+        "wrote {} and {} plot(s) from {} entries",
+        args.out.join("README.md").display(),
+        report.files.len(),
+        entries.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

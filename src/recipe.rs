@@ -1,0 +1,623 @@
+//! Recipes: a compression pipeline written once as TOML and run as one command.
+//!
+//! ```toml
+//! [recipe]
+//! name = "example"
+//! [vars]
+//! data = "../shared/data/conll2003"
+//! [[step]]
+//! name = "teacher"               # folder runs/example/01-teacher
+//! kind = "train finetune"        # the CLI's words
+//! input = "${model}"             # default: the previous step's output
+//! train = "${data}/train.txt"    # every other key is the CLI option of the same name
+//! ```
+//!
+//! This module reads and checks the file (keys, kinds, variables, step references) and turns a
+//! step into the command line the CLI parses: the options are parsed by the CLI's own parser, so
+//! a recipe and a command line can never disagree. A step's hash covers its kind, its options
+//! and the hashes of the steps it reads from, so changing a step re-runs it and everything
+//! downstream.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::train::run_dir::fnv1a;
+
+/// The commands a step can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    FactorizeEmbeddings,
+    TieLayers,
+    DropLayers,
+    LowrankLayers,
+    Sparsegpt,
+    RemoveHeads,
+    PruneVocab,
+    TrainFinetune,
+    TrainDistill,
+    TrainGates,
+    Eval,
+    AssertBudget,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::FactorizeEmbeddings,
+        Kind::TieLayers,
+        Kind::DropLayers,
+        Kind::LowrankLayers,
+        Kind::Sparsegpt,
+        Kind::RemoveHeads,
+        Kind::PruneVocab,
+        Kind::TrainFinetune,
+        Kind::TrainDistill,
+        Kind::TrainGates,
+        Kind::Eval,
+        Kind::AssertBudget,
+    ];
+
+    /// The name in a recipe: the CLI's words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::FactorizeEmbeddings => "factorize-embeddings",
+            Kind::TieLayers => "tie-layers",
+            Kind::DropLayers => "drop-layers",
+            Kind::LowrankLayers => "lowrank-layers",
+            Kind::Sparsegpt => "sparsegpt",
+            Kind::RemoveHeads => "remove-heads",
+            Kind::PruneVocab => "prune-vocab",
+            Kind::TrainFinetune => "train finetune",
+            Kind::TrainDistill => "train distill",
+            Kind::TrainGates => "train gates",
+            Kind::Eval => "eval",
+            Kind::AssertBudget => "assert-budget",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Kind> {
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        Kind::ALL.into_iter().find(|k| k.name() == words)
+    }
+
+    /// True for the checkpoint-to-checkpoint surgeries.
+    pub fn is_surgery(self) -> bool {
+        !matches!(
+            self,
+            Kind::TrainFinetune
+                | Kind::TrainDistill
+                | Kind::TrainGates
+                | Kind::Eval
+                | Kind::AssertBudget
+        )
+    }
+
+    /// True for the training commands, whose folder is a run folder with the model in `best/`.
+    pub fn is_training(self) -> bool {
+        matches!(
+            self,
+            Kind::TrainFinetune | Kind::TrainDistill | Kind::TrainGates
+        )
+    }
+}
+
+/// A value in a step: text, or the output of an earlier step (`@name` or `@name/file`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Step { index: usize, sub: String },
+}
+
+/// One option of a step as the CLI sees it: `--key` followed by each value (none for a flag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOption {
+    pub key: String,
+    pub values: Vec<Arg>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// 0-based position; the folder is `NN-name` with NN = index + 1.
+    pub index: usize,
+    pub name: String,
+    pub kind: Kind,
+    pub input: Arg,
+    pub options: Vec<StepOption>,
+    /// The step's table with variables substituted (written beside its output).
+    pub fragment: toml::Table,
+    /// FNV-1a of the kind, the options and the hashes of the steps it reads.
+    pub hash: String,
+}
+
+impl Step {
+    /// False for a step with problems (kept only so later steps can refer to it).
+    pub fn is_valid(&self) -> bool {
+        !self.hash.is_empty()
+    }
+
+    /// `NN-name`, the step's folder under the recipe's run folder.
+    pub fn folder_name(&self) -> String {
+        format!("{:02}-{}", self.index + 1, self.name)
+    }
+
+    /// The steps this one reads from.
+    pub fn dependencies(&self) -> BTreeSet<usize> {
+        std::iter::once(&self.input)
+            .chain(self.options.iter().flat_map(|o| &o.values))
+            .filter_map(|a| match a {
+                Arg::Step { index, .. } => Some(*index),
+                Arg::Text(_) => None,
+            })
+            .collect()
+    }
+
+    /// The command line (without the program name) that runs this step writing to `dir`;
+    /// `resolve` turns arguments into paths.
+    pub fn argv(&self, dir: &Path, resolve: &dyn Fn(&Arg) -> String) -> Vec<String> {
+        let mut argv: Vec<String> = self.kind.name().split(' ').map(String::from).collect();
+        argv.push(resolve(&self.input));
+        let dir = dir.display().to_string();
+        match self.kind {
+            k if k.is_surgery() => argv.push(dir),
+            k if k.is_training() => argv.extend(["--out".into(), dir]),
+            Kind::Eval => argv.extend(["--save-json".into(), format!("{dir}/eval.json")]),
+            _ => {}
+        }
+        for option in &self.options {
+            if option.values.is_empty() {
+                argv.push(format!("--{}", option.key));
+            }
+            for value in &option.values {
+                argv.push(format!("--{}", option.key));
+                argv.push(resolve(value));
+            }
+        }
+        argv
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub vars: BTreeMap<String, String>,
+    pub steps: Vec<Step>,
+}
+
+impl Recipe {
+    /// Reads and checks a recipe; every problem in the file is reported at once.
+    pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Recipe> {
+        let (recipe, problems) = Recipe::load_lenient(path, overrides)?;
+        if problems.is_empty() {
+            Ok(recipe)
+        } else {
+            Err(Error::Recipe {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Reads a recipe and lists its problems without failing on them, so that a caller can add
+    /// its own checks of the valid steps (`Step::is_valid`) and report everything together.
+    /// Fails only when the file cannot be read or is not TOML.
+    pub fn load_lenient(
+        path: &Path,
+        overrides: &[(String, String)],
+    ) -> Result<(Recipe, Vec<String>)> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Recipe::parse(path, &text, overrides)
+    }
+
+    /// The step with this name or 1-based number.
+    pub fn find_step(&self, key: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == key).or_else(|| {
+            key.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=self.steps.len()).contains(n))
+                .map(|n| n - 1)
+        })
+    }
+
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        overrides: &[(String, String)],
+    ) -> Result<(Recipe, Vec<String>)> {
+        let fail = |problems: Vec<String>| Error::Recipe {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1))
+                .unwrap_or(0);
+            fail(vec![format!("line {line}: {}", e.message())])
+        })?;
+        let mut problems = vec![];
+        for key in doc.keys() {
+            if !["recipe", "vars", "step"].contains(&key.as_str()) {
+                problems.push(format!(
+                    "unknown section `{key}`{}",
+                    did_you_mean(key, ["recipe", "vars", "step"])
+                ));
+            }
+        }
+        let header = doc.get("recipe").and_then(|v| v.as_table());
+        let text_of = |key: &str| header.and_then(|h| h.get(key)).and_then(|v| v.as_str());
+        let name = text_of("name").map(String::from).unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "recipe".into())
+        });
+        let description = text_of("description").unwrap_or_default().to_string();
+        if let Some(h) = header {
+            for key in h
+                .keys()
+                .filter(|k| !["name", "description"].contains(&k.as_str()))
+            {
+                problems.push(format!("[recipe]: unknown key `{key}` (name, description)"));
+            }
+        }
+
+        let vars = resolve_vars(doc.get("vars"), overrides, &mut problems);
+        let raw_steps: Vec<toml::Table> = match doc.get("step") {
+            Some(toml::Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_table().cloned()).collect()
+            }
+            _ => {
+                problems.push("no steps: add [[step]] tables".into());
+                vec![]
+            }
+        };
+        let mut steps: Vec<Step> = vec![];
+        for (index, raw) in raw_steps.iter().enumerate() {
+            match parse_step(index, raw, &vars, &steps) {
+                Ok(step) => steps.push(step),
+                Err(errs) => {
+                    problems.extend(errs.into_iter().filter(|e| !e.is_empty()));
+                    // Keep a placeholder so that later steps can still refer to it by name.
+                    steps.push(Step {
+                        index,
+                        name: raw
+                            .get("name")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("?")
+                            .to_string(),
+                        kind: Kind::Eval,
+                        input: Arg::Text(String::new()),
+                        options: vec![],
+                        fragment: raw.clone(),
+                        hash: String::new(),
+                    });
+                }
+            }
+        }
+        let recipe = Recipe {
+            path: path.to_path_buf(),
+            name,
+            description,
+            vars,
+            steps,
+        };
+        Ok((recipe, problems))
+    }
+}
+
+/// Substitutes `${name}` in every variable (variables may use others) and checks for cycles.
+fn resolve_vars(
+    table: Option<&toml::Value>,
+    overrides: &[(String, String)],
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let mut raw: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(t) = table.and_then(|v| v.as_table()) {
+        for (k, v) in t {
+            match v {
+                toml::Value::String(s) => raw.insert(k.clone(), s.clone()),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    problems.push(format!("[vars] {k}: a variable holds one value"));
+                    None
+                }
+                other => raw.insert(k.clone(), other.to_string()),
+            };
+        }
+    }
+    for (k, v) in overrides {
+        raw.insert(k.clone(), v.clone());
+    }
+    let mut done: BTreeMap<String, String> = BTreeMap::new();
+    for name in raw.keys() {
+        let mut path = vec![];
+        if let Err(e) = expand_var(name, &raw, &mut done, &mut path) {
+            if !e.is_empty() {
+                problems.push(e);
+            }
+            // One problem per cause: the variables involved are not reported again.
+            for p in path.into_iter().chain([name.clone()]) {
+                done.insert(p, POISONED.into());
+            }
+        }
+    }
+    done
+}
+
+/// The value of a variable whose definition is broken (already reported).
+const POISONED: &str = "\u{0}";
+
+fn expand_var(
+    name: &str,
+    raw: &BTreeMap<String, String>,
+    done: &mut BTreeMap<String, String>,
+    path: &mut Vec<String>,
+) -> std::result::Result<String, String> {
+    if let Some(v) = done.get(name) {
+        return if v == POISONED {
+            Err(String::new())
+        } else {
+            Ok(v.clone())
+        };
+    }
+    if path.iter().any(|p| p == name) {
+        path.push(name.to_string());
+        return Err(format!("variables form a cycle: {}", path.join(" → ")));
+    }
+    let value = raw.get(name).ok_or_else(|| {
+        format!(
+            "variable `{name}` is not defined (add it to [vars] or pass --set {name}=VALUE){}",
+            did_you_mean(name, raw.keys().map(String::as_str))
+        )
+    })?;
+    path.push(name.to_string());
+    let mut out = String::new();
+    let mut rest = value.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("variable `{name}`: unclosed `${{` in `{value}`"))?;
+        let inner = &rest[start + 2..start + end];
+        out.push_str(&expand_var(inner, raw, done, path)?);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    path.pop();
+    done.insert(name.to_string(), out.clone());
+    Ok(out)
+}
+
+/// Substitutes variables in a step's text value.
+fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+        let name = &rest[start + 2..start + end];
+        let value = vars.get(name).ok_or_else(|| {
+            format!(
+                "variable `{name}` is not defined (add it to [vars] or pass --set {name}=VALUE){}",
+                did_you_mean(name, vars.keys().map(String::as_str))
+            )
+        })?;
+        if value == POISONED {
+            return Err(String::new()); // its definition's problem is already reported
+        }
+        out.push_str(value);
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_step(
+    index: usize,
+    raw: &toml::Table,
+    vars: &BTreeMap<String, String>,
+    earlier: &[Step],
+) -> std::result::Result<Step, Vec<String>> {
+    let label = format!(
+        "step {} ({})",
+        index + 1,
+        raw.get("name")
+            .and_then(|v| v.as_str())
+            .or_else(|| raw.get("kind").and_then(|v| v.as_str()))
+            .unwrap_or("unnamed")
+    );
+    let mut problems = vec![];
+    let kind = match raw.get("kind").and_then(|v| v.as_str()) {
+        Some(text) => Kind::parse(text).or_else(|| {
+            problems.push(format!(
+                "{label}: unknown step kind `{text}`{} (kinds: {})",
+                did_you_mean(text, Kind::ALL.iter().map(|k| k.name())),
+                Kind::ALL.map(|k| k.name()).join(", ")
+            ));
+            None
+        }),
+        None => {
+            problems.push(format!("{label}: missing `kind`"));
+            None
+        }
+    };
+    let name = raw
+        .get("name")
+        .and_then(|v| v.as_str())
+        .map(String::from)
+        .or_else(|| kind.map(|k| k.name().replace(' ', "-")))
+        .unwrap_or_default();
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        problems.push(format!(
+            "{label}: name `{name}` may use only letters, digits, - and _"
+        ));
+    }
+    if earlier.iter().any(|s| s.name == name) {
+        problems.push(format!("{label}: another step is already named `{name}`"));
+    }
+
+    let mut fragment = toml::Table::new();
+    let mut value_of = |key: &str, v: &toml::Value, problems: &mut Vec<String>| {
+        option_values(&label, key, v, vars, earlier, problems, &mut fragment)
+    };
+    let input = match raw.get("input") {
+        Some(v) => value_of("input", v, &mut problems).pop(),
+        None if index > 0 => Some(Arg::Step {
+            index: index - 1,
+            sub: String::new(),
+        }),
+        None => {
+            problems.push(format!(
+                "{label}: the first step needs `input` (a checkpoint folder)"
+            ));
+            None
+        }
+    };
+    let mut options = vec![];
+    for (key, v) in raw {
+        if ["name", "kind", "input"].contains(&key.as_str()) {
+            continue;
+        }
+        if let toml::Value::Table(_) = v {
+            problems.push(format!("{label}: {key}: options take values, not tables"));
+            continue;
+        }
+        if let toml::Value::Boolean(false) = v {
+            continue;
+        }
+        let values = value_of(key, v, &mut problems);
+        options.push(StepOption {
+            key: key.clone(),
+            values,
+        });
+    }
+    fragment.insert("name".into(), name.clone().into());
+    if let Some(k) = kind {
+        fragment.insert("kind".into(), k.name().into());
+    }
+    let (Some(kind), Some(input), true) = (kind, input, problems.is_empty()) else {
+        return Err(problems);
+    };
+    let hash = step_hash(kind, &input, &options, earlier);
+    Ok(Step {
+        index,
+        name,
+        kind,
+        input,
+        options,
+        fragment,
+        hash,
+    })
+}
+
+/// The arguments of one option (variables substituted, `@step` references resolved); records the
+/// resolved value in the step's fragment.
+fn option_values(
+    label: &str,
+    key: &str,
+    v: &toml::Value,
+    vars: &BTreeMap<String, String>,
+    earlier: &[Step],
+    problems: &mut Vec<String>,
+    fragment: &mut toml::Table,
+) -> Vec<Arg> {
+    let texts: Vec<String> = match v {
+        toml::Value::Array(items) => items.iter().map(scalar_text).collect(),
+        toml::Value::Boolean(_) => vec![],
+        other => vec![scalar_text(other)],
+    };
+    let mut args = vec![];
+    let mut resolved = vec![];
+    for t in texts {
+        match substitute(&t, vars) {
+            Ok(s) => {
+                match step_ref(&s, earlier) {
+                    Ok(arg) => args.push(arg),
+                    Err(e) => problems.push(format!("{label}: {key}: {e}")),
+                }
+                resolved.push(toml::Value::String(s));
+            }
+            Err(e) if e.is_empty() => problems.push(String::new()),
+            Err(e) => problems.push(format!("{label}: {key}: {e}")),
+        }
+    }
+    let recorded = match v {
+        toml::Value::Array(_) => toml::Value::Array(resolved),
+        toml::Value::String(_) => resolved.pop().unwrap_or_else(|| v.clone()),
+        other => other.clone(),
+    };
+    fragment.insert(key.to_string(), recorded);
+    args
+}
+
+/// A TOML scalar as the command line writes it.
+fn scalar_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `@name` or `@name/sub/path` names an earlier step's output; anything else is text.
+fn step_ref(text: &str, earlier: &[Step]) -> std::result::Result<Arg, String> {
+    let Some(rest) = text.strip_prefix('@') else {
+        return Ok(Arg::Text(text.to_string()));
+    };
+    let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+    match earlier.iter().position(|s| s.name == name) {
+        Some(i) => Ok(Arg::Step {
+            index: i,
+            sub: sub.to_string(),
+        }),
+        None => Err(format!(
+            "`@{name}` names no earlier step (a step reads only from the steps before it, so recipes cannot form cycles){}",
+            did_you_mean(name, earlier.iter().map(|s| s.name.as_str()))
+        )),
+    }
+}
+
+fn step_hash(kind: Kind, input: &Arg, options: &[StepOption], earlier: &[Step]) -> String {
+    let text_of = |a: &Arg| match a {
+        Arg::Text(t) => t.clone(),
+        Arg::Step { index, sub } => format!("@{}/{sub}", earlier[*index].hash),
+    };
+    let mut canonical = format!("{}\ninput={}\n", kind.name(), text_of(input));
+    let mut sorted: Vec<&StepOption> = options.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    for o in sorted {
+        let values: Vec<String> = o.values.iter().map(text_of).collect();
+        canonical.push_str(&format!("{}={}\n", o.key, values.join("\u{1f}")));
+    }
+    fnv1a(canonical.as_bytes())
+}
+
+/// `, did you mean `x`?` for the closest candidate within a small edit distance, or nothing.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .min()
+        .map(|(_, c)| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}

@@ -1,0 +1,485 @@
+//! `surgery report`: reads recipe run folders (`NN-step/step.json`) and training run folders
+//! (`run.json`, `metrics.jsonl`, `test.json`) and writes a Markdown report with SVG plots: F1 vs
+//! unique parameters (Pareto front marked), training loss and dev F1 curves, head-gate
+//! trajectories, inference tokens/s vs parameters.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::plot::{Chart, Series, Style};
+
+/// One finished step of a recipe, or one training run outside recipes.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// `recipe/NN-name`, or the run folder's name.
+    pub label: String,
+    pub name: String,
+    pub kind: String,
+    pub dir: PathBuf,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub params: Option<u64>,
+    pub best_dev_f1: Option<f64>,
+    pub test_f1: Option<f64>,
+    pub eval_f1: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub seconds: Option<f64>,
+}
+
+/// A model in the comparison: a training run's best checkpoint (or an evaluated surgery output).
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    /// What made it, oldest first (the chain of steps from the recipe's first input).
+    pub chain: Vec<String>,
+    pub params: u64,
+    pub test_f1: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    /// Seconds of the steps that made it (for the teacher: its own training), when recorded.
+    pub seconds: Option<f64>,
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn best_dev(dir: &Path) -> Option<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["eval"] == "dev")
+        .filter_map(|v| v["f1"].as_f64())
+        .reduce(f64::max)
+}
+
+/// Reads every entry under the given folders (recipe run folders, run folders, or folders of
+/// run folders).
+pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
+    let mut entries = vec![];
+    for dir in dirs {
+        if !dir.is_dir() {
+            return Err(Error::Spec(format!("{}: not a folder", dir.display())));
+        }
+        let before = entries.len();
+        let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        subdirs.sort();
+        if dir.join("run.json").exists() {
+            entries.push(run_entry(dir));
+        }
+        for sub in &subdirs {
+            if let Some(step) = read_json(&sub.join("step.json")) {
+                entries.push(step_entry(sub, &step));
+            } else if sub.join("run.json").exists() {
+                entries.push(run_entry(sub));
+            }
+        }
+        if entries.len() == before {
+            return Err(Error::Spec(format!(
+                "{}: no recipe steps (NN-name/step.json) or training runs (run.json) found",
+                dir.display()
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+fn step_entry(dir: &Path, v: &serde_json::Value) -> Entry {
+    let text = |k: &str| v[k].as_str().map(String::from);
+    Entry {
+        label: format!(
+            "{}/{}",
+            text("recipe").unwrap_or_default(),
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        name: text("name").unwrap_or_default(),
+        kind: text("kind").unwrap_or_default(),
+        dir: dir.to_path_buf(),
+        input: text("input"),
+        output: text("output"),
+        params: v["params_after"].as_u64(),
+        best_dev_f1: v["best_dev_f1"].as_f64(),
+        test_f1: v["test_f1"].as_f64(),
+        eval_f1: v["eval_f1"].as_f64(),
+        tokens_per_s: v["tokens_per_s"].as_f64(),
+        seconds: v["seconds"].as_f64(),
+    }
+}
+
+fn run_entry(dir: &Path) -> Entry {
+    let run = read_json(&dir.join("run.json")).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let seconds = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["train_seconds"].as_f64())
+                .last()
+        });
+    Entry {
+        label: name.clone(),
+        name,
+        kind: match run["op"].as_str() {
+            Some(op) if op.starts_with("train") => op.to_string(),
+            Some(op) => format!("train {op}"),
+            None => "train".into(),
+        },
+        dir: dir.to_path_buf(),
+        input: None,
+        output: Some(dir.join("best").display().to_string()),
+        params: run["unique_parameters"].as_u64(),
+        best_dev_f1: best_dev(dir),
+        test_f1: read_json(&dir.join("test.json"))
+            .and_then(|v| v["report"]["micro"]["f1"].as_f64()),
+        eval_f1: None,
+        tokens_per_s: None,
+        seconds,
+    }
+}
+
+/// The models to compare: training outputs (gate runs excluded: their gated model is not a
+/// product), with the tokens/s and F1 of the evaluations that read them.
+pub fn models(entries: &[Entry]) -> Vec<Model> {
+    let by_output: BTreeMap<&str, &Entry> = entries
+        .iter()
+        .filter_map(|e| Some((e.output.as_deref()?, e)))
+        .filter(|(_, e)| e.kind != "eval" && e.kind != "assert-budget")
+        .collect();
+    let mut models = vec![];
+    for e in entries {
+        let evals: Vec<&Entry> = entries
+            .iter()
+            .filter(|v| v.kind == "eval" && v.input == e.output && e.output.is_some())
+            .collect();
+        let trained = e.kind.starts_with("train") && e.kind != "train gates";
+        if !(trained || !evals.is_empty()) || e.kind == "eval" || e.kind == "assert-budget" {
+            continue;
+        }
+        let Some(params) = e.params else { continue };
+        let steps = chain(e, &by_output);
+        let is_root = steps.len() == 1;
+        let timed: Vec<f64> = steps
+            .iter()
+            .skip(usize::from(!is_root))
+            .filter_map(|s| s.seconds)
+            .collect();
+        let seconds = (!timed.is_empty()).then(|| timed.iter().fold(0.0, |a, b| a + b));
+        models.push(Model {
+            name: e.name.clone(),
+            chain: steps
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.kind))
+                .collect(),
+            params,
+            test_f1: e.test_f1.or_else(|| evals.iter().find_map(|v| v.eval_f1)),
+            tokens_per_s: evals.iter().find_map(|v| v.tokens_per_s),
+            seconds,
+        });
+    }
+    models
+}
+
+/// The chain of steps that made an entry's output, oldest first.
+fn chain<'a>(e: &'a Entry, by_output: &BTreeMap<&str, &'a Entry>) -> Vec<&'a Entry> {
+    let mut out = vec![e];
+    let mut cur = e;
+    while let Some(&prev) = cur.input.as_deref().and_then(|i| by_output.get(i)) {
+        if out.iter().any(|x| std::ptr::eq(*x, prev)) {
+            break;
+        }
+        out.push(prev);
+        cur = prev;
+    }
+    out.reverse();
+    out
+}
+
+/// Indices of the models on the Pareto front: no other model has fewer (or equal) parameters
+/// and a higher F1.
+pub fn pareto_front(models: &[Model]) -> Vec<usize> {
+    let mut scored: Vec<(usize, u64, f64)> = models
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| Some((i, m.params, m.test_f1?)))
+        .collect();
+    scored.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)));
+    let mut front = vec![];
+    let mut best = f64::NEG_INFINITY;
+    for (i, _, f1) in scored {
+        if f1 > best {
+            front.push(i);
+            best = f1;
+        }
+    }
+    front
+}
+
+/// The written report: Markdown text and the SVG files it links to.
+pub struct Report {
+    pub markdown: String,
+    pub files: Vec<(String, String)>,
+    /// The assignment-style table alone (for docs/results.md).
+    pub table: String,
+}
+
+fn pct(a: f64, b: f64) -> String {
+    format!("{:.1}%", 100.0 * a / b)
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Builds the report. `teacher` names the reference model (default: the first root model).
+pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<Report> {
+    let models = models(entries);
+    if models.is_empty() {
+        return Err(Error::Spec(
+            "no trained or evaluated models in these folders".into(),
+        ));
+    }
+    let reference = match teacher {
+        Some(name) => models.iter().find(|m| m.name == name).ok_or_else(|| {
+            Error::Spec(format!(
+                "--teacher `{name}`: no such model (models: {})",
+                models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?,
+        None => models
+            .iter()
+            .find(|m| m.chain.len() == 1)
+            .unwrap_or(&models[0]),
+    };
+    let front = pareto_front(&models);
+
+    let mut table = format!(
+        "Reference: **{}** ({} unique parameters, test F1 {}). Regenerate with `{command}`.\n\n\
+         | model | made by | unique params | % of reference | test F1 | % of reference F1 | tokens/s | time (s) |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        reference.name,
+        group(reference.params),
+        reference.test_f1.map_or("—".into(), |f| format!("{f:.4}"))
+    );
+    for (i, m) in models.iter().enumerate() {
+        let f1 = m.test_f1.map_or("—".into(), |f| format!("{f:.4}"));
+        let rel = match (m.test_f1, reference.test_f1) {
+            (Some(a), Some(b)) => pct(a, b),
+            _ => "—".into(),
+        };
+        let made_by = m
+            .chain
+            .iter()
+            .skip(usize::from(m.chain.len() > 1))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" → ");
+        let _ = std::fmt::Write::write_fmt(
+            &mut table,
+            format_args!(
+                "| {}{} | {} | {} | {} | {} | {} | {} | {} |\n",
+                m.name,
+                if front.contains(&i) { " ★" } else { "" },
+                made_by,
+                group(m.params),
+                pct(m.params as f64, reference.params as f64),
+                f1,
+                rel,
+                m.tokens_per_s.map_or("—".into(), |t| format!("{t:.0}")),
+                m.seconds.map_or("—".into(), |s| format!("{s:.0}"))
+            ),
+        );
+    }
+    table.push_str("\n★ on the Pareto front (no model with fewer or equal parameters has a higher test F1). Time: the seconds of the steps that made the model after the reference (for the reference, its own training).\n");
+
+    let mut files = vec![];
+    files.push((
+        "f1-vs-params.svg".to_string(),
+        f1_chart(&models, &front).to_svg(),
+    ));
+    let (loss, dev) = curve_charts(entries);
+    if let Some(c) = loss {
+        files.push(("training-loss.svg".into(), c.to_svg()));
+    }
+    if let Some(c) = dev {
+        files.push(("dev-f1.svg".into(), c.to_svg()));
+    }
+    if let Some(c) = speed_chart(&models) {
+        files.push(("tokens-per-s.svg".into(), c.to_svg()));
+    }
+    for e in entries.iter().filter(|e| e.kind == "train gates") {
+        let metrics = std::fs::read_to_string(e.dir.join("metrics.jsonl")).unwrap_or_default();
+        if let Some(svg) = crate::train::gates::gates_svg(&metrics) {
+            files.push((format!("gates-{}.svg", e.name), svg));
+        }
+    }
+
+    let mut md =
+        format!("# Compression report\n\nGenerated by `{command}`.\n\n## Models\n\n{table}\n");
+    for (file, _) in &files {
+        let title = match file.as_str() {
+            "f1-vs-params.svg" => "Test F1 vs unique parameters".to_string(),
+            "training-loss.svg" => "Training loss".to_string(),
+            "dev-f1.svg" => "Dev F1 during training".to_string(),
+            "tokens-per-s.svg" => "Inference speed vs unique parameters".to_string(),
+            other => format!(
+                "Head gates ({})",
+                other.trim_start_matches("gates-").trim_end_matches(".svg")
+            ),
+        };
+        md.push_str(&format!("## {title}\n\n![{title}]({file})\n\n"));
+    }
+    let steps: Vec<&Entry> = entries.iter().filter(|e| e.label.contains('/')).collect();
+    if !steps.is_empty() {
+        md.push_str("## Recipe steps\n\n| step | kind | unique params after | seconds |\n|---|---|---:|---:|\n");
+        let mut total = 0.0;
+        for e in &steps {
+            total += e.seconds.unwrap_or(0.0);
+            md.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                e.label,
+                e.kind,
+                e.params.map_or("—".into(), group),
+                e.seconds.map_or("—".into(), |s| format!("{s:.1}"))
+            ));
+        }
+        md.push_str(&format!("| **total** | | | **{total:.1}** |\n"));
+    }
+    Ok(Report {
+        markdown: md,
+        files,
+        table,
+    })
+}
+
+fn f1_chart(models: &[Model], front: &[usize]) -> Chart {
+    let mut all = Series::new("model", vec![], Style::LabelledPoints);
+    for m in models {
+        if let Some(f1) = m.test_f1 {
+            all.points.push((m.params as f64 / 1e6, f1));
+            all.labels.push(m.name.clone());
+        }
+    }
+    let mut front_points: Vec<(f64, f64)> = front
+        .iter()
+        .filter_map(|&i| Some((models[i].params as f64 / 1e6, models[i].test_f1?)))
+        .collect();
+    front_points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let max_params = models.iter().map(|m| m.params).max().unwrap_or(1) as f64 / 1e6;
+    Chart {
+        title: "Test F1 vs unique parameters".into(),
+        x_label: "unique parameters (millions)".into(),
+        y_label: "test F1 (entity-level, micro)".into(),
+        series: vec![
+            all,
+            Series::new("Pareto front", front_points, Style::Dashed),
+        ],
+        x_range: Some((0.0, max_params * 1.15)),
+        y_range: None,
+    }
+}
+
+/// Training loss and dev F1 against the optimizer step, one line per training run.
+fn curve_charts(entries: &[Entry]) -> (Option<Chart>, Option<Chart>) {
+    let mut loss = vec![];
+    let mut dev = vec![];
+    for e in entries.iter().filter(|e| e.kind.starts_with("train")) {
+        let Ok(text) = std::fs::read_to_string(e.dir.join("metrics.jsonl")) else {
+            continue;
+        };
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let train: Vec<(f64, f64)> = lines
+            .iter()
+            .filter(|v| v.get("eval").is_none())
+            .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
+            .collect();
+        let evals: Vec<(f64, f64)> = lines
+            .iter()
+            .filter(|v| v["eval"] == "dev")
+            .filter_map(|v| Some((v["step"].as_f64()?, v["f1"].as_f64()?)))
+            .collect();
+        // Gate runs add the L0 penalty to the loss: another scale, left out of the loss chart.
+        if !train.is_empty() && e.kind != "train gates" {
+            loss.push(Series::new(e.name.clone(), train, Style::Line));
+        }
+        if !evals.is_empty() {
+            let style = if evals.len() == 1 {
+                Style::Points
+            } else {
+                Style::Line
+            };
+            dev.push(Series::new(e.name.clone(), evals, style));
+        }
+    }
+    let chart = |title: &str, y: &str, series: Vec<Series>| {
+        (!series.is_empty()).then(|| Chart {
+            title: title.into(),
+            x_label: "optimizer step".into(),
+            y_label: y.into(),
+            series,
+            x_range: None,
+            y_range: None,
+        })
+    };
+    (
+        chart("Training loss", "loss (logged mean)", loss),
+        chart("Dev F1 during training", "dev F1", dev),
+    )
+}
+
+fn speed_chart(models: &[Model]) -> Option<Chart> {
+    let mut s = Series::new("model", vec![], Style::LabelledPoints);
+    for m in models {
+        if let Some(t) = m.tokens_per_s {
+            s.points.push((m.params as f64 / 1e6, t));
+            s.labels.push(m.name.clone());
+        }
+    }
+    let max_params = models.iter().map(|m| m.params).max().unwrap_or(1) as f64 / 1e6;
+    (!s.points.is_empty()).then(|| Chart {
+        title: "Inference speed on this CPU (test set)".into(),
+        x_label: "unique parameters (millions)".into(),
+        y_label: "tokens per second".into(),
+        series: vec![s],
+        x_range: Some((0.0, max_params * 1.15)),
+        y_range: None,
+    })
+}
+
+/// Replaces the text between `<!-- report:begin -->` and `<!-- report:end -->` in a file.
+pub fn splice(text: &str, replacement: &str) -> Option<String> {
+    const BEGIN: &str = "<!-- report:begin -->";
+    const END: &str = "<!-- report:end -->";
+    let a = text.find(BEGIN)? + BEGIN.len();
+    let b = a + text[a..].find(END)?;
+    Some(format!(
+        "{}\n{}\n{}",
+        &text[..a],
+        replacement.trim_end(),
+        &text[b..]
+    ))
+}
