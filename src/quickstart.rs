@@ -1,45 +1,25 @@
-//! The embedded default job: synthetic corpus → tiny BERT → fine-tune → test report + budget.
-//! Runs in about a minute on 2 CPU cores with nothing outside the repository.
+//! The embedded default job: a synthetic corpus and a tiny BERT, then the recipe
+//! `recipes/quickstart.toml` (fine-tune → cut → recover → test report → budget check).
+//! Runs in seconds on 2 CPU cores with nothing outside the repository.
 
 use std::path::{Path, PathBuf};
 
 use crate::arch::{BertConfig, Layout};
-use crate::data::labels::UnknownLabels;
 use crate::data::{read_dataset, ReadOptions};
 use crate::error::{Error, Result};
 use crate::generate::random_checkpoint;
-use crate::train::finetune::{finetune, DataSpec, RunOptions, TrainOutcome, TrainSpec};
 
-/// What the quickstart produced.
-pub struct Quickstart {
+/// The recipe the quickstart runs on the data and model it writes (variable `dir`).
+pub const RECIPE: &str = include_str!("../recipes/quickstart.toml");
+
+/// What the quickstart writes before running its recipe.
+pub struct Prepared {
     pub data_dir: PathBuf,
     pub init: PathBuf,
-    pub outcome: TrainOutcome,
 }
 
-/// The training settings of the quickstart (a tiny model trained from scratch wants a high lr).
-pub fn default_spec() -> TrainSpec {
-    TrainSpec {
-        epochs: 4,
-        batch_size: 16,
-        lr: 1e-3,
-        weight_decay: 0.01,
-        warmup_ratio: 0.1,
-        decay: crate::train::schedule::Decay::Linear,
-        max_grad_norm: 1.0,
-        grad_accum: 1,
-        seed: 7,
-        eval_every: 0,
-        max_steps: 0,
-        max_len: 64,
-        label_all_subtokens: false,
-        log_every: 50,
-        eval_batch_size: 64,
-        max_train_sentences: None,
-    }
-}
-
-pub fn run(out: &Path, force: bool, spec: &TrainSpec) -> Result<Quickstart> {
+/// Writes the synthetic corpus (`out/data`) and a randomly initialised tiny BERT (`out/init`).
+pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
     if out.exists() {
         if !force {
             return Err(Error::OutputExists {
@@ -68,29 +48,10 @@ pub fn run(out: &Path, force: bool, spec: &TrainSpec) -> Result<Quickstart> {
             "intermediate_size": 256, "vocab_size": {vocab}, "max_position_embeddings": 64}}"#
     ))
     .map_err(Error::Spec)?;
-    let mut ckpt = random_checkpoint(config, Layout::BertPrefixed, false, false, 0.02, spec.seed)?;
+    let mut ckpt = random_checkpoint(config, Layout::BertPrefixed, false, false, 0.02, 7)?;
     ckpt.tokenizer_files
         .insert("tokenizer.json".into(), tokenizer.into_bytes());
     let init = out.join("init");
     ckpt.save(&init, false, vec![])?;
-    let data = DataSpec {
-        train: data_dir.join("train.txt"),
-        dev: data_dir.join("dev.txt"),
-        test: Some(data_dir.join("test.txt")),
-        iob1: false,
-        unknown_labels: UnknownLabels::Error,
-        reinit_classifier: false,
-    };
-    let outcome = finetune(
-        &init,
-        &data,
-        spec,
-        &out.join("train"),
-        RunOptions::default(),
-    )?;
-    Ok(Quickstart {
-        data_dir,
-        init,
-        outcome,
-    })
+    Ok(Prepared { data_dir, init })
 }

@@ -600,7 +600,11 @@ fn step_hash(kind: Kind, input: &Arg, options: &[StepOption], earlier: &[Step]) 
 pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     candidates
         .into_iter()
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| {
+            // A shortening (`eval` for `evaluate`) counts as close.
+            let prefix = c.len() >= 3 && (word.starts_with(c) || c.starts_with(word));
+            (if prefix { 1 } else { edit_distance(word, c) }, c)
+        })
         .filter(|(d, c)| *d <= (c.len() / 3).max(2))
         .min()
         .map(|(_, c)| format!(" (did you mean `{c}`?)"))

@@ -9,6 +9,7 @@ mod heads;
 mod metrics;
 mod model;
 mod parity;
+mod recipe;
 mod sparsegpt;
 mod surgeries;
 mod train;

@@ -60,13 +60,26 @@ pub fn setup(train_sentences: usize) -> Setup {
     Setup { dir, model, data }
 }
 
+/// Settings for tiny models trained from scratch (a high learning rate), evaluated often.
 pub fn quick_spec() -> TrainSpec {
-    let mut spec = surgery::quickstart::default_spec();
-    spec.epochs = 2;
-    spec.batch_size = 16;
-    spec.eval_every = 5;
-    spec.log_every = 5;
-    spec
+    TrainSpec {
+        epochs: 2,
+        batch_size: 16,
+        lr: 1e-3,
+        weight_decay: 0.01,
+        warmup_ratio: 0.1,
+        decay: surgery::train::schedule::Decay::Linear,
+        max_grad_norm: 1.0,
+        grad_accum: 1,
+        seed: 7,
+        eval_every: 5,
+        max_steps: 0,
+        max_len: 64,
+        label_all_subtokens: false,
+        log_every: 5,
+        eval_batch_size: 64,
+        max_train_sentences: None,
+    }
 }
 
 fn weights(path: &Path) -> Checkpoint {

@@ -111,22 +111,35 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn quickstart(out: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
-    let result = surgery::quickstart::run(out, force, &surgery::quickstart::default_spec())?;
-    let best = result.outcome.run_dir.join("best");
-    let test = result
-        .outcome
-        .test
-        .as_ref()
-        .expect("the quickstart evaluates on its test split");
-    println!("\nsynthetic data: {}", result.data_dir.display());
-    println!("test set report (best checkpoint by dev F1):\n");
-    print!("{}", surgery::metrics::format_report(test));
+    let prepared = surgery::quickstart::prepare(out, force)?;
+    let recipe_path = out.join("quickstart.toml");
+    std::fs::write(&recipe_path, surgery::quickstart::RECIPE)
+        .with_context(|| format!("writing {}", recipe_path.display()))?;
+    let code = recipe::run(recipe::RunArgs::new(
+        recipe_path.clone(),
+        vec![("dir".into(), out.display().to_string())],
+        out.to_path_buf(),
+    ))?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let run_dir = out.join("quickstart");
+    recipe::report(recipe::ReportArgs::new(
+        vec![run_dir.clone()],
+        out.join("report"),
+    ))?;
+    let best = run_dir.join("03-recover").join("best");
     println!();
     inspect::run(inspect::InspectArgs::for_checkpoint(best.clone()))?;
     println!(
-        "\nnext: surgery eval {} --data {}",
+        "\nsynthetic data: {}\nthe recipe: {} (run it again: surgery run {} --set dir={} --runs {})\nnext: surgery eval {} --data {}",
+        prepared.data_dir.display(),
+        recipe_path.display(),
+        recipe_path.display(),
+        out.display(),
+        out.display(),
         best.display(),
-        result.data_dir.join("test.txt").display()
+        prepared.data_dir.join("test.txt").display()
     );
     Ok(ExitCode::SUCCESS)
 }

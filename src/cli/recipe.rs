@@ -37,6 +37,19 @@ pub struct RunArgs {
     runs: PathBuf,
 }
 
+impl RunArgs {
+    /// Run a whole recipe with these variables, under `runs`.
+    pub fn new(recipe: PathBuf, set: Vec<(String, String)>, runs: PathBuf) -> Self {
+        RunArgs {
+            recipe,
+            from: None,
+            dry_run: false,
+            set,
+            runs,
+        }
+    }
+}
+
 fn parse_var(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.to_string()))
@@ -470,6 +483,17 @@ pub struct ReportArgs {
     /// `<!-- report:begin -->` and `<!-- report:end -->`) with the models table.
     #[arg(long)]
     results: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    pub fn new(dirs: Vec<PathBuf>, out: PathBuf) -> Self {
+        ReportArgs {
+            dirs,
+            out,
+            teacher: None,
+            results: None,
+        }
+    }
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {

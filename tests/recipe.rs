@@ -1,0 +1,470 @@
+//! Recipes (`surgery run`), provenance and `surgery report`: a recipe runs its steps through the
+//! CLI, a rerun skips finished steps, a changed step re-runs with everything downstream, a failed
+//! step leaves no folder and the rerun resumes at it; every problem in a recipe is reported
+//! before anything runs; --dry-run predicts the budget after every step without tensors, and
+//! each surgery's prediction equals what it really does.
+
+use std::path::{Path, PathBuf};
+
+use surgery::arch::Layout;
+use surgery::budget::Budget;
+use surgery::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
+use surgery::io::Checkpoint;
+use surgery::surgery::{
+    drop_layers, factorize_embeddings, lowrank_layers, remove_heads, sparsegpt, tie_layers, Planned,
+};
+
+use crate::train::setup;
+use crate::util::{repo, surgery, tempdir, tiny_checkpoint, tiny_config};
+
+/// A recipe over the tiny synthetic setup: fine-tune, cut, recover, evaluate, check the budget.
+fn recipe_text(dir: &Path, rank: usize) -> String {
+    format!(
+        r#"[recipe]
+name = "t"
+[vars]
+d = "{}"
+[[step]]
+name = "base"
+kind = "train finetune"
+input = "${{d}}/init"
+train = "${{d}}/train.txt"
+dev = "${{d}}/dev.txt"
+max-steps = 6
+batch-size = 16
+lr = 1e-3
+[[step]]
+name = "emb"
+kind = "factorize-embeddings"
+rank = {rank}
+[[step]]
+name = "recover"
+kind = "train finetune"
+train = "${{d}}/train.txt"
+dev = "${{d}}/dev.txt"
+test = "${{d}}/test.txt"
+max-steps = 4
+lr = 1e-3
+[[step]]
+name = "test-eval"
+kind = "eval"
+data = "${{d}}/test.txt"
+[[step]]
+kind = "assert-budget"
+max = "10M"
+"#,
+        dir.display()
+    )
+}
+
+fn run(recipe: &Path, runs: &Path, extra: &[&str]) -> crate::util::Output {
+    let mut args = vec![
+        "run",
+        recipe.to_str().unwrap(),
+        "--runs",
+        runs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    surgery(&args)
+}
+
+/// When the step's completion marker was written.
+fn finished_at(step_dir: &Path) -> std::time::SystemTime {
+    std::fs::metadata(step_dir.join("step.json"))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
+#[test]
+fn a_recipe_runs_resumes_and_reruns_what_changed() {
+    let s = setup(80);
+    let recipe = s.dir.path().join("t.toml");
+    std::fs::write(&recipe, recipe_text(s.dir.path(), 8)).unwrap();
+    let runs = s.dir.path().join("runs");
+    let first = run(&recipe, &runs, &[]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let root = runs.join("t");
+    for step in [
+        "01-base",
+        "02-emb",
+        "03-recover",
+        "04-test-eval",
+        "05-assert-budget",
+    ] {
+        let dir = root.join(step);
+        for file in ["step.json", "recipe-step.toml", "README.md"] {
+            assert!(dir.join(file).exists(), "{step}/{file}");
+        }
+    }
+    // Provenance: the model card states the budget change and how to reproduce.
+    let card = std::fs::read_to_string(root.join("02-emb/README.md")).unwrap();
+    assert!(
+        card.contains("| before |") && card.contains("--from emb"),
+        "{card}"
+    );
+    assert!(root.join("03-recover/best/README.md").exists());
+    assert!(root.join("04-test-eval/eval.json").exists());
+    let fragment = std::fs::read_to_string(root.join("02-emb/recipe-step.toml")).unwrap();
+    assert!(fragment.contains("rank = 8"), "{fragment}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 5);
+
+    // A rerun skips everything.
+    let stamps: Vec<std::time::SystemTime> = ["01-base", "02-emb", "03-recover"]
+        .iter()
+        .map(|s| finished_at(&root.join(s)))
+        .collect();
+    let again = run(&recipe, &runs, &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.stdout.matches("done, skipped").count(),
+        5,
+        "{}",
+        again.stdout
+    );
+
+    // Changing step 2 re-runs it and the steps after it, not step 1.
+    std::fs::write(&recipe, recipe_text(s.dir.path(), 6)).unwrap();
+    let changed = run(&recipe, &runs, &[]);
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    assert_eq!(finished_at(&root.join("01-base")), stamps[0]);
+    assert_ne!(finished_at(&root.join("02-emb")), stamps[1]);
+    assert_ne!(finished_at(&root.join("03-recover")), stamps[2]);
+    let ckpt = Checkpoint::open(&root.join("02-emb")).unwrap();
+    assert_eq!(
+        ckpt.arch.embeddings,
+        surgery::arch::EmbeddingKind::Factorized { rank: 6 }
+    );
+
+    // --from re-runs a finished step.
+    let from = run(&recipe, &runs, &["--from", "test-eval"]);
+    assert_eq!(from.code, 0, "{}", from.stderr);
+    assert_eq!(
+        from.stdout.matches("done, skipped").count(),
+        3,
+        "{}",
+        from.stdout
+    );
+
+    // The report reads the run: table, Pareto front, plots.
+    let report_dir = s.dir.path().join("report");
+    let r = surgery(&[
+        "report",
+        root.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let md = std::fs::read_to_string(report_dir.join("README.md")).unwrap();
+    assert!(
+        md.contains("| base |") && md.contains("| recover ★ |"),
+        "{md}"
+    );
+    for plot in [
+        "f1-vs-params.svg",
+        "training-loss.svg",
+        "dev-f1.svg",
+        "tokens-per-s.svg",
+    ] {
+        let svg = std::fs::read_to_string(report_dir.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("polyline") || svg.contains("circle"));
+    }
+}
+
+#[test]
+fn a_failed_step_leaves_no_folder_and_the_rerun_resumes_at_it() {
+    let s = setup(60);
+    let recipe = s.dir.path().join("t.toml");
+    // Rank 1000 is above the hidden size: step 2 fails when it runs.
+    std::fs::write(&recipe, recipe_text(s.dir.path(), 1000)).unwrap();
+    let runs = s.dir.path().join("runs");
+    let failed = run(&recipe, &runs, &[]);
+    assert_eq!(failed.code, 2, "{}", failed.stdout);
+    assert!(
+        failed.stderr.contains("step 2 (emb) failed") && failed.stderr.contains("--rank 1000"),
+        "{}",
+        failed.stderr
+    );
+    let root = runs.join("t");
+    assert!(root.join("01-base/step.json").exists());
+    assert!(!root.join("02-emb").exists());
+    assert!(!root.join("03-recover").exists());
+    std::fs::write(&recipe, recipe_text(s.dir.path(), 8)).unwrap();
+    let fixed = run(&recipe, &runs, &[]);
+    assert_eq!(fixed.code, 0, "{}", fixed.stderr);
+    assert!(fixed
+        .stdout
+        .contains("1/5 base (train finetune): done, skipped"));
+    assert!(root.join("05-assert-budget/step.json").exists());
+}
+
+#[test]
+fn every_problem_of_a_recipe_is_reported_before_anything_runs() {
+    let s = setup(20);
+    let recipe = s.dir.path().join("bad.toml");
+    let text = recipe_text(s.dir.path(), 8)
+        .replace("rank = 8", "rnak = 8")
+        .replace("kind = \"eval\"", "kind = \"evaluate\"")
+        .replace("data = \"${d}/test.txt\"", "data = \"${d}/missing.txt\"")
+        .replace(
+            "[[step]]\nkind = \"assert-budget\"",
+            "[[step]]\nkind = \"assert-budget\"\ninput = \"@later\"",
+        )
+        .replace("input = \"${d}/init\"", "input = \"${model}\"");
+    std::fs::write(&recipe, text).unwrap();
+    let runs = s.dir.path().join("runs");
+    let r = run(&recipe, &runs, &[]);
+    assert_eq!(r.code, 2);
+    for expected in [
+        "variable `model` is not defined",
+        "unknown step kind `evaluate` (did you mean `eval`?)",
+        "`@later` names no earlier step",
+        "unknown option `rnak` (did you mean `rank`?)",
+    ] {
+        assert!(
+            r.stderr.contains(expected),
+            "missing `{expected}` in:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!runs.exists(), "nothing may run");
+
+    // A missing file and a cycle of variables.
+    let text = recipe_text(s.dir.path(), 8)
+        .replace(
+            "test.txt\"\n[[step]]\nkind",
+            "missing.txt\"\n[[step]]\nkind",
+        )
+        .replace("[vars]\n", "[vars]\na = \"${b}\"\nb = \"${a}\"\n");
+    std::fs::write(&recipe, text).unwrap();
+    let r = run(&recipe, &runs, &[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("variables form a cycle: a → b → a"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("missing.txt` does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(!runs.exists());
+}
+
+#[test]
+fn set_overrides_a_variable_and_dry_run_touches_nothing() {
+    let s = setup(20);
+    let recipe = s.dir.path().join("t.toml");
+    std::fs::write(
+        &recipe,
+        recipe_text(Path::new("/nowhere"), 8).replace("max = \"10M\"", "max = \"1k\""),
+    )
+    .unwrap();
+    let runs = s.dir.path().join("runs");
+    let set = format!("d={}", s.dir.path().display());
+    let r = run(&recipe, &runs, &["--dry-run", "--set", &set]);
+    // The budget check of the last step fails in the plan: exit code 3.
+    assert_eq!(r.code, 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("OVER BUDGET"), "{}", r.stdout);
+    assert!(!runs.exists());
+}
+
+/// A bert-base-cased-shaped checkpoint (zeros in a sparse file) and small CoNLL files.
+fn bert_base_setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("bert-base-cased");
+    write_zero_checkpoint(
+        &model,
+        &bert_base_cased_ner_config(),
+        Layout::BertPrefixed,
+        false,
+    )
+    .unwrap();
+    let data = dir.join("conll");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, seed) in [("train", 1), ("valid", 2), ("test", 3)] {
+        surgery::synthetic::write_conll(
+            &data.join(format!("{name}.txt")),
+            &surgery::synthetic::sentences(200, seed, false),
+        )
+        .unwrap();
+    }
+    (model, data)
+}
+
+#[test]
+fn the_bert_base_recipe_plans_a_student_within_20m() {
+    let dir = tempdir();
+    let (model, data) = bert_base_setup(dir.path());
+    let recipe = repo().join("recipes/conll2003-bert-base-20m.toml");
+    let runs = dir.path().join("runs");
+    let r = run(
+        &recipe,
+        &runs,
+        &[
+            "--dry-run",
+            "--set",
+            &format!("model={}", model.display()),
+            "--set",
+            &format!("data={}", data.display()),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // The teacher: bert-base-cased with a 9-label head.
+    assert!(r.stdout.contains("107,726,601"), "{}", r.stdout);
+    assert!(!r.stdout.contains("OVER BUDGET"), "{}", r.stdout);
+    assert!(r.stdout.contains("within budget"), "{}", r.stdout);
+    assert!(!runs.exists());
+}
+
+#[test]
+fn the_shipped_minilm_recipe_is_valid() {
+    let dir = tempdir();
+    let (_, data) = bert_base_setup(dir.path());
+    let model = crate::util::save(
+        &tiny_checkpoint(tiny_config(), Layout::Bare, 1),
+        dir.path(),
+        "tiny",
+    );
+    let r = run(
+        &repo().join("recipes/conll2003-minilm.toml"),
+        &dir.path().join("runs"),
+        &[
+            "--dry-run",
+            "--set",
+            &format!("model={}", model.display()),
+            "--set",
+            &format!("data={}", data.display()),
+        ],
+    );
+    // The budget of student A is for MiniLM, and a tiny model fails other steps' plans (ranks
+    // above its width); what must hold is that every step parses and every path resolves.
+    assert!(r.code == 0 || r.code == 3, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("24 steps"), "{}", r.stdout);
+}
+
+#[test]
+fn the_quickstart_recipe_is_the_embedded_one() {
+    let text = std::fs::read_to_string(repo().join("recipes/quickstart.toml")).unwrap();
+    assert_eq!(text, surgery::quickstart::RECIPE);
+}
+
+/// For every surgery, the structure predicted without tensors is the structure it produces.
+#[test]
+fn each_surgery_plan_matches_what_it_does() {
+    let dir = tempdir();
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 3);
+    let calib = dir.path().join("calib.txt");
+    let budget = |a: &surgery::arch::Arch| Budget::of_arch(a).unique;
+    let check = |name: &str, planned: surgery::arch::Arch, real: &Checkpoint| {
+        assert_eq!(budget(&planned), budget(&real.arch), "{name}: budget");
+        assert_eq!(planned.layer_map, real.arch.layer_map, "{name}: layer map");
+        assert_eq!(planned.layers, real.arch.layers, "{name}: layers");
+        assert_eq!(
+            planned.embeddings, real.arch.embeddings,
+            "{name}: embeddings"
+        );
+    };
+    let spec = factorize_embeddings::Spec { rank: 5 };
+    check(
+        "factorize",
+        factorize_embeddings::plan(&ckpt.arch, &spec).unwrap(),
+        &factorize_embeddings::apply(&ckpt, &spec)
+            .unwrap()
+            .checkpoint,
+    );
+    let spec = drop_layers::Spec { keep: vec![0, 2] };
+    check(
+        "drop",
+        drop_layers::plan(&ckpt.arch, &spec).unwrap(),
+        &drop_layers::apply(&ckpt, &spec).unwrap().checkpoint,
+    );
+    let spec = tie_layers::Spec {
+        groups: Some("0-1".into()),
+        share_all: false,
+        init: tie_layers::Init::Mean,
+    };
+    check(
+        "tie",
+        tie_layers::plan(&ckpt.arch, &spec).unwrap(),
+        &tie_layers::apply(&ckpt, &spec).unwrap().checkpoint,
+    );
+    for (rank, target) in [(Some(3), None), (None, Some("5000".to_string()))] {
+        let spec = lowrank_layers::Spec {
+            rank,
+            energy: None,
+            params_target: target,
+            modules: [
+                "query",
+                "key",
+                "value",
+                "attention-output",
+                "intermediate",
+                "output",
+            ]
+            .map(String::from)
+            .to_vec(),
+            layers: None,
+            method: lowrank_layers::Method::Svd,
+            calib: None,
+            calib_sentences: 8,
+            damp: 0.01,
+        };
+        let Planned::Exact(planned) = lowrank_layers::plan(&ckpt.arch, &spec).unwrap() else {
+            panic!("--rank and --params-target are structural")
+        };
+        check(
+            "lowrank",
+            planned,
+            &lowrank_layers::apply(&ckpt, &spec).unwrap().checkpoint,
+        );
+    }
+    let spec = remove_heads::Spec {
+        heads: Some("0:1,3;2:0".into()),
+        gates: None,
+        threshold: 0.5,
+        keep: None,
+        by: remove_heads::Ranking::Importance,
+        data: None,
+        data_sentences: 8,
+        allow_empty: false,
+    };
+    let Planned::Exact(planned) = remove_heads::plan(&ckpt.arch, &spec).unwrap() else {
+        panic!("named heads are structural")
+    };
+    check(
+        "remove-heads",
+        planned,
+        &remove_heads::apply(&ckpt, &spec).unwrap().checkpoint,
+    );
+    // --keep N: the same size whichever heads go.
+    let keep = remove_heads::Spec {
+        heads: None,
+        keep: Some(7),
+        ..spec.clone()
+    };
+    let Planned::Exact(planned) = remove_heads::plan(&ckpt.arch, &keep).unwrap() else {
+        panic!("--keep is exact in size")
+    };
+    assert_eq!(
+        planned
+            .layer_map
+            .iter()
+            .map(|&s| planned.layers[s].num_heads)
+            .sum::<usize>(),
+        7
+    );
+    let sparse = sparsegpt::Spec {
+        sparsity: Some(0.5),
+        pattern: None,
+        calib: calib.clone(),
+        calib_sentences: 8,
+        damp: 0.01,
+        block: 128,
+        method: sparsegpt::Method::Magnitude,
+    };
+    let planned = sparsegpt::plan(&ckpt.arch, &sparse).unwrap();
+    assert_eq!(budget(&planned), budget(&ckpt.arch));
+}
