@@ -219,6 +219,19 @@ pub fn describe_linear(kind: LinearKind) -> String {
     }
 }
 
+/// 22713216 → "22,713,216".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Parses a parameter budget such as `20M`, `1.5M`, `750k` or `20000000`.
 pub fn parse_count(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim().replace('_', "").replace(',', "");

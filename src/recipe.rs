@@ -371,25 +371,17 @@ fn expand_var(
         )
     })?;
     path.push(name.to_string());
-    let mut out = String::new();
-    let mut rest = value.as_str();
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| format!("variable `{name}`: unclosed `${{` in `{value}`"))?;
-        let inner = &rest[start + 2..start + end];
-        out.push_str(&expand_var(inner, raw, done, path)?);
-        rest = &rest[start + end + 1..];
-    }
-    out.push_str(rest);
+    let out = interpolate(value, |inner| expand_var(inner, raw, done, path))?;
     path.pop();
     done.insert(name.to_string(), out.clone());
     Ok(out)
 }
 
-/// Substitutes variables in a step's text value.
-fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+/// Replaces each `${name}` in `text` with `lookup(name)`.
+fn interpolate(
+    text: &str,
+    mut lookup: impl FnMut(&str) -> std::result::Result<String, String>,
+) -> std::result::Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -397,21 +389,24 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Resul
         let end = rest[start..]
             .find('}')
             .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
-        let name = &rest[start + 2..start + end];
-        let value = vars.get(name).ok_or_else(|| {
-            format!(
-                "variable `{name}` is not defined (add it to [vars] or pass --set {name}=VALUE){}",
-                did_you_mean(name, vars.keys().map(String::as_str))
-            )
-        })?;
-        if value == POISONED {
-            return Err(String::new()); // its definition's problem is already reported
-        }
-        out.push_str(value);
+        out.push_str(&lookup(&rest[start + 2..start + end])?);
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Substitutes variables in a step's text value.
+fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+    interpolate(text, |name| match vars.get(name) {
+        // Its definition's problem is already reported.
+        Some(v) if v == POISONED => Err(String::new()),
+        Some(v) => Ok(v.clone()),
+        None => Err(format!(
+            "variable `{name}` is not defined (add it to [vars] or pass --set {name}=VALUE){}",
+            did_you_mean(name, vars.keys().map(String::as_str))
+        )),
+    })
 }
 
 fn parse_step(

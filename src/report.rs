@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::budget::group;
 use crate::error::{Error, Result};
 use crate::plot::{Chart, Series, Style};
 
@@ -234,18 +235,6 @@ pub struct Report {
 
 fn pct(a: f64, b: f64) -> String {
     format!("{:.1}%", 100.0 * a / b)
-}
-
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Builds the report. `teacher` names the reference model (default: the first root model).

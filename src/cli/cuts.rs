@@ -12,7 +12,7 @@ use surgery::surgery::{
     tie_layers, Outcome, Planned,
 };
 
-use super::inspect::group;
+use surgery::budget::group;
 
 #[derive(Args)]
 pub struct InOut {

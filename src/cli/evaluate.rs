@@ -106,14 +106,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             }
             text.push('\n');
         }
-        write_text(path, &text)?;
+        surgery::io::atomic::write_text(path, &text)?;
     }
     let json = serde_json::json!({
         "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
         "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
     });
     if let Some(path) = &args.save_json {
-        write_text(path, &serde_json::to_string_pretty(&json)?)?;
+        surgery::io::atomic::write_text(path, &serde_json::to_string_pretty(&json)?)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -127,16 +127,6 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes a text file atomically (replacing an existing one).
-fn write_text(path: &std::path::Path, text: &str) -> surgery::Result<()> {
-    surgery::io::atomic::write_file(path, true, |tmp| {
-        std::fs::write(tmp, text.as_bytes()).map_err(|err| surgery::Error::Io {
-            path: tmp.to_path_buf(),
-            source: err,
-        })
-    })
 }
 
 #[derive(Args)]

@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use surgery::arch::{EmbeddingKind, HistoryEntry};
-use surgery::budget::{parse_count, Budget};
+use surgery::budget::{group, parse_count, Budget};
 use surgery::io::Checkpoint;
 
 #[derive(Args)]
@@ -120,19 +120,6 @@ fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-/// 22713216 → "22,713,216"
-pub fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {

@@ -10,8 +10,8 @@ use surgery::budget::Budget;
 use surgery::io::Checkpoint;
 use surgery::recipe::Step;
 
-use super::inspect::group;
 use super::recipe::{shell_words, Plan};
+use surgery::budget::group;
 
 /// F1 figures a step produced (training runs and evaluations).
 #[derive(Default)]
@@ -57,13 +57,8 @@ fn unique_params(checkpoint: &Path) -> Option<u64> {
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    surgery::io::atomic::write_file(path, true, |tmp| {
-        std::fs::write(tmp, text).map_err(|e| surgery::Error::Io {
-            path: tmp.to_path_buf(),
-            source: e,
-        })
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    surgery::io::atomic::write_text(path, text)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes the provenance files of a finished step; `step.json` last, as the completion marker.

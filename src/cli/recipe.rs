@@ -16,8 +16,8 @@ use surgery::io::Checkpoint;
 use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
 
-use super::inspect::group;
 use super::{Cli, Command};
+use surgery::budget::group;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -431,14 +431,10 @@ fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
     }
     let json =
         serde_json::json!({"recipe": plan.recipe.name, "wall_seconds": wall, "steps": summary});
-    surgery::io::atomic::write_file(&plan.root.join("summary.json"), true, |tmp| {
-        std::fs::write(tmp, serde_json::to_string_pretty(&json).expect("json")).map_err(|e| {
-            surgery::Error::Io {
-                path: tmp.to_path_buf(),
-                source: e,
-            }
-        })
-    })?;
+    surgery::io::atomic::write_text(
+        &plan.root.join("summary.json"),
+        &serde_json::to_string_pretty(&json).expect("json"),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -510,14 +506,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let report = surgery::report::build(&entries, args.teacher.as_deref(), &shell_words(&command))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let write = |path: &Path, text: &str| {
-        surgery::io::atomic::write_file(path, true, |tmp| {
-            std::fs::write(tmp, text).map_err(|e| surgery::Error::Io {
-                path: tmp.to_path_buf(),
-                source: e,
-            })
-        })
-    };
+    let write = surgery::io::atomic::write_text;
     write(&args.out.join("README.md"), &report.markdown)?;
     for (name, svg) in &report.files {
         write(&args.out.join(name), svg)?;

@@ -9,7 +9,7 @@ use surgery::budget::parse_count;
 use surgery::io::Checkpoint;
 use surgery::student::{init_student, plan, Shape};
 
-use super::inspect::group;
+use surgery::budget::group;
 
 #[derive(Args)]
 pub struct InitStudentArgs {

@@ -120,3 +120,10 @@ pub fn write_file(
     }
     result
 }
+
+/// Writes a text file atomically, replacing an existing one.
+pub fn write_text(target: &Path, text: &str) -> Result<()> {
+    write_file(target, true, |tmp| {
+        std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
+    })
+}
