@@ -234,9 +234,15 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         steps.len(),
         plan.root.display()
     );
+    let w = steps.iter().map(|s| s.name.chars().count()).max().unwrap_or(4).max(4);
     println!(
-        "{:>3}  {:<18} {:<21} {:<24} {:>13}  state",
-        "#", "step", "kind", "reads", "unique params"
+        "{:>3}  {:<w$} {:<21} {:<w2$} {:>13}  state",
+        "#",
+        "step",
+        "kind",
+        "reads",
+        "unique params",
+        w2 = w.max(16) + 1
     );
     // Per step: the structure after it, or the step whose outcome is not known in advance.
     let mut archs: Vec<Result<Arch, usize>> = vec![];
@@ -289,12 +295,13 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             Err(_) => "?".into(),
         };
         println!(
-            "{:>3}  {:<18} {:<21} {:<24} {:>13}  {state}",
+            "{:>3}  {:<w$} {:<21} {:<w2$} {:>13}  {state}",
             step.index + 1,
             step.name,
             step.kind.name(),
             reads,
-            params
+            params,
+            w2 = w.max(16) + 1
         );
         if let Some(why) = why {
             println!("{:>5}size unknown until it runs: {why}", "");
