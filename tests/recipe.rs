@@ -313,7 +313,7 @@ fn the_bert_base_recipe_plans_a_student_within_20m() {
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     println!("{}", r.stdout); // the plan, for docs/results.md (cargo test -- --nocapture)
-    // The teacher: bert-base-cased with a 9-label head.
+                              // The teacher: bert-base-cased with a 9-label head.
     assert!(r.stdout.contains("107,726,601"), "{}", r.stdout);
     assert!(!r.stdout.contains("OVER BUDGET"), "{}", r.stdout);
     assert!(r.stdout.contains("within budget"), "{}", r.stdout);

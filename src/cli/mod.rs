@@ -5,6 +5,7 @@ mod evaluate;
 mod inspect;
 mod provenance;
 mod recipe;
+mod report;
 mod students;
 mod train;
 
@@ -52,7 +53,7 @@ enum Command {
     /// Run a recipe: an ordered list of steps, each one of the commands, resumable.
     Run(recipe::RunArgs),
     /// Write a Markdown report with plots (F1 vs parameters, curves, gates, speed) from run folders.
-    Report(recipe::ReportArgs),
+    Report(report::ReportArgs),
     /// Write a randomly initialised student with a teacher's tokenizer and labels.
     InitStudent(students::InitStudentArgs),
     /// List student shapes that fit a parameter budget.
@@ -88,7 +89,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(command) => train::run(command),
         Command::Surgery(command) => cuts::run(command),
         Command::Run(args) => recipe::run(args),
-        Command::Report(args) => recipe::report(args),
+        Command::Report(args) => report::report(args),
         Command::InitStudent(args) => students::init(args),
         Command::Plan(args) => students::plan_cmd(args),
         Command::Eval(args) => evaluate::eval(args),
@@ -124,7 +125,7 @@ fn quickstart(out: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
         return Ok(code);
     }
     let run_dir = out.join("quickstart");
-    recipe::report(recipe::ReportArgs::new(
+    report::report(report::ReportArgs::new(
         vec![run_dir.clone()],
         out.join("report"),
     ))?;

@@ -10,14 +10,13 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser};
 
 use surgery::arch::Arch;
-use surgery::budget::Budget;
+use surgery::budget::{group, Budget};
 use surgery::data::{read_dataset, LabelSet, ReadOptions};
 use surgery::io::Checkpoint;
 use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
 
 use super::{Cli, Command};
-use surgery::budget::group;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -234,7 +233,12 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         steps.len(),
         plan.root.display()
     );
-    let w = steps.iter().map(|s| s.name.chars().count()).max().unwrap_or(4).max(4);
+    let w = steps
+        .iter()
+        .map(|s| s.name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!(
         "{:>3}  {:<w$} {:<21} {:<w2$} {:>13}  state",
         "#",
@@ -468,73 +472,4 @@ pub fn shell_words(argv: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Writes a Markdown report with SVG plots from recipe and training run folders.
-#[derive(Args)]
-pub struct ReportArgs {
-    /// Recipe run folders (runs/<recipe>), training run folders, or folders of run folders.
-    #[arg(required = true)]
-    dirs: Vec<PathBuf>,
-    /// Output folder for README.md and the plots.
-    #[arg(long)]
-    out: PathBuf,
-    /// The reference model (a step or run name); default: the first model made from scratch.
-    #[arg(long)]
-    teacher: Option<String>,
-    /// Also replace the generated section of this Markdown file (between
-    /// `<!-- report:begin -->` and `<!-- report:end -->`) with the models table.
-    #[arg(long)]
-    results: Option<PathBuf>,
-}
-
-impl ReportArgs {
-    pub fn new(dirs: Vec<PathBuf>, out: PathBuf) -> Self {
-        ReportArgs {
-            dirs,
-            out,
-            teacher: None,
-            results: None,
-        }
-    }
-}
-
-pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let entries = surgery::report::collect(&args.dirs)?;
-    let mut command = vec!["surgery".to_string(), "report".to_string()];
-    command.extend(args.dirs.iter().map(|d| d.display().to_string()));
-    command.extend(["--out".into(), args.out.display().to_string()]);
-    if let Some(t) = &args.teacher {
-        command.extend(["--teacher".into(), t.clone()]);
-    }
-    if let Some(r) = &args.results {
-        command.extend(["--results".into(), r.display().to_string()]);
-    }
-    let report = surgery::report::build(&entries, args.teacher.as_deref(), &shell_words(&command))?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let write = surgery::io::atomic::write_text;
-    write(&args.out.join("README.md"), &report.markdown)?;
-    for (name, svg) in &report.files {
-        write(&args.out.join(name), svg)?;
-    }
-    if let Some(path) = &args.results {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let spliced = surgery::report::splice(&text, &report.table).ok_or_else(|| {
-            surgery::Error::Spec(format!(
-                "{}: no `<!-- report:begin -->` … `<!-- report:end -->` section to replace",
-                path.display()
-            ))
-        })?;
-        write(path, &spliced)?;
-        println!("updated {}", path.display());
-    }
-    println!(
-        "wrote {} and {} plot(s) from {} entries",
-        args.out.join("README.md").display(),
-        report.files.len(),
-        entries.len()
-    );
-    Ok(ExitCode::SUCCESS)
 }
