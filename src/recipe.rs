@@ -252,6 +252,11 @@ impl Recipe {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "recipe".into())
         });
+        if !is_simple_name(&name) {
+            problems.push(format!(
+                "[recipe] name `{name}` may use only letters, digits, - and _ (it names a folder)"
+            ));
+        }
         let description = text_of("description").unwrap_or_default().to_string();
         if let Some(h) = header {
             for key in h
@@ -444,10 +449,7 @@ fn parse_step(
         .map(String::from)
         .or_else(|| kind.map(|k| k.name().replace(' ', "-")))
         .unwrap_or_default();
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !name.is_empty() && !is_simple_name(&name) {
         problems.push(format!(
             "{label}: name `{name}` may use only letters, digits, - and _"
         ));
@@ -548,6 +550,14 @@ fn option_values(
     };
     fragment.insert(key.to_string(), recorded);
     args
+}
+
+/// Letters, digits, `-` and `_` only: the name is a folder name.
+fn is_simple_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A TOML scalar as the command line writes it.
