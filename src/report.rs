@@ -472,3 +472,47 @@ pub fn splice(text: &str, replacement: &str) -> Option<String> {
         &text[b..]
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str, params: u64, f1: Option<f64>) -> Model {
+        Model {
+            name: name.into(),
+            chain: vec![name.into()],
+            params,
+            test_f1: f1,
+            tokens_per_s: None,
+            seconds: None,
+        }
+    }
+
+    #[test]
+    fn the_pareto_front_keeps_models_no_smaller_model_beats() {
+        let models = vec![
+            model("big", 100, Some(0.90)),
+            model("mid", 50, Some(0.88)),
+            model("worse-mid", 60, Some(0.85)),
+            model("small", 10, Some(0.70)),
+            model("untested", 5, None),
+            model("tie", 50, Some(0.80)),
+        ];
+        let front: Vec<&str> = pareto_front(&models)
+            .into_iter()
+            .map(|i| models[i].name.as_str())
+            .collect();
+        assert_eq!(front, ["small", "mid", "big"]);
+    }
+
+    #[test]
+    fn splice_replaces_only_the_marked_section() {
+        let text = "intro\n<!-- report:begin -->\nold\n<!-- report:end -->\noutro\n";
+        let out = splice(text, "new table\n").unwrap();
+        assert_eq!(
+            out,
+            "intro\n<!-- report:begin -->\nnew table\n<!-- report:end -->\noutro\n"
+        );
+        assert!(splice("no markers", "x").is_none());
+    }
+}
