@@ -73,10 +73,12 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
         if dir.join("run.json").exists() {
             entries.push(run_entry(dir));
         }
+        // In a recipe's folder, a step without step.json is unfinished (or failed): left out.
+        let is_recipe = subdirs.iter().any(|s| s.join("step.json").exists());
         for sub in &subdirs {
             if let Some(step) = read_json(&sub.join("step.json")) {
                 entries.push(step_entry(sub, &step));
-            } else if sub.join("run.json").exists() {
+            } else if !is_recipe && sub.join("run.json").exists() {
                 entries.push(run_entry(sub));
             }
         }
