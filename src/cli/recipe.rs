@@ -263,12 +263,20 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
                     step.index
                 }),
         };
-        let after = input.and_then(|arch| {
-            planned_arch(command, arch).map_err(|e| {
-                why = Some(e);
-                step.index
-            })
-        });
+        // A finished step's output is read (its header) instead of predicted.
+        let finished = plan
+            .is_done(step.index)
+            .then(|| Checkpoint::open(&plan.output_checkpoint(step.index)).ok())
+            .flatten();
+        let after = match finished {
+            Some(ckpt) => Ok(ckpt.arch),
+            None => input.and_then(|arch| {
+                planned_arch(command, arch).map_err(|e| {
+                    why = Some(e);
+                    step.index
+                })
+            }),
+        };
         let mut state = match start {
             Some(s) if step.index >= s => "will run (--from)".to_string(),
             _ if plan.is_done(step.index) => "done, will be skipped".to_string(),
