@@ -257,3 +257,73 @@ fn plans_fit_the_budget_or_say_the_smallest_possible() {
     assert_eq!(st.arch.num_layers(), 2);
     assert_eq!(st.tokenizer_files, teacher.tokenizer_files);
 }
+
+/// A student with another tokenizer (the teacher with a pruned vocabulary) learns hidden states
+/// word by word: the term changes what it learns; attention matching is refused.
+#[test]
+fn hidden_matching_works_across_tokenizers_word_by_word() {
+    let s = setup(200);
+    let (teacher, _) = teacher_and_student(&s, small());
+    let pruned = surgery::surgery::prune_vocab::apply(
+        &Checkpoint::open(&teacher).unwrap(),
+        &surgery::surgery::prune_vocab::Spec {
+            corpus: vec![s.data.train.clone()],
+            coverage: vec![],
+        },
+    )
+    .unwrap();
+    let student = s.dir.path().join("pruned");
+    pruned.save(&student, false).unwrap();
+    let mut spec = quick_spec();
+    spec.epochs = 1;
+    spec.max_steps = 4;
+    let run = |d: &DistillSpec, name: &str| {
+        let out = s.dir.path().join(name);
+        distill(
+            &student,
+            &teacher,
+            &s.data,
+            &spec,
+            d,
+            &out,
+            RunOptions::default(),
+        )
+        .map(|_| {
+            let last = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            let losses: Vec<f64> = last
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["loss"].as_f64())
+                .collect();
+            (Checkpoint::open(&out.join("best")).unwrap(), losses)
+        })
+    };
+    let (plain, plain_loss) = run(&kd(), "plain").unwrap();
+    let mut hidden = kd();
+    hidden.hidden_weight = 10.0;
+    let (matched, matched_loss) = run(&hidden, "hidden").unwrap();
+    assert!(
+        matched_loss[0] > plain_loss[0],
+        "the hidden term adds to the loss: {matched_loss:?} vs {plain_loss:?}"
+    );
+    let key = surgery::arch::Key::Linear {
+        layer: 0,
+        slot: surgery::arch::LinearSlot::Query,
+        part: surgery::arch::LinearPart::Weight,
+    };
+    let dev = candle_core::Device::Cpu;
+    let diff = crate::util::max_abs_diff(
+        &plain.tensor(key, &dev).unwrap(),
+        &matched.tensor(key, &dev).unwrap(),
+    );
+    assert!(diff > 1e-6, "the hidden term must change the weights");
+    let mut attention = kd();
+    attention.attention_weight = 1.0;
+    let Err(err) = run(&attention, "attention") else {
+        panic!("attention matching across tokenizers must be refused")
+    };
+    assert!(
+        err.to_string().contains("needs the teacher's tokenizer"),
+        "{err}"
+    );
+}

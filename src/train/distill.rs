@@ -2,7 +2,8 @@
 //! (1−α)·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), averaged over the scored positions — the first
 //! sub-token of each word — so a student with another vocabulary learns word by word. The teacher
 //! runs in eval mode once over the training set (its word logits are cached, optionally on disk);
-//! optional hidden-state and attention matching run the teacher per batch.
+//! optional hidden-state and attention matching run the teacher per batch (hidden states word by
+//! word when the student tokenises differently, on the teacher's own tokens).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::labels::UnknownLabels;
 use crate::data::{read_dataset, Example, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
-use crate::eval::{for_each_word, BatchData, Prepared};
+use crate::eval::{collate, for_each_word, BatchData, Prepared};
 use crate::infer::load_model;
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
@@ -33,10 +34,12 @@ pub struct DistillSpec {
     /// Weight α of the hard-label cross-entropy (1 − α goes to the soft term).
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
-    /// Weight of the hidden-state MSE (0 = off); needs the teacher's tokenizer.
+    /// Weight of the hidden-state MSE (0 = off): token by token with the teacher's tokenizer,
+    /// word by word (first sub-tokens) with another one, e.g. a pruned vocabulary.
     #[arg(long, default_value_t = 0.0)]
     pub hidden_weight: f64,
-    /// Weight of the attention-probability MSE (0 = off); needs equal head counts.
+    /// Weight of the attention-probability MSE (0 = off); needs equal head counts and the
+    /// teacher's tokenizer.
     #[arg(long, default_value_t = 0.0)]
     pub attention_weight: f64,
     /// Student:teacher layer pairs, e.g. `0:1,1:3,2:5` (default: uniform, last to last).
@@ -110,6 +113,63 @@ impl TeacherLogits {
             values,
             classes,
         })
+    }
+}
+
+/// Where each word of the training set starts in the teacher's own tokenisation, so that hidden
+/// states can be compared word by word when the student tokenises differently.
+struct WordIndex<'a> {
+    teacher: &'a Prepared,
+    /// (sentence, word) → (teacher example, token position).
+    starts: std::collections::HashMap<(usize, usize), (usize, usize)>,
+}
+
+impl<'a> WordIndex<'a> {
+    fn new(teacher: &'a Prepared) -> Self {
+        let mut starts = std::collections::HashMap::new();
+        for (e, ex) in teacher.examples.iter().enumerate() {
+            for &(pos, word) in &ex.word_starts {
+                starts.entry((ex.sentence, word)).or_insert((e, pos));
+            }
+        }
+        WordIndex { teacher, starts }
+    }
+
+    /// The teacher's batch for the student's examples, and for every word start of the student
+    /// batch (in order) its flat position in the student batch and in the teacher batch.
+    fn teacher_batch(
+        &self,
+        examples: &[&Example],
+        student_len: usize,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<(BatchData, Vec<u32>, Vec<u32>)> {
+        let mut rows: Vec<usize> = vec![];
+        let mut pairs = vec![];
+        for (b, ex) in examples.iter().enumerate() {
+            for &(pos, word) in &ex.word_starts {
+                let &(e, t_pos) = self.starts.get(&(ex.sentence, word)).ok_or_else(|| {
+                    Error::Spec(format!(
+                        "the teacher's tokenizer gives no token for word {word} of training sentence {}",
+                        ex.sentence + 1
+                    ))
+                })?;
+                let row = match rows.iter().position(|&r| r == e) {
+                    Some(r) => r,
+                    None => {
+                        rows.push(e);
+                        rows.len() - 1
+                    }
+                };
+                pairs.push((b * student_len + pos, row, t_pos));
+            }
+        }
+        let refs: Vec<&Example> = rows.iter().map(|&e| &self.teacher.examples[e]).collect();
+        let batch = collate(&refs, pad_id, device)?;
+        let t_len = refs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let s_pos = pairs.iter().map(|p| p.0 as u32).collect();
+        let t_pos = pairs.iter().map(|p| (p.1 * t_len + p.2) as u32).collect();
+        Ok((batch, s_pos, t_pos))
     }
 }
 
@@ -321,13 +381,16 @@ pub fn distill(
     )?;
     let mut extra_params = vec![];
     let mut projection = None;
+    // With another tokenizer (a pruned vocabulary) the teacher runs on its own tokens and hidden
+    // states are compared word by word, at each word's first sub-token, like the logits.
+    let same_tokens = student.tokenizer_files.get("tokenizer.json")
+        == teacher_ckpt.tokenizer_files.get("tokenizer.json");
+    let word_level = (!same_tokens).then(|| WordIndex::new(&teacher_train));
     if intermediate {
-        if student.tokenizer_files.get("tokenizer.json")
-            != teacher_ckpt.tokenizer_files.get("tokenizer.json")
-        {
+        if !same_tokens && distill.attention_weight > 0.0 {
             return Err(Error::Spec(
-                "hidden-state and attention matching compare token by token and need the teacher's tokenizer; \
-                 logit distillation alone works across tokenizers"
+                "attention matching compares token by token and needs the teacher's tokenizer \
+                 (hidden-state matching works across tokenizers, word by word)"
                     .into(),
             ));
         }
@@ -376,6 +439,7 @@ pub fn distill(
         head_gates: None,
     };
     let (tau, alpha) = (distill.temperature, distill.alpha);
+    let teacher_pad = teacher_tok.pad_id();
     let outputs = Outputs {
         hidden_states: distill.hidden_weight > 0.0,
         attentions: distill.attention_weight > 0.0,
@@ -409,7 +473,30 @@ pub fn distill(
             let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
             total = (total + (cross_entropy(logits, &pos, &tgt)? * alpha)?)?;
         }
-        if intermediate {
+        if let (Some(index), true) = (&word_level, intermediate) {
+            let (t_batch, s_pos, t_pos) =
+                index.teacher_batch(examples, len, teacher_pad, &device)?;
+            let t_out = teacher.forward(&t_batch.batch, &mut Mode::Eval, outputs)?;
+            let (s_pos, t_pos) = (
+                Tensor::from_vec(s_pos, n, &device)?,
+                Tensor::from_vec(t_pos, n, &device)?,
+            );
+            for &(s, t) in &pairs {
+                let width = out.hidden_states[s + 1].dim(2)?;
+                let hs = out.hidden_states[s + 1]
+                    .reshape(((), width))?
+                    .index_select(&s_pos, 0)?;
+                let hs = match &projection {
+                    Some(p) => hs.matmul(&p.as_tensor().t()?)?,
+                    None => hs,
+                };
+                let ht = t_out.hidden_states[t + 1].detach();
+                let t_width = ht.dim(2)?;
+                let ht = ht.reshape(((), t_width))?.index_select(&t_pos, 0)?;
+                let mse = ((hs - ht)?.sqr()?.sum_all()? / (n * t_width) as f64)?;
+                total = (total + (mse * (distill.hidden_weight / pairs.len() as f64))?)?;
+            }
+        } else if intermediate {
             let t_out = teacher.forward(&batch.batch, &mut Mode::Eval, outputs)?;
             let mask = batch.batch.attention_mask.to_dtype(DType::F32)?;
             let real = mask.sum_all()?.to_scalar::<f32>()? as f64;
