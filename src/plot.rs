@@ -159,11 +159,13 @@ impl Chart {
         );
         for (i, s) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let inside: Vec<(f64, f64)> = s
+            // Finite points only, with their index (for their label).
+            let inside: Vec<(usize, f64, f64)> = s
                 .points
                 .iter()
-                .copied()
-                .filter(|(a, b)| a.is_finite() && b.is_finite())
+                .enumerate()
+                .filter(|(_, (a, b))| a.is_finite() && b.is_finite())
+                .map(|(k, &(a, b))| (k, a, b))
                 .collect();
             match s.style {
                 Style::Line | Style::Dashed => {
@@ -174,7 +176,7 @@ impl Chart {
                     };
                     let path: Vec<String> = inside
                         .iter()
-                        .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+                        .map(|(_, a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
                         .collect();
                     let _ = writeln!(
                         svg,
@@ -183,19 +185,30 @@ impl Chart {
                     );
                 }
                 Style::Points | Style::LabelledPoints => {
-                    for (k, (a, b)) in inside.iter().enumerate() {
+                    // Labels of nearby points are moved down until they no longer overlap.
+                    // Placed top to bottom, so a moved label stays next to its point.
+                    let mut placed: Vec<(f64, f64)> = vec![];
+                    let mut order = inside.clone();
+                    order.sort_by(|p, q| q.2.total_cmp(&p.2));
+                    for (k, a, b) in &order {
                         let _ = writeln!(
                             svg,
                             r#"<circle cx="{:.1}" cy="{:.1}" r="4.5" fill="{color}"/>"#,
                             x(*a),
                             y(*b)
                         );
-                        if let (Style::LabelledPoints, Some(label)) = (s.style, s.labels.get(k)) {
+                        if let (Style::LabelledPoints, Some(label)) = (s.style, s.labels.get(*k)) {
+                            let (lx, mut ly) = (x(*a) + 7.0, y(*b) - 6.0);
+                            while placed
+                                .iter()
+                                .any(|(px, py)| (px - lx).abs() < 90.0 && (py - ly).abs() < 12.0)
+                            {
+                                ly += 12.0;
+                            }
+                            placed.push((lx, ly));
                             let _ = writeln!(
                                 svg,
-                                r#"<text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
-                                x(*a) + 7.0,
-                                y(*b) - 6.0,
+                                r#"<text x="{lx:.1}" y="{ly:.1}" font-size="11">{}</text>"#,
                                 escape(label)
                             );
                         }

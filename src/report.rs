@@ -452,7 +452,7 @@ fn speed_chart(models: &[Model]) -> Option<Chart> {
     }
     let max_params = models.iter().map(|m| m.params).max().unwrap_or(1) as f64 / 1e6;
     (!s.points.is_empty()).then(|| Chart {
-        title: "Inference speed on this CPU (test set)".into(),
+        title: "Inference speed (the eval steps of the runs, test set)".into(),
         x_label: "unique parameters (millions)".into(),
         y_label: "tokens per second".into(),
         series: vec![s],
