@@ -7,8 +7,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use faer::Mat;
 
-use crate::data::labels::UnknownLabels;
-use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::infer::load_model;
@@ -129,14 +128,7 @@ pub fn calibration_examples(
     // Tags do not matter here: every tag is read as O.
     let labels = LabelSet::new(vec!["O".into()])?;
     let max_len = ckpt.arch.max_positions.min(128);
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        UnknownLabels::Outside,
-        Alignment::FirstSubtoken,
-        max_len,
-    )?;
+    let prepared = Prepared::for_inference(&tokenizer, data, &labels, max_len)?;
     if prepared.examples.is_empty() {
         return Err(Error::Input {
             path: path.to_path_buf(),

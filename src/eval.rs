@@ -33,6 +33,24 @@ impl Prepared {
         Ok(Prepared { data, examples })
     }
 
+    /// For running a model over text rather than training it: unknown tags read as O, labels
+    /// on first sub-tokens.
+    pub fn for_inference(
+        tokenizer: &WordTokenizer,
+        data: Dataset,
+        labels: &LabelSet,
+        max_len: usize,
+    ) -> Result<Self> {
+        Prepared::new(
+            tokenizer,
+            data,
+            labels,
+            UnknownLabels::Outside,
+            Alignment::FirstSubtoken,
+            max_len,
+        )
+    }
+
     pub fn lengths(&self) -> Vec<usize> {
         self.examples.iter().map(|e| e.ids.len()).collect()
     }

@@ -4,8 +4,7 @@
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::data::labels::UnknownLabels;
-use crate::data::{Alignment, Dataset, LabelSet, Sentence};
+use crate::data::{Dataset, LabelSet, Sentence};
 use crate::error::Result;
 use crate::eval::{predict_words, Prepared};
 use crate::io::Checkpoint;
@@ -114,14 +113,7 @@ pub fn predict_lines(
         return Ok(results);
     }
     let max_len = ckpt.arch.max_positions.min(512);
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        UnknownLabels::Outside,
-        Alignment::FirstSubtoken,
-        max_len,
-    )?;
+    let prepared = Prepared::for_inference(&tokenizer, data, &labels, max_len)?;
     let words = predict_words(
         model,
         &prepared,

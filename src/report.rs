@@ -121,14 +121,6 @@ fn run_entry(dir: &Path) -> Entry {
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let seconds = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|v| v["train_seconds"].as_f64())
-                .last()
-        });
     Entry {
         label: name.clone(),
         name,
@@ -146,7 +138,8 @@ fn run_entry(dir: &Path) -> Entry {
             .and_then(|v| v["report"]["micro"]["f1"].as_f64()),
         eval_f1: None,
         tokens_per_s: None,
-        seconds,
+        // Only recipe steps record their wall time (step.json).
+        seconds: None,
     }
 }
 
@@ -165,7 +158,7 @@ pub fn models(entries: &[Entry]) -> Vec<Model> {
             .filter(|v| v.kind == "eval" && v.input == e.output && e.output.is_some())
             .collect();
         let trained = e.kind.starts_with("train") && e.kind != "train gates";
-        if !(trained || !evals.is_empty()) || e.kind == "eval" || e.kind == "assert-budget" {
+        if e.kind == "eval" || e.kind == "assert-budget" || (!trained && evals.is_empty()) {
             continue;
         }
         let Some(params) = e.params else { continue };

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
-use crate::data::labels::UnknownLabels;
-use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
@@ -99,14 +98,8 @@ pub fn importance(
     let mut data = read_dataset(path, &ReadOptions::default())?;
     data.sentences.truncate(sentences);
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        UnknownLabels::Outside,
-        Alignment::FirstSubtoken,
-        ckpt.arch.max_positions.min(128),
-    )?;
+    let prepared =
+        Prepared::for_inference(&tokenizer, data, &labels, ckpt.arch.max_positions.min(128))?;
     let device = Device::Cpu;
     let params = Params::from_checkpoint(ckpt, &device)?;
     let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
