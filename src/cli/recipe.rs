@@ -409,10 +409,12 @@ fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         let step_start = Instant::now();
         let result = super::run_command(command);
         let seconds = step_start.elapsed().as_secs_f64();
+        // The exit code, and the error when the command returned one (a failed budget check
+        // prints its own message and returns exit code 3).
         let failure = match result {
             Ok(code) if code == ExitCode::SUCCESS => None,
-            Ok(code) => Some((code, anyhow::anyhow!("the command failed"))),
-            Err(e) => Some((ExitCode::from(super::exit_code(&e)), e)),
+            Ok(code) => Some((code, None)),
+            Err(e) => Some((ExitCode::from(super::exit_code(&e)), Some(e))),
         };
         if let Some((code, err)) = failure {
             if dir.exists() {
@@ -425,7 +427,7 @@ fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
                 step.name,
                 plan.recipe.path.display()
             );
-            if err.to_string() != "the command failed" {
+            if let Some(err) = err {
                 eprintln!("error: {err:#}");
             }
             return Ok(code);
