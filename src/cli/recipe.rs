@@ -221,7 +221,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         return dry_run(&plan, start);
     }
-    execute(&plan, start)
+    execute(plan, start)
 }
 
 /// Prints each step, its state and the predicted unique parameters after it.
@@ -367,7 +367,10 @@ fn planned_arch(command: &Command, arch: Arch) -> Result<Arch, String> {
 }
 
 /// Runs the steps in order; a failed step leaves no folder, so a rerun starts at it.
-fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+    // The commands parsed when the plan was checked, each run once.
+    let mut commands = std::mem::take(&mut plan.commands);
+    let plan = &plan;
     let started = Instant::now();
     let mut summary = vec![];
     let total = plan.recipe.steps.len();
@@ -399,10 +402,9 @@ fn execute(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the stale {}", dir.display()))?;
         }
-        let command =
-            Cli::try_parse_from(std::iter::once("surgery".to_string()).chain(argv.clone()))
-                .expect("parsed when the plan was checked")
-                .command;
+        let command = commands[step.index]
+            .take()
+            .expect("every step of a checked plan parsed");
         if !step.kind.is_surgery() && !step.kind.is_training() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
