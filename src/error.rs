@@ -37,6 +37,22 @@ pub enum Error {
     UnexpectedTensor { path: PathBuf, key: String },
     #[error("{path}: output already exists (use --force to replace it)")]
     OutputExists { path: PathBuf },
+    #[error(
+        "{output}: the output is, contains or lies inside the input {input}; choose another path"
+    )]
+    OutputOverlapsInput { output: PathBuf, input: PathBuf },
+    #[error("{path}: exists and was not written by surgery (no step.json, run.json, .surgery-output or config.json with a `surgery` block); refusing to replace it, even with --force")]
+    NotOurs { path: PathBuf },
+    #[error("{path}: in use by {holder}; wait for it to finish or stop it")]
+    Locked { path: PathBuf, holder: String },
+    #[error("{path}: nothing to resume: {why}")]
+    NothingToResume { path: PathBuf, why: String },
+    /// Not enough memory or disk for what a command is about to do.
+    #[error("{0}")]
+    Resources(String),
+    /// Training diverged (a non-finite loss): not the user's input, but no internal fault either.
+    #[error("{0}")]
+    Diverged(String),
     #[error("{path}: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
     #[error("{path}:{line}: {msg}")]
@@ -60,7 +76,7 @@ pub enum Error {
 impl Error {
     /// True when the error is caused by the user's input (exit code 2), false for internal failures.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Candle(_))
+        !matches!(self, Error::Candle(_) | Error::Diverged(_))
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

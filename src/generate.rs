@@ -20,7 +20,17 @@ pub fn random_checkpoint(
     std: f32,
     seed: u64,
 ) -> Result<Checkpoint> {
+    config.validate().map_err(Error::Spec)?;
     let arch = Arch::resolve(&config, layout, with_pooler, with_classifier).map_err(Error::Spec)?;
+    let total = crate::budget::Budget::of_arch(&arch).total;
+    // The values, then their copy in the tensor file being written.
+    crate::io::capacity::require_memory(
+        &format!(
+            "a random model of {} parameters",
+            crate::budget::group(total)
+        ),
+        total.saturating_mul(8),
+    )?;
     let mut rng = Rng::new(seed);
     let mut tensors = BTreeMap::new();
     for (key, shape) in arch.expected_tensors() {

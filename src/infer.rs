@@ -138,7 +138,7 @@ pub fn forward_to_file(
     force: bool,
     batch_size: usize,
 ) -> Result<()> {
-    atomic::refuse_existing(out, force)?;
+    crate::io::output::check_output(out, &[input, &ckpt.source()], force)?;
     let device = Device::Cpu;
     let sentences = read_sentences(input)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
@@ -170,5 +170,9 @@ pub fn forward_to_file(
     }
     let mut metadata = HashMap::new();
     metadata.insert("checkpoint".into(), ckpt.source().display().to_string());
+    metadata.insert(
+        "surgery_tool".into(),
+        format!("surgery {}", env!("CARGO_PKG_VERSION")),
+    );
     atomic::write_file(out, force, |tmp| write_safetensors(tmp, tensors, metadata))
 }

@@ -20,16 +20,13 @@ pub struct Prepared {
 
 /// Writes the synthetic corpus (`out/data`) and a randomly initialised tiny BERT (`out/init`).
 pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
+    crate::io::output::check_output(out, &[], force)?;
     if out.exists() {
-        if !force {
-            return Err(Error::OutputExists {
-                path: out.to_path_buf(),
-            });
-        }
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     let data_dir = out.join("data");
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    crate::io::output::mark(out, "quickstart")?;
     let splits = [("train", 2000, 1), ("dev", 300, 2), ("test", 300, 3)];
     for (name, n, seed) in splits {
         let sentences = crate::synthetic::sentences(n, seed, name != "train");

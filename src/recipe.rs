@@ -382,6 +382,10 @@ fn expand_var(
     Ok(out)
 }
 
+/// The longest value a substitution may produce: variables that double each other would
+/// otherwise grow without bound.
+const MAX_EXPANDED: usize = 1 << 20;
+
 /// Replaces each `${name}` in `text` with `lookup(name)`.
 fn interpolate(
     text: &str,
@@ -395,6 +399,12 @@ fn interpolate(
             .find('}')
             .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
         out.push_str(&lookup(&rest[start + 2..start + end])?);
+        if out.len() > MAX_EXPANDED {
+            return Err(format!(
+                "`{}` expands to more than {MAX_EXPANDED} characters",
+                text.chars().take(60).collect::<String>()
+            ));
+        }
         rest = &rest[start + end + 1..];
     }
     out.push_str(rest);

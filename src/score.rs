@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::data::tags::{check_tag, is_blank, is_zero_width};
 use crate::error::{Error, Result};
 use crate::metrics::{evaluate, Mode, Report};
 
@@ -12,7 +13,12 @@ pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
     let (mut gold, mut pred) = (vec![], vec![]);
     let (mut g, mut p) = (vec![], vec![]);
     for (i, line) in text.lines().enumerate() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
+        let line = line.trim_start_matches(is_zero_width);
+        let cols: Vec<&str> = if is_blank(line) {
+            vec![]
+        } else {
+            line.split_whitespace().collect()
+        };
         if cols.is_empty() || cols[0] == "-DOCSTART-" {
             if !g.is_empty() {
                 gold.push(std::mem::take(&mut g));
@@ -27,8 +33,16 @@ pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
                 msg: "expected at least two columns: gold and predicted tag".into(),
             });
         }
-        g.push(cols[cols.len() - 2].to_string());
-        p.push(cols[cols.len() - 1].to_string());
+        let (gold_tag, predicted_tag) = (cols[cols.len() - 2], cols[cols.len() - 1]);
+        for tag in [gold_tag, predicted_tag] {
+            check_tag(tag).map_err(|msg| Error::Input {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg,
+            })?;
+        }
+        g.push(gold_tag.to_string());
+        p.push(predicted_tag.to_string());
     }
     if !g.is_empty() {
         gold.push(g);

@@ -176,8 +176,16 @@ fn output_path_that_exists() {
         r.stderr
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    // --force never replaces a file surgery did not write ...
     let mut forced = args.to_vec();
     forced.push("--force");
+    let r = surgery(&forced);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not written by surgery"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    // ... but does replace its own output.
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(surgery(&args).code, 0);
     assert_eq!(surgery(&forced).code, 0);
 }
 

@@ -10,6 +10,7 @@ use surgery::data::labels::UnknownLabels;
 use surgery::generate::random_checkpoint;
 use surgery::io::Checkpoint;
 use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
+use surgery::train::run_dir::Resume;
 
 use crate::util::{max_abs_diff, surgery, tempdir};
 
@@ -56,6 +57,7 @@ pub fn setup(train_sentences: usize) -> Setup {
         iob1: false,
         unknown_labels: UnknownLabels::Error,
         reinit_classifier: false,
+        tag_names: vec![],
     };
     Setup { dir, model, data }
 }
@@ -179,7 +181,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         &spec,
         &cut,
         RunOptions {
-            resume: true,
+            resume: Resume::Required,
             ..Default::default()
         },
     )
@@ -198,7 +200,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         &other,
         &cut,
         RunOptions {
-            resume: true,
+            resume: Resume::Required,
             ..Default::default()
         },
     )
@@ -233,10 +235,14 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
     )
     .unwrap_err();
     let msg = err.to_string();
+    // The first batch diverges before any update; the starting point was evaluated and saved.
     assert!(
-        msg.contains("loss became NaN at step 0") && msg.contains("none saved yet"),
+        msg.contains("loss became NaN in step 1")
+            && msg.contains("before any update")
+            && msg.contains("last saved state (step 0)"),
         "{msg}"
     );
+    assert!(matches!(err, surgery::Error::Diverged(_)), "{err:?}");
 }
 
 #[test]

@@ -147,7 +147,8 @@ impl BertConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks sizes and invariants; `init-student` and surgeries call it on the configs they make.
+    pub fn validate(&self) -> std::result::Result<(), String> {
         let positive = [
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_attention_heads),
@@ -159,6 +160,32 @@ impl BertConfig {
             if value == 0 {
                 return Err(format!("`{name}` must be positive"));
             }
+        }
+        // Bounds far above any BERT in use, so that a typo or a hostile file fails here instead
+        // of hanging in a loop over a million layers or aborting in the allocator.
+        let bounded = [
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", self.type_vocab_size, 1 << 16),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(format!("`{name}` is {value}; at most {max} is supported"));
+            }
+        }
+        if self.id2label.as_ref().is_some_and(|m| m.len() > 1 << 16) {
+            return Err("`id2label` has more than 65536 labels".into());
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return Err(format!("`layer_norm_eps` is {}", self.layer_norm_eps));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(

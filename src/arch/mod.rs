@@ -93,6 +93,11 @@ impl Arch {
                 layer_map.len()
             ));
         }
+        if let Some(&i) = layer_map.iter().find(|&&i| i >= logical) {
+            return Err(format!(
+                "surgery.layer_map names stored layer {i}, but there are at most {logical}"
+            ));
+        }
         let stored = layer_map.iter().map(|&i| i + 1).max().unwrap_or(0);
         for i in 0..stored {
             if !layer_map.contains(&i) {

@@ -121,7 +121,7 @@ fn apply(
     io: InOut,
     surgery: impl FnOnce(&Checkpoint) -> surgery::Result<Outcome>,
 ) -> anyhow::Result<ExitCode> {
-    surgery::io::atomic::refuse_existing(&io.output, io.force)?;
+    surgery::io::output::check_output(&io.output, &[&io.input], io.force)?;
     let input = Checkpoint::open(&io.input)?;
     let outcome = surgery(&input)?;
     outcome.save(&io.output, io.force)?;

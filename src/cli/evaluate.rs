@@ -9,9 +9,11 @@ use candle_core::Device;
 use clap::Args;
 
 use surgery::data::labels::UnknownLabels;
+use surgery::data::tags::check_tag;
 use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
 use surgery::eval::{evaluate_model, Prepared};
 use surgery::infer::load_model;
+use surgery::io::output::check_output_with;
 use surgery::io::Checkpoint;
 use surgery::metrics::{format_report, Mode};
 use surgery::tokenize::WordTokenizer;
@@ -45,6 +47,12 @@ pub struct EvalArgs {
     /// Tags the checkpoint does not know: `error` or `o` (treated as O for alignment).
     #[arg(long, default_value = "error")]
     unknown_labels: String,
+    /// Label names for JSONL files whose `ner_tags` are integers, in id order.
+    #[arg(long, value_delimiter = ',')]
+    tag_names: Vec<String>,
+    /// Replace existing --save-json / --write-predictions files (only ones surgery wrote).
+    #[arg(long)]
+    force: bool,
 }
 
 fn mode(strict: bool) -> Mode {
@@ -74,8 +82,19 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let options = ReadOptions {
         iob1_to_iob2: args.iob1,
-        tag_names: None,
+        tag_names: (!args.tag_names.is_empty()).then(|| args.tag_names.clone()),
     };
+    for out in [&args.save_json, &args.write_predictions]
+        .into_iter()
+        .flatten()
+    {
+        check_output_with(
+            out,
+            &[&args.checkpoint, &args.data],
+            args.force,
+            is_predictions_file,
+        )?;
+    }
     let data = read_dataset(&args.data, &options)?;
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
     let max_len = args.max_len.min(ckpt.arch.max_positions);
@@ -109,6 +128,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         surgery::io::atomic::write_text(path, &text)?;
     }
     let json = serde_json::json!({
+        "written_by": format!("surgery {}", env!("CARGO_PKG_VERSION")),
         "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
         "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
     });
@@ -127,6 +147,19 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A file `eval --write-predictions` wrote: every non-blank line `word gold predicted`.
+fn is_predictions_file(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
+    lines.peek().is_some()
+        && lines.all(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() == 3 && cols[1..].iter().all(|t| check_tag(t).is_ok())
+        })
 }
 
 #[derive(Args)]

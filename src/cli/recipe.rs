@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, Parser};
 use surgery::arch::Arch;
 use surgery::budget::{group, Budget};
 use surgery::data::{read_dataset, LabelSet, ReadOptions};
+use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
 use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
@@ -172,6 +173,31 @@ impl Plan {
             }
         }
         out
+    }
+
+    /// Creates and locks the recipe's run folder for the whole run. It must not overlap what the
+    /// recipe reads, and an existing one must be a recipe run this tool wrote.
+    fn lock_root(&self) -> anyhow::Result<FolderLock> {
+        let mut reads = vec![self.recipe.path.clone()];
+        for step in &self.recipe.steps {
+            reads.extend(
+                self.read_paths(step)
+                    .into_iter()
+                    .map(|(_, v)| PathBuf::from(v)),
+            );
+        }
+        let reads: Vec<&Path> = reads.iter().map(|p| p.as_path()).collect();
+        surgery::io::output::check_no_overlap(&self.root, &reads)?;
+        if self.root.exists() && !is_recipe_root(&self.root) {
+            return Err(surgery::Error::NotOurs {
+                path: self.root.clone(),
+            }
+            .into());
+        }
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        surgery::io::output::mark(&self.root, "recipe run")?;
+        Ok(FolderLock::acquire(&self.root)?)
     }
 
     /// True when the step's folder holds a finished output with the step's current hash.
@@ -368,6 +394,7 @@ fn planned_arch(command: &Command, arch: Arch) -> Result<Arch, String> {
 
 /// Runs the steps in order; a failed step leaves no folder, so a rerun starts at it.
 fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+    let _lock = plan.lock_root()?;
     // The commands parsed when the plan was checked, each run once.
     let mut commands = std::mem::take(&mut plan.commands);
     let plan = &plan;
@@ -398,13 +425,27 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             step.kind.name(),
             shell_words(&argv)
         );
-        if dir.exists() {
+        let mut command = commands[step.index]
+            .take()
+            .expect("every step of a checked plan parsed");
+        let pending = dir.join(PENDING);
+        let interrupted = step.kind.is_training()
+            && pending_hash(&pending).as_deref() == Some(step.hash.as_str());
+        if interrupted {
+            println!("   continuing the interrupted run in {}", dir.display());
+        } else if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the stale {}", dir.display()))?;
         }
-        let command = commands[step.index]
-            .take()
-            .expect("every step of a checked plan parsed");
+        if let Command::Train(train) = &mut command {
+            // The step's folder records which step it belongs to, so a rerun after a kill
+            // continues its training from last/ instead of starting it again.
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            surgery::io::output::mark(&dir, "recipe step")?;
+            let text = serde_json::json!({"hash": step.hash}).to_string();
+            surgery::io::atomic::write_text(&pending, &text)?;
+            train.resume_if_present();
+        }
         if !step.kind.is_surgery() && !step.kind.is_training() {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -436,6 +477,10 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         }
         super::provenance::record(plan, step, &argv, seconds)
             .with_context(|| format!("writing the provenance of {}", dir.display()))?;
+        if pending.exists() {
+            std::fs::remove_file(&pending)
+                .with_context(|| format!("removing {}", pending.display()))?;
+        }
         println!("   {} finished in {seconds:.1} s", step.name);
         summary.push(
             serde_json::json!({"step": step.folder_name(), "kind": step.kind.name(),
@@ -459,6 +504,31 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         &serde_json::to_string_pretty(&json).expect("json"),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file in a training step's folder that names the step it belongs to while it runs.
+const PENDING: &str = ".step-pending.json";
+
+fn pending_hash(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["hash"].as_str().map(String::from)
+}
+
+/// A recipe run folder: marked, or (written before the marker existed) empty but for hidden
+/// files, or holding `summary.json` or step folders with `step.json`.
+fn is_recipe_root(root: &Path) -> bool {
+    if surgery::io::output::is_tool_output(root) || root.join("summary.json").is_file() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return false;
+    };
+    let visible: Vec<_> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    visible.is_empty() || visible.iter().any(|e| e.path().join("step.json").is_file())
 }
 
 fn recorded_seconds(dir: &Path) -> f64 {

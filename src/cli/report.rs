@@ -50,8 +50,16 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         command.extend(["--results".into(), r.display().to_string()]);
     }
     let report = surgery::report::build(&entries, args.teacher.as_deref(), &shell_words(&command))?;
+    // The report folder is rewritten on every run: it must not overlap a run it reads, and an
+    // existing one must be a report this tool wrote.
+    let reads: Vec<&std::path::Path> = args.dirs.iter().map(|d| d.as_path()).collect();
+    surgery::io::output::check_no_overlap(&args.out, &reads)?;
+    if args.out.exists() && !surgery::io::output::is_tool_output(&args.out) {
+        return Err(surgery::Error::NotOurs { path: args.out }.into());
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    surgery::io::output::mark(&args.out, "report")?;
     let write = surgery::io::atomic::write_text;
     write(&args.out.join("README.md"), &report.markdown)?;
     for (name, svg) in &report.files {

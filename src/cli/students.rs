@@ -30,7 +30,9 @@ pub struct InitStudentArgs {
 }
 
 pub fn init(args: InitStudentArgs) -> anyhow::Result<ExitCode> {
-    surgery::io::atomic::refuse_existing(&args.out, args.force)?;
+    let mut inputs = vec![args.like.as_path()];
+    inputs.extend(args.vocab_from.as_deref());
+    surgery::io::output::check_output(&args.out, &inputs, args.force)?;
     let teacher = Checkpoint::open(&args.like)?;
     let vocab_from = args
         .vocab_from

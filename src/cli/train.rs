@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use surgery::train::distill::{distill, DistillSpec};
 use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainOutcome, TrainSpec};
 use surgery::train::gates::{train_gates, GateSpec};
+use surgery::train::run_dir::Resume;
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
@@ -59,18 +60,25 @@ pub struct RunArgs {
     /// Continue an interrupted run from out/last.
     #[arg(long)]
     resume: bool,
-    /// Replace an existing run folder.
+    /// Replace an existing run folder (only a run folder this tool wrote).
     #[arg(long)]
     force: bool,
     /// Stop after N optimizer steps as if interrupted (continue later with --resume).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Set by the recipe runner: continue the run the folder holds, if any.
+    #[arg(skip)]
+    resume_if_present: bool,
 }
 
 impl RunArgs {
     fn options(&self) -> RunOptions {
         RunOptions {
-            resume: self.resume,
+            resume: match (self.resume, self.resume_if_present) {
+                (true, _) => Resume::Required,
+                (false, true) => Resume::IfPresent,
+                (false, false) => Resume::No,
+            },
             force: self.force,
             stop_after: self.stop_after,
         }
@@ -90,6 +98,16 @@ pub struct FinetuneArgs {
 }
 
 impl TrainCommand {
+    /// Makes the run continue what its folder holds (a recipe step interrupted earlier).
+    pub fn resume_if_present(&mut self) {
+        let run = match self {
+            TrainCommand::Finetune(a) => &mut a.run,
+            TrainCommand::Distill(a) => &mut a.run,
+            TrainCommand::Gates(a) => &mut a.run,
+        };
+        run.resume_if_present = true;
+    }
+
     /// The data the run trains on (the recipe runner reads its labels for --dry-run).
     pub fn data(&self) -> &DataSpec {
         match self {

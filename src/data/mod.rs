@@ -5,6 +5,7 @@ pub mod align;
 pub mod batches;
 pub mod labels;
 pub mod reader;
+pub mod tags;
 
 pub use align::{encode_dataset, Alignment, Example};
 pub use batches::{bucket_batches, BatchPlan};

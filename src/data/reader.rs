@@ -1,8 +1,10 @@
 //! Readers for CoNLL column files (token first, NER tag last; spaces or tabs; `-DOCSTART-`;
-//! blank lines between sentences) and JSONL (`{"tokens": [...], "ner_tags": [...]}`).
+//! blank lines between sentences, including lines of only whitespace or zero-width characters) and
+//! JSONL (`{"tokens": [...], "ner_tags": [...]}`). Every tag is checked (`O` or PREFIX-TYPE).
 
 use std::path::{Path, PathBuf};
 
+use super::tags::{self, is_zero_width};
 use crate::error::{Error, Result};
 
 /// A sentence: words and their tags, and the 1-based line where it starts (for messages).
@@ -99,12 +101,12 @@ fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
     };
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let line = raw.trim_end_matches('\r');
-        let columns: Vec<&str> = line.split_whitespace().collect();
-        if columns.is_empty() {
+        let line = raw.trim_start_matches(is_zero_width);
+        if tags::is_blank(line) {
             flush(&mut current, line_no + 1);
             continue;
         }
+        let columns: Vec<&str> = line.split_whitespace().collect();
         if columns[0] == "-DOCSTART-" {
             flush(&mut current, line_no + 1);
             continue;
@@ -119,11 +121,17 @@ fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
                 ),
             });
         }
+        let tag = columns[columns.len() - 1];
+        tags::check_tag(tag).map_err(|msg| Error::Input {
+            path: path.to_path_buf(),
+            line: line_no,
+            msg,
+        })?;
         if current.words.is_empty() {
             current.line = line_no;
         }
         current.words.push(columns[0].to_string());
-        current.tags.push(columns[columns.len() - 1].to_string());
+        current.tags.push(tag.to_string());
     }
     flush(&mut current, 0);
     Ok(sentences)
@@ -132,9 +140,10 @@ fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
 fn parse_jsonl(path: &Path, text: &str, options: &ReadOptions) -> Result<Vec<Sentence>> {
     let mut sentences = vec![];
     for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+        if tags::is_blank(line) {
             continue;
         }
+        let line = line.trim_start_matches(is_zero_width);
         let bad = |msg: String| Error::Input {
             path: path.to_path_buf(),
             line: i + 1,
@@ -173,11 +182,14 @@ fn parse_jsonl(path: &Path, text: &str, options: &ReadOptions) -> Result<Vec<Sen
                     ))
                 }),
                 (None, Some(id), None) => Err(bad(format!(
-                    "integer tag {id} but no label names were given (--tag-names)"
+                    "integer tag {id} but no label names were given (--tag-names O,B-PER,I-PER,…)"
                 ))),
                 _ => Err(bad("`ner_tags` must be strings or integers".into())),
             })
             .collect::<Result<Vec<_>>>()?;
+        for tag in &tags {
+            tags::check_tag(tag).map_err(bad)?;
+        }
         if !words.is_empty() {
             sentences.push(Sentence {
                 words,

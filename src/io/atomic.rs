@@ -1,6 +1,7 @@
 //! Atomic outputs: everything is written into a temporary sibling and renamed into place at the
 //! end, so a failure never leaves a half-written file or folder behind, and an existing output is
-//! only replaced when the user asked for it.
+//! only replaced when the user asked for it and this tool wrote it. Temporaries left by a killed
+//! process (`.NAME.tmp-PID`) are removed by the next write to the same place.
 
 use std::path::{Path, PathBuf};
 
@@ -31,19 +32,57 @@ fn temp_sibling(target: &Path) -> Result<PathBuf> {
     )))
 }
 
-/// Fails early when an output exists and `force` was not given.
+/// Fails early when an output exists and `force` was not given, or when `force` would replace
+/// something this tool did not write.
 pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
-    if target.exists() && !force {
-        return Err(Error::OutputExists {
-            path: target.to_path_buf(),
-        });
+    super::output::check_output(target, &[], force)
+}
+
+/// Removes the temporaries of `target` left by processes that no longer run.
+pub fn remove_stale_temporaries(target: &Path) {
+    let (Some(name), Some(parent)) = (target.file_name(), target.parent()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.strip_suffix(".old").unwrap_or(rest);
+        if let Ok(pid) = pid.parse::<u32>() {
+            if !process_alive(pid) {
+                let _ = remove_any(&entry.path());
+            }
+        }
     }
-    Ok(())
+}
+
+/// True when a process with this id exists (signal 0 checks without sending anything).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl AtomicDir {
     pub fn create(target: &Path, force: bool) -> Result<Self> {
         refuse_existing(target, force)?;
+        remove_stale_temporaries(target);
         let temp = temp_sibling(target)?;
         if temp.exists() {
             std::fs::remove_dir_all(&temp).map_err(|e| Error::io(&temp, e))?;
@@ -99,19 +138,26 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes one file atomically (temp file beside it, then rename).
+/// Writes a user-named output file atomically (temp file beside it, then rename); an existing
+/// one is replaced only under `force` and only when this tool wrote it.
 pub fn write_file(
     target: &Path,
     force: bool,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     refuse_existing(target, force)?;
+    replace_file(target, write)
+}
+
+/// Writes a file atomically inside a folder this tool owns, replacing an existing one.
+pub fn replace_file(target: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if target.is_dir() {
         return Err(Error::Spec(format!(
             "{}: output is a folder, expected a file path",
             target.display()
         )));
     }
+    remove_stale_temporaries(target);
     let temp = temp_sibling(target)?;
     let result = write(&temp)
         .and_then(|()| std::fs::rename(&temp, target).map_err(|e| Error::io(target, e)));
@@ -121,9 +167,9 @@ pub fn write_file(
     result
 }
 
-/// Writes a text file atomically, replacing an existing one.
+/// Writes a text file atomically inside a folder this tool owns, replacing an existing one.
 pub fn write_text(target: &Path, text: &str) -> Result<()> {
-    write_file(target, true, |tmp| {
+    replace_file(target, |tmp| {
         std::fs::write(tmp, text).map_err(|e| Error::io(tmp, e))
     })
 }

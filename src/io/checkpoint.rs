@@ -236,12 +236,7 @@ impl Checkpoint {
     /// Writes the checkpoint to a new folder, atomically. `history` is the full history to record.
     pub fn save(&self, out: &Path, force: bool, history: Vec<HistoryEntry>) -> Result<()> {
         if let Some(dir) = &self.dir {
-            if same_path(dir, out) {
-                return Err(Error::Spec(format!(
-                    "{}: the output folder is the input checkpoint; choose another folder",
-                    out.display()
-                )));
-            }
+            super::output::check_no_overlap(out, &[dir])?;
         }
         let mut config = self.config.clone();
         config.num_hidden_layers = self.arch.num_layers();
@@ -271,6 +266,7 @@ impl Checkpoint {
         for (name, bytes) in &self.tokenizer_files {
             folder.write(name, bytes)?;
         }
+        super::output::mark(&folder.path(""), "checkpoint")?;
         folder.commit()
     }
 
@@ -278,13 +274,6 @@ impl Checkpoint {
     pub fn stored_dtype(&self, key: Key) -> Option<StoredDtype> {
         let name = self.stored_names.get(&key)?;
         Some(self.store.as_ref()?.info(name)?.dtype)
-    }
-}
-
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Checkpoint input/output: memory-mapped safetensors, atomic writers, the `Checkpoint` type.
 
 pub mod atomic;
+pub mod capacity;
 pub mod checkpoint;
+pub mod lock;
+pub mod output;
 pub mod store;
 pub mod tensor_file;
 

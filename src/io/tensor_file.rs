@@ -65,10 +65,12 @@ pub fn write_safetensors(
     tensors: Vec<(String, RawTensor)>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    safetensors::tensor::serialize_to_file(tensors, Some(metadata), path).map_err(|e| {
-        Error::Safetensors {
+    safetensors::tensor::serialize_to_file(tensors, Some(metadata), path).map_err(|e| match e {
+        // A write failure (e.g. no space left on device) is reported as what it is.
+        safetensors::SafeTensorError::IoError(source) => Error::io(path, source),
+        other => Error::Safetensors {
             path: path.to_path_buf(),
-            msg: e.to_string(),
-        }
+            msg: other.to_string(),
+        },
     })
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use crate::data::labels::UnknownLabels;
-use crate::data::{read_dataset, Example, LabelSet, ReadOptions};
+use crate::data::{read_dataset, Example, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::{collate, for_each_word, BatchData, Prepared};
 use crate::infer::load_model;
@@ -231,7 +231,7 @@ fn teacher_logits(
         "logits".to_string(),
         RawTensor::f32(vec![rows, classes], &logits.values),
     )];
-    crate::io::atomic::write_file(&file, true, |tmp| {
+    crate::io::atomic::replace_file(&file, |tmp| {
         write_safetensors(tmp, tensors, Default::default())
     })?;
     Ok((logits, false))
@@ -288,14 +288,15 @@ pub fn distill(
             "--alpha must be in [0, 1] and --temperature positive".into(),
         ));
     }
+    let mut read = data.paths();
+    read.extend([student_dir, teacher_dir]);
+    read.extend(distill.cache_teacher.as_deref());
+    let run = options.open(out, &read)?;
     let device = Device::Cpu;
     let teacher_ckpt = Checkpoint::open(teacher_dir)?;
     let teacher_labels = teacher_ckpt.require_labels()?;
     let labels = LabelSet::new(teacher_labels.clone())?;
-    let read = ReadOptions {
-        iob1_to_iob2: data.iob1,
-        tag_names: None,
-    };
+    let read = data.read_options();
     let mut train_data = read_dataset(&data.train, &read)?;
     if let Some(n) = spec.max_train_sentences {
         train_data.sentences.truncate(n);
@@ -525,7 +526,7 @@ pub fn distill(
         }
         Ok((total.to_dtype(DType::F32)?, out))
     };
-    train_loop(inputs, out, options, &mut loss)
+    train_loop(inputs, run, options.stop_after, &mut loss)
 }
 
 #[cfg(test)]

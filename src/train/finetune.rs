@@ -22,7 +22,7 @@ use crate::rng::Rng;
 use crate::tokenize::WordTokenizer;
 use crate::train::loss::{cross_entropy, scored_positions};
 use crate::train::optim::{AdamW, AdamWConfig, OptParam};
-use crate::train::run_dir::{fnv1a, git_commit, restore_optimizer, Progress, RunDir};
+use crate::train::run_dir::{fnv1a, git_commit, restore_optimizer, Progress, Resume, RunDir};
 use crate::train::schedule::{learning_rate, Decay};
 
 /// Hyper-parameters of a training run (also the option names of the CLI).
@@ -132,6 +132,28 @@ pub struct DataSpec {
     /// Replace a classifier whose labels disagree with the training data.
     #[arg(long)]
     pub reinit_classifier: bool,
+    /// Label names for JSONL files whose `ner_tags` are integers, in id order (e.g. the
+    /// dataset's `ClassLabel` names: O,B-PER,I-PER,…).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_names: Vec<String>,
+}
+
+impl DataSpec {
+    /// The data files a run reads.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![self.train.as_path(), self.dev.as_path()];
+        paths.extend(self.test.as_deref());
+        paths
+    }
+
+    /// How the data files are read.
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            iob1_to_iob2: self.iob1,
+            tag_names: (!self.tag_names.is_empty()).then(|| self.tag_names.clone()),
+        }
+    }
 }
 
 fn parse_unknown(s: &str) -> std::result::Result<UnknownLabels, String> {
@@ -159,12 +181,20 @@ mod unknown_serde {
 /// How a run treats its folder, independent of the hyper-parameters (not part of the spec hash).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
-    /// Continue from `out/last` when it exists.
-    pub resume: bool,
+    /// Whether to continue from `out/last`.
+    pub resume: Resume,
     /// Replace an existing run folder.
     pub force: bool,
     /// Stop (as if interrupted) after this many optimizer steps; `--resume` continues.
     pub stop_after: Option<usize>,
+}
+
+impl RunOptions {
+    /// Opens and locks the run folder before any data is read or computed, so a refused output
+    /// or a concurrent run fails at once. `inputs` are the files and folders the run reads.
+    pub fn open(&self, out: &Path, inputs: &[&Path]) -> Result<RunDir> {
+        RunDir::open(out, inputs, self.resume, self.force)
+    }
 }
 
 /// What a finished run reports.
@@ -239,10 +269,7 @@ pub struct PreparedRun {
 /// needed) and tokenises every split.
 pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Result<PreparedRun> {
     spec.validate()?;
-    let read_options = ReadOptions {
-        iob1_to_iob2: data.iob1,
-        tag_names: None,
-    };
+    let read_options = data.read_options();
     let mut train_data = read_dataset(&data.train, &read_options)?;
     if let Some(n) = spec.max_train_sentences {
         train_data.sentences.truncate(n);
@@ -306,6 +333,9 @@ pub fn finetune(
     out: &Path,
     options: RunOptions,
 ) -> Result<TrainOutcome> {
+    let mut read = data.paths();
+    read.push(input);
+    let run = options.open(out, &read)?;
     let prepared = finetune_inputs(input, data, spec)?;
     let provenance = serde_json::json!({
         "input": input,
@@ -337,14 +367,14 @@ pub fn finetune(
             .ok_or_else(|| Error::Spec("the model has no classifier".into()))?;
         Ok((cross_entropy(logits, &pos, &tgt)?, out))
     };
-    train_loop(inputs, out, options, &mut loss)
+    train_loop(inputs, run, options.stop_after, &mut loss)
 }
 
 /// The training loop shared by every loss.
 pub fn train_loop(
     inputs: LoopInputs,
-    out: &Path,
-    options: RunOptions,
+    run: RunDir,
+    stop_after: Option<usize>,
     loss_fn: &mut LossFn,
 ) -> Result<TrainOutcome> {
     let started = Instant::now();
@@ -352,12 +382,8 @@ pub fn train_loop(
     let device = Device::Cpu;
     let spec_json = serde_json::to_value(spec).expect("spec serialises");
     let spec_hash = fnv1a(spec_json.to_string().as_bytes());
-    let run = RunDir::open(out, options.resume, options.force)?;
-    let resumed = if options.resume {
-        run.load_last()?
-    } else {
-        None
-    };
+    let out = run.path.clone();
+    let resumed = if run.resuming { run.load_last()? } else { None };
     let (mut ckpt, mut progress, optimizer_state) = match resumed {
         Some((ckpt, progress, store)) => {
             if progress.spec_hash != spec_hash {
@@ -431,6 +457,7 @@ pub fn train_loop(
     let padding =
         bucket_batches(&lengths, spec.batch_size, Some(&mut Rng::new(spec.seed))).padding_ratio;
 
+    require_resources(&run, &ckpt, spec, params_count)?;
     let history = |ckpt: &Checkpoint| {
         let mut h = history_before.clone();
         h.push(HistoryEntry {
@@ -497,6 +524,12 @@ pub fn train_loop(
     let (mut all_tokens, mut train_seconds) = (0usize, 0f64);
     let mut accumulated = 0usize;
     let mut last_eval_step = usize::MAX;
+    if !run.resuming {
+        // The starting point is evaluated and kept as best/, so a recovery run never ends
+        // with a best/ worse on dev than the model it started from.
+        checkpoint(&mut ckpt, &mut progress, &optimizer)?;
+        last_eval_step = 0;
+    }
     'epochs: while progress.step < total_steps {
         let mut plan_rng = Rng::new(spec.seed ^ (0x5151 + progress.epoch as u64 * 7919));
         let plan = bucket_batches(&lengths, spec.batch_size, Some(&mut plan_rng));
@@ -518,13 +551,9 @@ pub fn train_loop(
             )?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
-                return Err(Error::Spec(format!(
-                    "loss became {loss_value} at step {} (lr {:.2e}); stopped. The last good state is in {}{}",
-                    progress.step,
-                    learning_rate(spec.lr, progress.step, warmup, total_steps, spec.decay),
-                    run.last().display(),
-                    if run.last().exists() { "" } else { " (none saved yet)" }
-                )));
+                return Err(diverged(&run, &progress, loss_value, |step| {
+                    learning_rate(spec.lr, step, warmup, total_steps, spec.decay)
+                }));
             }
             let grads = loss.backward()?;
             optimizer.accumulate(&grads)?;
@@ -595,7 +624,7 @@ pub fn train_loop(
             if progress.step >= total_steps {
                 break 'epochs;
             }
-            if options.stop_after.is_some_and(|n| progress.step >= n) {
+            if stop_after.is_some_and(|n| progress.step >= n) {
                 if last_eval_step != progress.step {
                     params.store_into(&mut ckpt)?;
                     run.save_last(&ckpt, history(&ckpt), &optimizer, &progress)?;
@@ -692,6 +721,63 @@ fn eval_and_checkpoint(
         ckpt.save(&run.best(), true, history(ckpt))?;
     }
     run.save_last(ckpt, history(ckpt), optimizer, progress)
+}
+
+/// The error of a run whose loss became NaN or infinite: which step, the learning rate of the
+/// update that led there, and what was saved.
+fn diverged(
+    run: &RunDir,
+    progress: &Progress,
+    loss: f64,
+    lr_of_step: impl Fn(usize) -> f64,
+) -> Error {
+    let cause = match progress.step {
+        0 => "before any update (check the data and the starting checkpoint)".to_string(),
+        s => format!(
+            "after the update of step {s} at lr {:.2e}",
+            lr_of_step(s - 1)
+        ),
+    };
+    let saved = std::fs::read_to_string(run.last().join("state/progress.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Progress>(&t).ok());
+    let state = match saved {
+        Some(p) => format!(
+            "the last saved state (step {}) is in {}",
+            p.step,
+            run.last().display()
+        ),
+        None => "no state was saved yet".to_string(),
+    };
+    Error::Diverged(format!(
+        "{}: loss became {loss} in step {} ({cause}); stopped, {state}. Start a new run with a lower --lr or --max-grad-norm",
+        run.path.display(),
+        progress.step + 1
+    ))
+}
+
+/// Refuses a run the machine cannot hold before any compute: memory for the weights, gradients
+/// and AdamW moments (plus a floor for activations), and disk for best/ and last/ (weights and
+/// optimizer moments, each also staged once while it is replaced).
+fn require_resources(run: &RunDir, ckpt: &Checkpoint, spec: &TrainSpec, params: u64) -> Result<()> {
+    let arch = &ckpt.arch;
+    let activations = (spec.batch_size * spec.max_len.min(arch.max_positions)) as u64
+        * (arch.hidden * arch.num_layers().max(1)) as u64
+        * 4
+        * 8;
+    crate::io::capacity::require_memory(
+        &format!(
+            "training {} parameters at batch size {}",
+            crate::budget::group(params),
+            spec.batch_size
+        ),
+        params.saturating_mul(16).saturating_add(activations),
+    )?;
+    crate::io::capacity::require_disk(
+        &run.path,
+        "the run's checkpoints (best/, last/ with optimizer state)",
+        params.saturating_mul(32),
+    )
 }
 
 fn format_duration(seconds: f64) -> String {

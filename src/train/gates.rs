@@ -64,7 +64,7 @@ pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
         gates: gates.values()?,
     };
     let text = serde_json::to_string_pretty(&file).expect("json");
-    crate::io::atomic::write_file(path, true, |tmp| {
+    crate::io::atomic::replace_file(path, |tmp| {
         std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
     })
 }
@@ -81,6 +81,9 @@ pub fn train_gates(
     if gates.l0.is_some_and(|l| l < 0.0) {
         return Err(Error::Spec("--l0 must be non-negative".into()));
     }
+    let mut read = data.paths();
+    read.push(input);
+    let run = options.open(out, &read)?;
     let prepared = finetune_inputs(input, data, spec)?;
     let arch = &prepared.ckpt.arch;
     let heads: Vec<usize> = arch
@@ -145,7 +148,7 @@ pub fn train_gates(
         let total = (task + (open * lambda.get())?)?;
         Ok((total, out))
     };
-    train_loop(inputs, out, options, &mut loss)
+    train_loop(inputs, run, options.stop_after, &mut loss)
 }
 
 /// An SVG of gate trajectories (one line per head, coloured by layer) from `metrics.jsonl`.

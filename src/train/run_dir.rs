@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::arch::HistoryEntry;
 use crate::error::{Error, Result};
 use crate::io::atomic::AtomicDir;
+use crate::io::lock::FolderLock;
+use crate::io::output::{check_no_overlap, check_output, is_tool_output};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
 use crate::rng::Rng;
@@ -32,8 +34,35 @@ pub struct Progress {
     pub spec_hash: String,
 }
 
+/// An open run folder, locked for as long as this value lives.
 pub struct RunDir {
     pub path: PathBuf,
+    /// True when the folder holds a run to continue (`last/` is there).
+    pub resuming: bool,
+    /// Created by this run and nothing recorded in it yet: removed again if the run fails
+    /// before it writes `run.json` (bad data, too little memory), so a rerun is not refused.
+    provisional: std::cell::Cell<bool>,
+    _lock: FolderLock,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.provisional.get() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Whether a run continues what its folder holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// A new run: the folder must not exist (or, with `--force`, be a run this tool wrote).
+    #[default]
+    No,
+    /// `--resume`: the folder must hold a resumable run.
+    Required,
+    /// The recipe runner: continue when the folder holds a resumable run, else start in it.
+    IfPresent,
 }
 
 /// FNV-1a 64-bit: a fast, dependency-free content hash for provenance (not for security).
@@ -58,20 +87,56 @@ pub fn git_commit() -> String {
 }
 
 impl RunDir {
-    /// Opens a run folder: a new one (must not exist unless `force`), or an existing one when
-    /// resuming.
-    pub fn open(path: &Path, resume: bool, force: bool) -> Result<Self> {
-        if path.exists() && !resume {
-            if !force {
-                return Err(Error::OutputExists {
+    /// Opens and locks a run folder. It never overlaps an input; an existing folder is replaced
+    /// (`force`) or continued (`resume`) only when it is a run this tool wrote.
+    pub fn open(path: &Path, inputs: &[&Path], resume: Resume, force: bool) -> Result<Self> {
+        check_no_overlap(path, inputs)?;
+        let existed = path.symlink_metadata().is_ok();
+        match resume {
+            Resume::Required if !path.is_dir() => {
+                return Err(Error::NothingToResume {
                     path: path.to_path_buf(),
-                });
+                    why: "no such run folder".into(),
+                })
             }
-            std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+            Resume::No if existed => check_output(path, &[], force)?,
+            _ if existed && !is_tool_output(path) => {
+                return Err(Error::NotOurs {
+                    path: path.to_path_buf(),
+                })
+            }
+            _ => {}
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+        let lock = FolderLock::acquire(path)?;
+        // Under the lock: what the folder holds now decides.
+        recover_last(path)?;
+        let resumable =
+            path.join("run.json").is_file() && path.join("last/state/progress.json").is_file();
+        let resuming = match resume {
+            Resume::Required if !resumable => {
+                return Err(Error::NothingToResume {
+                    path: path.to_path_buf(),
+                    why: "it holds no last/ checkpoint; start the run again with --force".into(),
+                })
+            }
+            Resume::Required => true,
+            Resume::IfPresent if resumable => true,
+            Resume::No if !force && path.join("run.json").exists() => {
+                return Err(Error::OutputExists {
+                    path: path.to_path_buf(),
+                })
+            }
+            _ => {
+                clear_run(path)?;
+                false
+            }
+        };
         Ok(RunDir {
             path: path.to_path_buf(),
+            resuming,
+            provisional: std::cell::Cell::new(!existed),
+            _lock: lock,
         })
     }
 
@@ -87,7 +152,8 @@ impl RunDir {
     pub fn write_run_json(&self, value: &serde_json::Value) -> Result<()> {
         let path = self.path.join("run.json");
         let text = serde_json::to_string_pretty(value).expect("json");
-        crate::io::atomic::write_file(&path, true, |tmp| {
+        self.provisional.set(false);
+        crate::io::atomic::replace_file(&path, |tmp| {
             std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
         })
     }
@@ -171,6 +237,44 @@ impl RunDir {
         let store = TensorStore::open_files(&[last.join("state/optimizer.safetensors")])?;
         Ok(Some((ckpt, progress, store)))
     }
+}
+
+/// A kill between the two renames of [`RunDir::save_last`] leaves the complete state in
+/// `last.old` and no `last/`: put it back. Otherwise `last.old` and `last.staging` are leftovers.
+fn recover_last(run: &Path) -> Result<()> {
+    let (last, old, staging) = (
+        run.join("last"),
+        run.join("last.old"),
+        run.join("last.staging"),
+    );
+    if !last.exists() && old.join("state/progress.json").is_file() {
+        std::fs::rename(&old, &last).map_err(|e| Error::io(&old, e))?;
+    }
+    for leftover in [old, staging] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover).map_err(|e| Error::io(&leftover, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties a run folder for a new run, keeping hidden files (the lock, markers).
+fn clear_run(run: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(run).map_err(|e| Error::io(run, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(run, e))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Restores optimizer moments saved by [`RunDir::save_last`].
