@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use crate::arch::{Arch, BertConfig, Key, Layout, LinearPart, NormPart};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 
 /// Builds a checkpoint of the structure `config` describes with HF-style random weights.
 /// `std` is the weight standard deviation (HF: `initializer_range`, 0.02).

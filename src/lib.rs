@@ -18,12 +18,12 @@ pub mod predict;
 pub mod quickstart;
 pub mod recipe;
 pub mod report;
-pub mod rng;
 pub mod score;
 pub mod student;
 pub mod surgery;
 pub mod synthetic;
 pub mod tokenize;
 pub mod train;
+pub mod util;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! The `surgery` binary: parse the command line, run it, print the error chain on failure.
-//! Exit codes: 0 ok, 1 internal failure, 2 user error (bad path, input or option), 3 over budget.
+//! Exit statuses: `surgery::util::exit::ExitStatus` (0 ok, 1 failure, 2 user error, 3 over budget).
 
 use std::process::ExitCode;
 
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                 message.push_str(&format!(": {cause}"));
             }
             eprintln!("{message}");
-            ExitCode::from(cli::exit_code(&err))
+            cli::exit_status(&err).into()
         }
     }
 }

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::train::run_dir::fnv1a;
+use crate::util::hash::fnv1a;
 
 /// The commands a step can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -618,25 +618,17 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|c| {
             // A shortening (`eval` for `evaluate`) counts as close.
             let prefix = c.len() >= 3 && (word.starts_with(c) || c.starts_with(word));
-            (if prefix { 1 } else { edit_distance(word, c) }, c)
+            (
+                if prefix {
+                    1
+                } else {
+                    strsim::levenshtein(word, c)
+                },
+                c,
+            )
         })
         .filter(|(d, c)| *d <= (c.len() / 3).max(2))
         .min()
         .map(|(_, c)| format!(" (did you mean `{c}`?)"))
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::data::{Dataset, Sentence};
 use crate::error::{Error, Result};
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 
 const FIRST: &[&str] = &[
     "Anna", "Peter", "Maria", "John", "Li", "Fatima", "Carlos", "Yuki", "Olga", "Ahmed", "Grace",

@@ -6,6 +6,7 @@ mod checkpoint_io;
 mod data;
 mod distill;
 mod fuzz;
+mod golden;
 mod heads;
 mod metrics;
 mod model;

@@ -12,7 +12,7 @@ use surgery::arch::{
 use surgery::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
 use surgery::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
-use surgery::rng::Rng;
+use surgery::util::rng::Rng;
 
 use crate::util::{max_abs_diff, tiny_checkpoint, tiny_config};
 

@@ -371,3 +371,67 @@ fn the_quickstart_runs_end_to_end() {
         r.stdout
     );
 }
+
+#[test]
+fn run_json_records_the_binarys_own_commit_and_dependency_versions() {
+    let s = setup(32);
+    // Run from inside another git repository: its commit must not be the one recorded.
+    let other = s.dir.path().join("other-repo");
+    std::fs::create_dir(&other).unwrap();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(&other)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let other_head = git(&["init", "-q"])
+        .and_then(|_| {
+            git(&[
+                "-c",
+                "user.email=a@b",
+                "-c",
+                "user.name=a",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                "x",
+            ])
+        })
+        .and_then(|_| git(&["rev-parse", "HEAD"]));
+    let out = s.dir.path().join("run");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_surgery"))
+        .args([
+            "train",
+            "finetune",
+            s.model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args([
+            "--train",
+            s.data.train.to_str().unwrap(),
+            "--dev",
+            s.data.dev.to_str().unwrap(),
+        ])
+        .args(["--max-steps", "1"])
+        .current_dir(&other)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["git_commit"], surgery::util::build_info::GIT_COMMIT);
+    if let Some(head) = other_head {
+        assert_ne!(run["git_commit"].as_str(), Some(head.as_str()));
+    }
+    let candle = run["dependencies"]["candle-core"].as_str().unwrap();
+    assert!(candle.starts_with("0."), "{candle}");
+}

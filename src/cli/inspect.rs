@@ -9,6 +9,7 @@ use serde::Serialize;
 use surgery::arch::{EmbeddingKind, HistoryEntry};
 use surgery::budget::{group, parse_count, Budget};
 use surgery::io::Checkpoint;
+use surgery::util::exit::ExitStatus;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -109,7 +110,7 @@ fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
             group(limit),
             group(unique - limit)
         );
-        return ExitCode::from(3);
+        return ExitStatus::OverBudget.into();
     }
     if !quiet {
         println!(

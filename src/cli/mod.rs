@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use surgery::io::Checkpoint;
+use surgery::util::exit::ExitStatus;
 
 #[derive(Parser)]
 #[command(name = "surgery", version, about = "Make BERT-style NER models small")]
@@ -149,15 +150,9 @@ fn open(path: &std::path::Path) -> anyhow::Result<Checkpoint> {
     Ok(Checkpoint::open(path)?)
 }
 
-/// 2 for errors caused by the user's input, 1 for internal failures.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let user = err
-        .chain()
+/// The exit status of a failed command: the library error's own, or 1 for anything else.
+pub fn exit_status(err: &anyhow::Error) -> ExitStatus {
+    err.chain()
         .find_map(|e| e.downcast_ref::<surgery::Error>())
-        .is_some_and(|e| e.is_user_error());
-    if user {
-        2
-    } else {
-        1
-    }
+        .map_or(ExitStatus::Failure, |e| e.exit_status())
 }

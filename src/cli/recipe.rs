@@ -16,6 +16,7 @@ use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
 use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
+use surgery::util::exit::ExitStatus;
 
 use super::{Cli, Command};
 
@@ -347,7 +348,7 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         archs.push(after);
     }
     Ok(if over_budget {
-        ExitCode::from(3)
+        ExitStatus::OverBudget.into()
     } else {
         ExitCode::SUCCESS
     })
@@ -457,7 +458,7 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
         let failure = match result {
             Ok(code) if code == ExitCode::SUCCESS => None,
             Ok(code) => Some((code, None)),
-            Err(e) => Some((ExitCode::from(super::exit_code(&e)), Some(e))),
+            Err(e) => Some((super::exit_status(&e).into(), Some(e))),
         };
         if let Some((code, err)) = failure {
             if dir.exists() {

@@ -1,7 +1,7 @@
 //! Length-bucketed batches: examples of similar length go together so little compute is spent on
 //! padding (random batches of CoNLL waste ~60% of it); the order of batches is shuffled.
 
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 
 /// Batches as lists of example indices, and how much of the padded compute is padding.
 #[derive(Debug, Clone)]

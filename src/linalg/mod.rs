@@ -128,7 +128,7 @@ fn gram_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
+    use crate::util::rng::Rng;
 
     fn random(m: usize, n: usize, seed: u64) -> Mat<f64> {
         let mut rng = Rng::new(seed);

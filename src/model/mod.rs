@@ -13,7 +13,7 @@ use crate::arch::{
     Activation, Arch, EmbeddingKind, Key, LayerNormSlot, LinearKind, LinearPart, LinearSlot,
     NormPart,
 };
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 pub use params::Params;
 
 /// Eval (deterministic) or training (dropout masks drawn from the given generator).

@@ -1,6 +1,7 @@
-//! Fused CPU ops with their own backward passes. candle's `LayerNorm` and `softmax_last_dim` have
-//! no backward and silently drop gradients (see CANDLE-NOTES.md); these replace them and are
-//! checked against composite candle ops (which do have gradients) in the tests below.
+//! Fused CPU ops with their own backward passes. candle's fused `LayerNorm` and
+//! `softmax_last_dim` are custom ops without a backward, so gradients through them are silently
+//! dropped (the test that every parameter gets a gradient fails with them); these replace them and
+//! are checked against composite candle ops (which do have gradients) in the tests below.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -242,7 +243,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        let mut rng = crate::rng::Rng::new(seed);
+        let mut rng = crate::util::rng::Rng::new(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

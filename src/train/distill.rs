@@ -23,7 +23,7 @@ use crate::train::finetune::{
     ensure_classifier, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
 };
 use crate::train::loss::{cross_entropy, scored_positions};
-use crate::train::run_dir::fnv1a;
+use crate::util::hash::fnv1a;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -409,7 +409,7 @@ pub fn distill(
             }
         }
         if student.arch.hidden != teacher_ckpt.arch.hidden {
-            let mut rng = crate::rng::Rng::new(spec.seed ^ 0xD15);
+            let mut rng = crate::util::rng::Rng::new(spec.seed ^ 0xD15);
             let (ht, hs) = (teacher_ckpt.arch.hidden, student.arch.hidden);
             let w: Vec<f32> = (0..ht * hs).map(|_| rng.normal() * 0.02).collect();
             let var = Var::from_tensor(&Tensor::from_vec(w, (ht, hs), &device)?)?;

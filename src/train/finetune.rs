@@ -18,12 +18,14 @@ use crate::eval::{collate, evaluate_model, BatchData, Prepared};
 use crate::io::Checkpoint;
 use crate::metrics::Mode as MetricMode;
 use crate::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
-use crate::rng::Rng;
 use crate::tokenize::WordTokenizer;
 use crate::train::loss::{cross_entropy, scored_positions};
 use crate::train::optim::{AdamW, AdamWConfig, OptParam};
-use crate::train::run_dir::{fnv1a, git_commit, restore_optimizer, Progress, Resume, RunDir};
+use crate::train::run_dir::{restore_optimizer, Progress, Resume, RunDir};
 use crate::train::schedule::{learning_rate, Decay};
+use crate::util::build_info;
+use crate::util::hash::fnv1a;
+use crate::util::rng::Rng;
 
 /// Hyper-parameters of a training run (also the option names of the CLI).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
@@ -473,9 +475,9 @@ pub fn train_loop(
         "spec": spec,
         "spec_hash": spec_hash,
         "labels": inputs.labels.labels(),
-        "surgery_version": env!("CARGO_PKG_VERSION"),
-        "candle_version": "0.11",
-        "git_commit": git_commit(),
+        "surgery_version": build_info::VERSION,
+        "dependencies": build_info::dependencies(),
+        "git_commit": build_info::GIT_COMMIT,
         "command": std::env::args().collect::<Vec<_>>(),
         "unique_parameters": params_count,
         "train_examples": lengths.len(),

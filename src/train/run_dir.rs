@@ -16,8 +16,8 @@ use crate::io::lock::FolderLock;
 use crate::io::output::{check_no_overlap, check_output, is_tool_output};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
-use crate::rng::Rng;
 use crate::train::optim::AdamW;
+use crate::util::rng::Rng;
 
 /// Where the loop stands; saved with `last/` so a run resumes exactly.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,27 +63,6 @@ pub enum Resume {
     Required,
     /// The recipe runner: continue when the folder holds a resumable run, else start in it.
     IfPresent,
-}
-
-/// FNV-1a 64-bit: a fast, dependency-free content hash for provenance (not for security).
-pub fn fnv1a(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// The git commit of the working directory, or "unknown".
-pub fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 impl RunDir {

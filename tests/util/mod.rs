@@ -34,7 +34,7 @@ pub fn tiny_checkpoint(config: BertConfig, layout: Layout, seed: u64) -> Checkpo
 }
 
 fn perturb_norms(ckpt: &mut Checkpoint, seed: u64) {
-    let mut rng = surgery::rng::Rng::new(seed + 1000);
+    let mut rng = surgery::util::rng::Rng::new(seed + 1000);
     for (key, shape) in ckpt.arch.expected_tensors() {
         let is_norm = matches!(
             key,
@@ -111,7 +111,7 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// A random normal tensor (std 1) on the CPU.
 pub fn random_tensor(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = surgery::rng::Rng::new(seed);
+    let mut rng = surgery::util::rng::Rng::new(seed);
     let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
