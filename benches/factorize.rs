@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use surgery::arch::{BertConfig, Layout};
-use surgery::generate::random_checkpoint;
+use surgery::model::generate::random_checkpoint;
 use surgery::surgery::factorize_embeddings::{apply, Spec};
 
 fn main() {

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use surgery::arch::Layout;
-use surgery::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
+use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("surgery-bench-inspect-{}", std::process::id()));

@@ -1,29 +1,25 @@
 //! surgery: make BERT-style NER models small. Reads Hugging Face checkpoint folders, cuts them
 //! with independent surgeries, counts their parameter budget, and runs them with candle.
+//!
+//! The modules are layers; each imports only the ones listed before it:
+//! `util` → `arch` → `io` → `budget` → `data` → `metrics` → `model` → `eval` →
+//! (`train`, `surgery`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
+
+pub mod error;
+pub mod util;
 
 pub mod arch;
-pub mod budget;
-pub mod calibrate;
-pub mod data;
-pub mod error;
-pub mod eval;
-pub mod generate;
-pub mod infer;
 pub mod io;
-pub mod linalg;
+
+pub mod budget;
+pub mod data;
 pub mod metrics;
 pub mod model;
-pub mod plot;
-pub mod predict;
-pub mod quickstart;
-pub mod recipe;
-pub mod report;
-pub mod score;
-pub mod student;
+
+pub mod eval;
 pub mod surgery;
-pub mod synthetic;
-pub mod tokenize;
 pub mod train;
-pub mod util;
+
+pub mod pipeline;
 
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use surgery::arch::{Arch, Layout};
 use surgery::budget::Budget;
-use surgery::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
+use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 
 use crate::util::{minilm, surgery, tempdir, tiny_checkpoint, tiny_config};
 

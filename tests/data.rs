@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use surgery::data::labels::UnknownLabels;
+use surgery::data::tokenize::WordTokenizer;
 use surgery::data::{encode_dataset, read_dataset, Alignment, LabelSet, ReadOptions};
-use surgery::tokenize::WordTokenizer;
 
 use crate::util::{repo, tempdir};
 

@@ -1,7 +1,7 @@
 //! Distillation, students and plans on tiny synthetic data.
 
 use surgery::io::Checkpoint;
-use surgery::student::{init_student, plan, Shape};
+use surgery::model::student::{init_student, plan, Shape};
 use surgery::train::distill::{distill, DistillSpec};
 use surgery::train::finetune::{finetune, RunOptions};
 
@@ -202,7 +202,8 @@ fn students_with_other_labels_are_refused_naming_both() {
     let s = setup(100);
     let (teacher, _) = teacher_and_student(&s, small());
     let mut other = Checkpoint::open(&s.model).unwrap();
-    surgery::generate::attach_classifier(&mut other, &["O".into(), "B-X".into()], 0.02, 1).unwrap();
+    surgery::model::generate::attach_classifier(&mut other, &["O".into(), "B-X".into()], 0.02, 1)
+        .unwrap();
     let path = s.dir.path().join("other");
     other.save(&path, false, vec![]).unwrap();
     let err = distill(

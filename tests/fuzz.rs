@@ -127,15 +127,15 @@ proptest! {
     #[test]
     fn score_reader(bytes in input(SCORES)) {
         timed("s.txt", &bytes, |p| {
-            let _ = surgery::score::score_file(p, surgery::metrics::Mode::Default);
-            let _ = surgery::score::score_file(p, surgery::metrics::Mode::StrictIob2);
+            let _ = surgery::eval::score::score_file(p, surgery::metrics::Mode::Default);
+            let _ = surgery::eval::score::score_file(p, surgery::metrics::Mode::StrictIob2);
         });
     }
 
     #[test]
     fn recipe_reader(bytes in input(RECIPE)) {
         timed("r.toml", &bytes, |p| {
-            let _ = surgery::recipe::Recipe::load(p, &[]);
+            let _ = surgery::pipeline::recipe::Recipe::load(p, &[]);
         });
     }
 }
@@ -221,7 +221,7 @@ fn recipe_variables_that_double_each_other_are_refused() {
     let dir = tempdir();
     let path = dir.path().join("r.toml");
     std::fs::write(&path, text).unwrap();
-    let err = surgery::recipe::Recipe::load(&path, &[]).unwrap_err();
+    let err = surgery::pipeline::recipe::Recipe::load(&path, &[]).unwrap_err();
     assert!(err.to_string().contains("expands to more than"), "{err}");
     assert!(t0.elapsed() < LIMIT);
 }

@@ -3,7 +3,8 @@
 use candle_core::Device;
 use surgery::arch::Layout;
 use surgery::io::Checkpoint;
-use surgery::surgery::remove_heads::{apply, GatesFile, Ranking, Spec};
+use surgery::model::gates::GatesFile;
+use surgery::surgery::remove_heads::{apply, Ranking, Spec};
 
 use crate::util::{max_abs_diff, tempdir, tiny_checkpoint, tiny_config};
 
@@ -23,8 +24,8 @@ fn spec() -> Spec {
 fn logits(ckpt: &Checkpoint, gates: Option<&[candle_core::Tensor]>) -> candle_core::Tensor {
     let ids = vec![vec![2, 10, 20, 30, 40, 50, 3], vec![2, 11, 21, 3, 0, 0, 0]];
     let mask = vec![vec![1; 7], vec![1, 1, 1, 1, 0, 0, 0]];
-    let batch = surgery::infer::make_batch(&ids, &mask, &Device::Cpu).unwrap();
-    let model = surgery::infer::load_model(ckpt, &Device::Cpu).unwrap();
+    let batch = surgery::eval::infer::make_batch(&ids, &mask, &Device::Cpu).unwrap();
+    let model = surgery::eval::infer::load_model(ckpt, &Device::Cpu).unwrap();
     model
         .forward_gated(
             &batch,

@@ -9,7 +9,7 @@ use surgery::arch::{
     EmbeddingKind, Key, LayerInfo, Layout, LinearKind, LinearPart, LinearSlot, SparsePattern,
     SurgeryInfo,
 };
-use surgery::infer::{load_model, make_batch};
+use surgery::eval::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
 use surgery::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
 use surgery::util::rng::Rng;

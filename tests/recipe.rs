@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use surgery::arch::Layout;
 use surgery::budget::Budget;
-use surgery::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 use surgery::io::Checkpoint;
+use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 use surgery::surgery::{
     drop_layers, factorize_embeddings, lowrank_layers, remove_heads, sparsegpt, tie_layers, Planned,
 };
@@ -285,9 +285,9 @@ fn bert_base_setup(dir: &Path) -> (PathBuf, PathBuf) {
     let data = dir.join("conll");
     std::fs::create_dir_all(&data).unwrap();
     for (name, seed) in [("train", 1), ("valid", 2), ("test", 3)] {
-        surgery::synthetic::write_conll(
+        surgery::data::synthetic::write_conll(
             &data.join(format!("{name}.txt")),
-            &surgery::synthetic::sentences(200, seed, false),
+            &surgery::data::synthetic::sentences(200, seed, false),
         )
         .unwrap();
     }
@@ -349,7 +349,7 @@ fn the_shipped_minilm_recipe_is_valid() {
 #[test]
 fn the_quickstart_recipe_is_the_embedded_one() {
     let text = std::fs::read_to_string(repo().join("recipes/quickstart.toml")).unwrap();
-    assert_eq!(text, surgery::quickstart::RECIPE);
+    assert_eq!(text, surgery::pipeline::quickstart::RECIPE);
 }
 
 /// For every surgery, the structure predicted without tensors is the structure it produces.
@@ -468,4 +468,83 @@ fn each_surgery_plan_matches_what_it_does() {
     };
     let planned = sparsegpt::plan(&ckpt.arch, &sparse).unwrap();
     assert_eq!(budget(&planned), budget(&ckpt.arch));
+}
+
+/// Every surgery in the registry, run with its declared example options: the plan made without
+/// tensors is what `apply` produces, the CLI offers it, and a recipe accepts it as a kind.
+#[test]
+fn every_registered_surgery_plans_what_it_applies() {
+    use clap::Parser;
+    use surgery::surgery::registry::{SurgeryCommand, EXAMPLES, NAMES};
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        command: SurgeryCommand,
+    }
+    let dir = tempdir();
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 3);
+    let input = crate::util::save(&ckpt, dir.path(), "in");
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(
+        &calib,
+        "John B-PER\nlives O\nin O\nParis B-LOC\n\nthe O\ncat O\n",
+    )
+    .unwrap();
+    let help = surgery(&["--help"]).stdout;
+    assert_eq!(EXAMPLES.len(), NAMES.len());
+    for (name, example) in EXAMPLES {
+        let mut argv = vec!["x".to_string(), name.to_string()];
+        argv.push(input.display().to_string());
+        argv.push(dir.path().join(name).display().to_string());
+        argv.extend(
+            example
+                .iter()
+                .map(|a| a.replace("{calib}", &calib.display().to_string())),
+        );
+        let command = Wrapper::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .command;
+        assert_eq!(command.name(), *name);
+        let input = Checkpoint::open(&input).unwrap();
+        let outcome = command
+            .apply(&input)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.entry.op, *name);
+        if let Planned::Exact(planned) = command.plan(&input.arch).unwrap() {
+            let real = &outcome.checkpoint.arch;
+            assert_eq!(
+                Budget::of_arch(&planned).unique,
+                Budget::of_arch(real).unique,
+                "{name}"
+            );
+            assert_eq!(planned.layer_map, real.layer_map, "{name}");
+            assert_eq!(planned.layers, real.layers, "{name}");
+            assert_eq!(planned.embeddings, real.embeddings, "{name}");
+        }
+        assert!(help.contains(name), "`surgery --help` lists {name}");
+        let recipe = dir.path().join(format!("{name}.toml"));
+        let options: Vec<String> = example
+            .chunks(2)
+            .map(|kv| {
+                format!(
+                    "{} = \"{}\"",
+                    kv[0].trim_start_matches("--"),
+                    kv.get(1).map_or("true".into(), |v| v
+                        .replace("{calib}", &calib.display().to_string()))
+                )
+            })
+            .collect();
+        std::fs::write(
+            &recipe,
+            format!(
+                "[[step]]\nkind = \"{name}\"\ninput = \"{}\"\n{}\n",
+                dir.path().join("in").display(),
+                options.join("\n")
+            ),
+        )
+        .unwrap();
+        surgery::pipeline::recipe::Recipe::load(&recipe, &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use surgery::arch::{EmbeddingKind, Key, Layout};
-use surgery::infer::{load_model, make_batch};
+use surgery::eval::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
 use surgery::model::{Mode, Outputs};
 use surgery::surgery::{drop_layers, factorize_embeddings, move_to_layer, tie_layers};
@@ -335,9 +335,10 @@ fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
     assert_ne!(ids_before, ids_after, "ids are renumbered");
     assert_eq!(max_abs_diff(&logits_before, &logits_after), 0.0);
     // Single characters survive, so unseen words still tokenise.
-    let tok =
-        surgery::tokenize::WordTokenizer::from_checkpoint(&Checkpoint::open(&pruned).unwrap())
-            .unwrap();
+    let tok = surgery::data::tokenize::WordTokenizer::from_checkpoint(
+        &Checkpoint::open(&pruned).unwrap(),
+    )
+    .unwrap();
     let unk = tok.unk_id();
     assert!(tok
         .encode_words(&["Zwingmann"])
@@ -439,7 +440,7 @@ mod lowrank {
         let dir = tempdir();
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
-        let stats = surgery::calibrate::collect(&ckpt, &calib, 256).unwrap();
+        let stats = surgery::surgery::calibrate::collect(&ckpt, &calib, 256).unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;
@@ -454,11 +455,11 @@ mod lowrank {
                 .unwrap()
                 .matmul(&c.tensor(key(LinearPart::Down), &CPU).unwrap())
                 .unwrap();
-            let delta = surgery::linalg::to_mat(
+            let delta = surgery::surgery::linalg::to_mat(
                 &(ckpt.tensor(key(LinearPart::Weight), &CPU).unwrap() - approx).unwrap(),
             )
             .unwrap();
-            let g = &stats.grams[&(layer, surgery::calibrate::Input::of(slot))];
+            let g = &stats.grams[&(layer, surgery::surgery::calibrate::Input::of(slot))];
             let m: faer::Mat<f64> = &delta * g * delta.transpose();
             (0..m.nrows()).map(|i| m[(i, i)]).sum()
         };

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use surgery::arch::{BertConfig, Key, Layout, NormPart};
 use surgery::data::labels::UnknownLabels;
-use surgery::generate::random_checkpoint;
 use surgery::io::Checkpoint;
+use surgery::model::generate::random_checkpoint;
 use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
 use surgery::train::run_dir::Resume;
 
@@ -31,15 +31,15 @@ pub fn setup(train_sentences: usize) -> Setup {
         ("test", 60, 3),
     ] {
         let path = root.join(format!("{name}.txt"));
-        surgery::synthetic::write_conll(
+        surgery::data::synthetic::write_conll(
             &path,
-            &surgery::synthetic::sentences(n, seed, name != "train"),
+            &surgery::data::synthetic::sentences(n, seed, name != "train"),
         )
         .unwrap();
         datasets.push(surgery::data::read_dataset(&path, &Default::default()).unwrap());
     }
     let (tokenizer, vocab) =
-        surgery::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
+        surgery::data::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
     let config = BertConfig::from_json(&format!(
         r#"{{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 64, "vocab_size": {vocab}, "max_position_embeddings": 64}}"#
@@ -219,7 +219,7 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
         &surgery::data::read_dataset(&s.data.train, &Default::default()).unwrap(),
     )
     .unwrap();
-    surgery::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
+    surgery::model::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
     let w = ckpt
         .tensor(Key::Classifier(NormPart::Weight), &Device::Cpu)
         .unwrap();
@@ -249,7 +249,7 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
 fn a_classifier_with_other_labels_is_refused_unless_reinitialised() {
     let s = setup(64);
     let mut ckpt = Checkpoint::open(&s.model).unwrap();
-    surgery::generate::attach_classifier(
+    surgery::model::generate::attach_classifier(
         &mut ckpt,
         &["O".into(), "B-X".into(), "I-X".into()],
         0.02,

@@ -10,13 +10,13 @@ use clap::Args;
 
 use surgery::data::labels::UnknownLabels;
 use surgery::data::tags::check_tag;
+use surgery::data::tokenize::WordTokenizer;
 use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
+use surgery::eval::infer::load_model;
 use surgery::eval::{evaluate_model, Prepared};
-use surgery::infer::load_model;
 use surgery::io::output::check_output_with;
 use surgery::io::Checkpoint;
 use surgery::metrics::{format_report, Mode};
-use surgery::tokenize::WordTokenizer;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -173,7 +173,7 @@ pub struct ScoreArgs {
 }
 
 pub fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    let report = surgery::score::score_file(&args.file, mode(args.strict))?;
+    let report = surgery::eval::score::score_file(&args.file, mode(args.strict))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -211,7 +211,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
             .context("reading standard input")?,
     };
     let model = load_model(&ckpt, &Device::Cpu)?;
-    let predictions = surgery::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
+    let predictions =
+        surgery::eval::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
     let mut out = std::io::stdout().lock();
     for p in predictions {
         writeln!(out, "{}", serde_json::to_string(&p)?)?;

@@ -50,7 +50,7 @@ enum Command {
     /// Tag plain text, one passage per line; prints entities as JSON lines.
     Predict(evaluate::PredictArgs),
     #[command(flatten)]
-    Surgery(cuts::SurgeryCommand),
+    Surgery(surgery::surgery::registry::SurgeryCommand),
     /// Run a recipe: an ordered list of steps, each one of the commands, resumable.
     Run(recipe::RunArgs),
     /// Write a Markdown report with plots (F1 vs parameters, curves, gates, speed) from run folders.
@@ -104,7 +104,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
             force,
         } => {
             let ckpt = open(&checkpoint)?;
-            surgery::infer::forward_to_file(&ckpt, &input, &out, force, batch_size)
+            surgery::eval::infer::forward_to_file(&ckpt, &input, &out, force, batch_size)
                 .with_context(|| format!("forward {}", checkpoint.display()))?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
@@ -113,9 +113,9 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn quickstart(out: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
-    let prepared = surgery::quickstart::prepare(out, force)?;
+    let prepared = surgery::pipeline::quickstart::prepare(out, force)?;
     let recipe_path = out.join("quickstart.toml");
-    std::fs::write(&recipe_path, surgery::quickstart::RECIPE)
+    std::fs::write(&recipe_path, surgery::pipeline::quickstart::RECIPE)
         .with_context(|| format!("writing {}", recipe_path.display()))?;
     let code = recipe::run(recipe::RunArgs::new(
         recipe_path.clone(),

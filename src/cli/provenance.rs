@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use surgery::budget::Budget;
 use surgery::io::Checkpoint;
-use surgery::recipe::Step;
+use surgery::pipeline::recipe::Step;
 
 use super::recipe::{shell_words, Plan};
 use surgery::budget::group;

@@ -14,7 +14,7 @@ use surgery::budget::{group, Budget};
 use surgery::data::{read_dataset, LabelSet, ReadOptions};
 use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
-use surgery::recipe::{did_you_mean, Arg, Recipe, Step};
+use surgery::pipeline::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
 

@@ -39,7 +39,7 @@ impl ReportArgs {
 }
 
 pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let entries = surgery::report::collect(&args.dirs)?;
+    let entries = surgery::pipeline::report::collect(&args.dirs)?;
     let mut command = vec!["surgery".to_string(), "report".to_string()];
     command.extend(args.dirs.iter().map(|d| d.display().to_string()));
     command.extend(["--out".into(), args.out.display().to_string()]);
@@ -49,7 +49,11 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = &args.results {
         command.extend(["--results".into(), r.display().to_string()]);
     }
-    let report = surgery::report::build(&entries, args.teacher.as_deref(), &shell_words(&command))?;
+    let report = surgery::pipeline::report::build(
+        &entries,
+        args.teacher.as_deref(),
+        &shell_words(&command),
+    )?;
     // The report folder is rewritten on every run: it must not overlap a run it reads, and an
     // existing one must be a report this tool wrote.
     let reads: Vec<&std::path::Path> = args.dirs.iter().map(|d| d.as_path()).collect();
@@ -68,7 +72,7 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.results {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let spliced = surgery::report::splice(&text, &report.table).ok_or_else(|| {
+        let spliced = surgery::pipeline::report::splice(&text, &report.table).ok_or_else(|| {
             surgery::Error::Spec(format!(
                 "{}: no `<!-- report:begin -->` … `<!-- report:end -->` section to replace",
                 path.display()

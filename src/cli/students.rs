@@ -7,7 +7,7 @@ use clap::Args;
 
 use surgery::budget::parse_count;
 use surgery::io::Checkpoint;
-use surgery::student::{init_student, plan, Shape};
+use surgery::model::student::{init_student, plan, Shape};
 
 use surgery::budget::group;
 

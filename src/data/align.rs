@@ -3,9 +3,9 @@
 //! `Alignment::AllSubtokens`, every sub-token does, continuations of `B-X` as `I-X`); special
 //! tokens and other sub-tokens get the ignore index. Sentences are split, never dropped or cut.
 
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{Dataset, LabelSet};
 use crate::error::{Error, Result};
-use crate::tokenize::WordTokenizer;
 
 /// The label id of tokens the loss and the metric ignore (as PyTorch's -100).
 pub const IGNORE: i64 = -100;

@@ -5,7 +5,9 @@ pub mod align;
 pub mod batches;
 pub mod labels;
 pub mod reader;
+pub mod synthetic;
 pub mod tags;
+pub mod tokenize;
 
 pub use align::{encode_dataset, Alignment, Example};
 pub use batches::{bucket_batches, BatchPlan};

@@ -86,3 +86,12 @@ impl HeadGates {
             .collect()
     }
 }
+
+/// A gates file (`train gates` writes it, `remove-heads --gates` reads it): one gate value per
+/// head per logical layer, and the structure it was made for.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct GatesFile {
+    pub heads_per_layer: Vec<usize>,
+    pub hidden_size: usize,
+    pub gates: Vec<Vec<f64>>,
+}

@@ -4,8 +4,11 @@
 //! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
 
 pub mod gates;
+pub mod generate;
+pub mod loss;
 pub mod ops;
 pub mod params;
+pub mod student;
 
 use candle_core::{DType, Tensor, D};
 

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, move_to_layer, Outcome};
+use super::registry::Surgery;
+use super::{cpu, move_to_layer, Outcome, Planned};
 use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
@@ -77,5 +78,19 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     out.set_arch(new_arch)?;
     let report =
         serde_json::json!({"kept": spec.keep, "layers_before": n, "layers_after": spec.keep.len()});
-    Ok(Outcome::new(ckpt, out, "drop-layers", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "drop-layers";
+    const ABOUT: &'static str = "Keep a subset of the encoder layers";
+    const EXAMPLE: &'static [&'static str] = &["--keep", "0,2"];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self).map(Planned::Exact)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, Outcome};
+use super::registry::Surgery;
+use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, EmbeddingKind, Key};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::linalg::{to_mat, to_tensor, truncated_svd};
+use crate::surgery::linalg::{to_mat, to_tensor, truncated_svd};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -66,11 +67,20 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         "retained_energy": svd.retained_energy(e),
         "seconds": start.elapsed().as_secs_f64(),
     });
-    Ok(Outcome::new(
-        ckpt,
-        out,
-        "factorize-embeddings",
-        spec,
-        report,
-    ))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "factorize-embeddings";
+    const ABOUT: &'static str =
+        "Factorize the word embeddings V×H into (V×E)(E×H) by truncated SVD";
+    const EXAMPLE: &'static [&'static str] = &["--rank", "5"];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self).map(Planned::Exact)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

@@ -11,13 +11,14 @@ use std::path::PathBuf;
 use faer::{Mat, Par};
 use serde::{Deserialize, Serialize};
 
+use super::registry::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
-use crate::calibrate::{collect, Calibration, Input};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::linalg::{energy, to_mat, to_tensor, truncated_svd};
+use crate::surgery::calibrate::{collect, Calibration, Input};
+use crate::surgery::linalg::{energy, to_mat, to_tensor, truncated_svd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -382,5 +383,20 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             report["note"] = note.clone().into();
         }
     }
-    Ok(Outcome::new(ckpt, out, "lowrank-layers", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "lowrank-layers";
+    const ABOUT: &'static str =
+        "Factorize encoder linears into two low-rank factors (plain or activation-aware SVD)";
+    const EXAMPLE: &'static [&'static str] = &["--rank", "3"];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

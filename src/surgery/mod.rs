@@ -1,11 +1,15 @@
 //! Surgeries: each is a pure function `apply(&Checkpoint, &Spec) -> Outcome` in its own file (no
-//! file I/O); the outcome carries the new checkpoint, the history entry and a short report.
+//! file I/O) with a tensor-free `plan`; the outcome carries the new checkpoint, the history entry
+//! and a short report. [`registry`] lists them all.
 
+pub mod calibrate;
 pub mod drop_layers;
 pub mod factorize_embeddings;
+pub mod linalg;
 pub mod lowrank_layers;
 pub mod obs;
 pub mod prune_vocab;
+pub mod registry;
 pub mod remove_heads;
 pub mod sparsegpt;
 pub mod tie_layers;

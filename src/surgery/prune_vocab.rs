@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, Outcome};
-use crate::arch::Key;
+use super::registry::Surgery;
+use super::{cpu, Outcome, Planned};
+use crate::arch::{Arch, Key};
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, ReadOptions};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::tokenize::WordTokenizer;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +166,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["coverage_pieces"] = (covered as f64 / total.max(1) as f64).into();
         report["coverage_sentences"] = (whole as f64 / sentences.len().max(1) as f64).into();
     }
-    Ok(Outcome::new(ckpt, out, "prune-vocab", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
 
 /// Renumbers the ids the tokenizer stores outside the vocabulary: added tokens, the
@@ -211,5 +212,22 @@ fn remap_ids(json: &mut serde_json::Value, map: &dyn Fn(u32) -> Option<u64>) {
         if let Some(new) = pad.as_u64().and_then(|v| map(v as u32)) {
             *pad = new.into();
         }
+    }
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "prune-vocab";
+    const ABOUT: &'static str =
+        "Keep only the word pieces a corpus uses (plus specials and single characters)";
+    const EXAMPLE: &'static [&'static str] = &["--corpus", "{calib}"];
+
+    fn plan(&self, _: &Arch) -> Result<Planned> {
+        Ok(Planned::Unknown(
+            "the kept word pieces depend on the corpus".into(),
+        ))
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
     }
 }

@@ -10,15 +10,17 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::registry::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
+use crate::model::gates::GatesFile;
+use crate::model::loss::{cross_entropy, scored_positions};
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
-use crate::tokenize::WordTokenizer;
-use crate::train::loss::{cross_entropy, scored_positions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -54,14 +56,6 @@ pub struct Spec {
     /// Allow removing every head of every layer.
     #[arg(long)]
     pub allow_empty: bool,
-}
-
-/// A gates file: one gate value per head per logical layer, and the structure it was made for.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GatesFile {
-    pub heads_per_layer: Vec<usize>,
-    pub hidden_size: usize,
-    pub gates: Vec<Vec<f64>>,
 }
 
 /// Parses `0:1,3;5:0,2,7` into (logical layer, head) pairs.
@@ -383,5 +377,20 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if !extra.is_null() {
         report["ranking"] = extra;
     }
-    Ok(Outcome::new(ckpt, out, "remove-heads", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "remove-heads";
+    const ABOUT: &'static str =
+        "Remove attention heads (named, below a gate threshold, or the least important)";
+    const EXAMPLE: &'static [&'static str] = &["--heads", "0:1,3;2:0"];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

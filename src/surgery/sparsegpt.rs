@@ -13,13 +13,14 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 use super::obs::{magnitude, sparsegpt, Pattern, Solver};
-use super::Outcome;
+use super::registry::Surgery;
+use super::{Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
-use crate::calibrate::Input;
 use crate::error::{Error, Result};
 use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
 use crate::model::{dropouts_of, Bert, Mode, Params};
+use crate::surgery::calibrate::Input;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -151,7 +152,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let pattern = spec.pattern()?;
     let device = Device::Cpu;
     let (prepared, tokenizer, note) =
-        crate::calibrate::calibration_examples(ckpt, &spec.calib, spec.calib_sentences)?;
+        crate::surgery::calibrate::calibration_examples(ckpt, &spec.calib, spec.calib_sentences)?;
     let available = prepared.data.sentences.len();
     let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
     let batches: Vec<BatchData> = plan
@@ -297,5 +298,27 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if let Some(note) = note {
         report["note"] = note.into();
     }
-    Ok(Outcome::new(ckpt, out, "sparsegpt", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "sparsegpt";
+    const ABOUT: &'static str =
+        "One-shot pruning with Hessian-based OBS updates (unstructured or N:M)";
+    const EXAMPLE: &'static [&'static str] = &[
+        "--sparsity",
+        "0.5",
+        "--calib",
+        "{calib}",
+        "--calib-sentences",
+        "8",
+    ];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self).map(Planned::Exact)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

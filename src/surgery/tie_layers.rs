@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{cpu, move_to_layer, Outcome};
+use super::registry::Surgery;
+use super::{cpu, move_to_layer, Outcome, Planned};
 use crate::arch::Arch;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
@@ -145,5 +146,19 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     }
     out.set_arch(new_arch)?;
     let report = serde_json::json!({"groups": groups, "stored_layers": groups.len()});
-    Ok(Outcome::new(ckpt, out, "tie-layers", spec, report))
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "tie-layers";
+    const ABOUT: &'static str = "Share weights across layers (ALBERT-style)";
+    const EXAMPLE: &'static [&'static str] = &["--groups", "0-1"];
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self).map(Planned::Exact)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
 }

@@ -11,18 +11,18 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
 use crate::data::labels::UnknownLabels;
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, Example, LabelSet};
 use crate::error::{Error, Result};
+use crate::eval::infer::load_model;
 use crate::eval::{collate, for_each_word, BatchData, Prepared};
-use crate::infer::load_model;
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
+use crate::model::loss::{cross_entropy, scored_positions};
 use crate::model::{log_softmax, Bert, Mode, Outputs};
-use crate::tokenize::WordTokenizer;
 use crate::train::finetune::{
     ensure_classifier, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
 };
-use crate::train::loss::{cross_entropy, scored_positions};
 use crate::util::hash::fnv1a;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]

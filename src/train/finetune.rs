@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::arch::{HistoryEntry, Key, LinearKind};
 use crate::budget::Budget;
 use crate::data::labels::UnknownLabels;
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{bucket_batches, read_dataset, Alignment, Example, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, evaluate_model, BatchData, Prepared};
 use crate::io::Checkpoint;
 use crate::metrics::Mode as MetricMode;
+use crate::model::loss::{cross_entropy, scored_positions};
 use crate::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
-use crate::tokenize::WordTokenizer;
-use crate::train::loss::{cross_entropy, scored_positions};
 use crate::train::optim::{AdamW, AdamWConfig, OptParam};
 use crate::train::run_dir::{restore_optimizer, Progress, Resume, RunDir};
 use crate::train::schedule::{learning_rate, Decay};
@@ -251,7 +251,7 @@ pub fn ensure_classifier(
             l.join(", "),
             labels.labels().join(", ")
         ))),
-        _ => crate::generate::attach_classifier(ckpt, labels.labels(), 0.02, seed),
+        _ => crate::model::generate::attach_classifier(ckpt, labels.labels(), 0.02, seed),
     }
 }
 
@@ -663,7 +663,7 @@ pub fn train_loop(
     let test = match &inputs.test {
         Some(test) => {
             let best = Checkpoint::open(&run.best())?;
-            let best_model = crate::infer::load_model(&best, &device)?;
+            let best_model = crate::eval::infer::load_model(&best, &device)?;
             let e = evaluate(&best_model, test)?;
             std::fs::write(
                 run.path.join("test.json"),

@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::BatchData;
+use crate::model::gates::GatesFile;
 use crate::model::gates::HeadGates;
+use crate::model::loss::{cross_entropy, scored_positions};
 use crate::model::{Bert, Mode, Outputs};
-use crate::surgery::remove_heads::GatesFile;
 use crate::train::finetune::{
     finetune_inputs, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
 };
-use crate::train::loss::{cross_entropy, scored_positions};
 use crate::train::optim::OptParam;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]

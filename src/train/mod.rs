@@ -4,7 +4,6 @@
 pub mod distill;
 pub mod finetune;
 pub mod gates;
-pub mod loss;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;

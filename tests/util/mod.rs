@@ -6,8 +6,8 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use surgery::arch::{BertConfig, Layout};
-use surgery::generate::random_checkpoint;
 use surgery::io::Checkpoint;
+use surgery::model::generate::random_checkpoint;
 
 /// A tiny BERT config: 3 layers, hidden 16, 4 heads, intermediate 24, 5 labels, and the
 /// vocabulary of the committed tiny tokenizer (fixtures/tiny-bert-tc, 177 pieces).

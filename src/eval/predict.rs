@@ -4,13 +4,13 @@
 use candle_core::Device;
 use serde::Serialize;
 
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{Dataset, LabelSet, Sentence};
 use crate::error::Result;
 use crate::eval::{predict_words, Prepared};
 use crate::io::Checkpoint;
 use crate::metrics::entities_default;
 use crate::model::Bert;
-use crate::tokenize::WordTokenizer;
 
 /// A word of raw text with its character span.
 #[derive(Debug, Clone, PartialEq)]

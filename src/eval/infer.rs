@@ -5,11 +5,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::data::tokenize::WordTokenizer;
 use crate::error::{Error, Result};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{atomic, Checkpoint};
 use crate::model::{dropouts_of, Batch, Bert, Mode, Outputs, Params};
-use crate::tokenize::WordTokenizer;
 
 /// Sentences tokenised and padded to the longest one.
 pub struct PaddedInputs {

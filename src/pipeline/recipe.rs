@@ -24,16 +24,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::util::hash::fnv1a;
 
-/// The commands a step can run.
+/// The commands a step can run: every registered surgery, the training commands, `eval` and
+/// `assert-budget`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    FactorizeEmbeddings,
-    TieLayers,
-    DropLayers,
-    LowrankLayers,
-    Sparsegpt,
-    RemoveHeads,
-    PruneVocab,
+    /// A checkpoint-to-checkpoint surgery, by its registered name.
+    Surgery(&'static str),
     TrainFinetune,
     TrainDistill,
     TrainGates,
@@ -42,31 +38,24 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
-        Kind::FactorizeEmbeddings,
-        Kind::TieLayers,
-        Kind::DropLayers,
-        Kind::LowrankLayers,
-        Kind::Sparsegpt,
-        Kind::RemoveHeads,
-        Kind::PruneVocab,
-        Kind::TrainFinetune,
-        Kind::TrainDistill,
-        Kind::TrainGates,
-        Kind::Eval,
-        Kind::AssertBudget,
-    ];
+    /// Every kind: the surgeries in the registry's order, then the other commands.
+    pub fn all() -> impl Iterator<Item = Kind> {
+        crate::surgery::registry::NAMES
+            .iter()
+            .map(|&name| Kind::Surgery(name))
+            .chain([
+                Kind::TrainFinetune,
+                Kind::TrainDistill,
+                Kind::TrainGates,
+                Kind::Eval,
+                Kind::AssertBudget,
+            ])
+    }
 
     /// The name in a recipe: the CLI's words.
     pub fn name(self) -> &'static str {
         match self {
-            Kind::FactorizeEmbeddings => "factorize-embeddings",
-            Kind::TieLayers => "tie-layers",
-            Kind::DropLayers => "drop-layers",
-            Kind::LowrankLayers => "lowrank-layers",
-            Kind::Sparsegpt => "sparsegpt",
-            Kind::RemoveHeads => "remove-heads",
-            Kind::PruneVocab => "prune-vocab",
+            Kind::Surgery(name) => name,
             Kind::TrainFinetune => "train finetune",
             Kind::TrainDistill => "train distill",
             Kind::TrainGates => "train gates",
@@ -77,19 +66,12 @@ impl Kind {
 
     fn parse(text: &str) -> Option<Kind> {
         let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        Kind::ALL.into_iter().find(|k| k.name() == words)
+        Kind::all().find(|k| k.name() == words)
     }
 
     /// True for the checkpoint-to-checkpoint surgeries.
     pub fn is_surgery(self) -> bool {
-        !matches!(
-            self,
-            Kind::TrainFinetune
-                | Kind::TrainDistill
-                | Kind::TrainGates
-                | Kind::Eval
-                | Kind::AssertBudget
-        )
+        matches!(self, Kind::Surgery(_))
     }
 
     /// True for the training commands, whose folder is a run folder with the model in `best/`.
@@ -443,8 +425,8 @@ fn parse_step(
         Some(text) => Kind::parse(text).or_else(|| {
             problems.push(format!(
                 "{label}: unknown step kind `{text}`{} (kinds: {})",
-                did_you_mean(text, Kind::ALL.iter().map(|k| k.name())),
-                Kind::ALL.map(|k| k.name()).join(", ")
+                did_you_mean(text, Kind::all().map(|k| k.name())),
+                Kind::all().map(|k| k.name()).collect::<Vec<_>>().join(", ")
             ));
             None
         }),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::budget::group;
 use crate::error::{Error, Result};
-use crate::plot::{Chart, Series, Style};
+use crate::pipeline::plot::{Chart, Series, Style};
 
 /// One finished step of a recipe, or one training run outside recipes.
 #[derive(Debug, Clone)]

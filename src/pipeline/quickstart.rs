@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::arch::{BertConfig, Layout};
 use crate::data::{read_dataset, ReadOptions};
 use crate::error::{Error, Result};
-use crate::generate::random_checkpoint;
+use crate::model::generate::random_checkpoint;
 
 /// The recipe the quickstart runs on the data and model it writes (variable `dir`).
-pub const RECIPE: &str = include_str!("../recipes/quickstart.toml");
+pub const RECIPE: &str = include_str!("../../recipes/quickstart.toml");
 
 /// What the quickstart writes before running its recipe.
 pub struct Prepared {
@@ -29,8 +29,8 @@ pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
     crate::io::output::mark(out, "quickstart")?;
     let splits = [("train", 2000, 1), ("dev", 300, 2), ("test", 300, 3)];
     for (name, n, seed) in splits {
-        let sentences = crate::synthetic::sentences(n, seed, name != "train");
-        crate::synthetic::write_conll(&data_dir.join(format!("{name}.txt")), &sentences)?;
+        let sentences = crate::data::synthetic::sentences(n, seed, name != "train");
+        crate::data::synthetic::write_conll(&data_dir.join(format!("{name}.txt")), &sentences)?;
     }
     let options = ReadOptions::default();
     let datasets = splits
@@ -38,7 +38,7 @@ pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
         .map(|(name, _, _)| read_dataset(&data_dir.join(format!("{name}.txt")), &options))
         .collect::<Result<Vec<_>>>()?;
     let (tokenizer, vocab) =
-        crate::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
+        crate::data::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
     let config = BertConfig::from_json(&format!(
         r#"{{"architectures": ["BertForTokenClassification"], "model_type": "bert",
             "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -7,13 +7,13 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use faer::Mat;
 
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
+use crate::eval::infer::load_model;
 use crate::eval::{collate, Prepared};
-use crate::infer::load_model;
 use crate::io::Checkpoint;
 use crate::model::{Mode, Outputs};
-use crate::tokenize::WordTokenizer;
 
 /// Which input a linear reads (query, key and value share one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,17 +1,21 @@
 //! Evaluation and prediction at the word level: the prediction of a word is the argmax at its
 //! first sub-token; windows of a split sentence are stitched back together; scores are seqeval's.
 
+pub mod infer;
+pub mod predict;
+pub mod score;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
 use crate::data::align::IGNORE;
 use crate::data::labels::UnknownLabels;
+use crate::data::tokenize::WordTokenizer;
 use crate::data::{encode_dataset, Alignment, Dataset, Example, LabelSet};
 use crate::error::Result;
 use crate::metrics::{evaluate, Mode, Report};
 use crate::model::{Batch, Bert, Mode as RunMode, Outputs};
-use crate::tokenize::WordTokenizer;
 
 /// A dataset tokenised for a model.
 pub struct Prepared {

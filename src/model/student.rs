@@ -6,8 +6,8 @@ use serde::Serialize;
 use crate::arch::{Arch, EmbeddingKind, SurgeryInfo, SURGERY_FORMAT_VERSION};
 use crate::budget::Budget;
 use crate::error::{Error, Result};
-use crate::generate::{attach_classifier, random_checkpoint};
 use crate::io::Checkpoint;
+use crate::model::generate::{attach_classifier, random_checkpoint};
 
 /// The shape of a student.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::Args)]

@@ -1,0 +1,7 @@
+//! Whole pipelines: recipes (checked TOML step lists), the embedded quickstart, and the report
+//! with its plots made from run folders.
+
+pub mod plot;
+pub mod quickstart;
+pub mod recipe;
+pub mod report;

@@ -1,0 +1,97 @@
+//! The one list of surgeries. Each surgery implements [`Surgery`] in its own file (its name,
+//! help, options, a tensor-free `plan` and the `apply` that cuts); the list below turns them into
+//! the CLI's subcommands, the recipe kinds and the plan/apply agreement test. Adding a surgery is
+//! its file plus one line here.
+
+use std::path::PathBuf;
+
+use crate::arch::Arch;
+use crate::error::Result;
+use crate::io::Checkpoint;
+
+use super::{Outcome, Planned};
+
+/// A checkpoint-to-checkpoint cut.
+pub trait Surgery: clap::Args + serde::Serialize {
+    /// The command name; also the recipe kind and the `op` of the history entry.
+    const NAME: &'static str;
+    /// One line of help.
+    const ABOUT: &'static str;
+    /// Options that make a valid example on the tiny test models (`{calib}` stands for a small
+    /// CoNLL file); the registry's test runs every surgery with them.
+    const EXAMPLE: &'static [&'static str];
+
+    /// The structure after the cut, from the structure alone (no tensor is read).
+    fn plan(&self, arch: &Arch) -> Result<Planned>;
+
+    /// The cut itself: a new checkpoint, its history entry and a report (no file is written).
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome>;
+}
+
+/// What every surgery command reads and writes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InOut {
+    /// Input checkpoint folder (never modified).
+    pub input: PathBuf,
+    /// Output checkpoint folder (written atomically).
+    pub output: PathBuf,
+    /// Replace an existing output folder (only one this tool wrote).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+macro_rules! registry {
+    ($($variant:ident => $spec:ty),* $(,)?) => {
+        /// Every surgery as a subcommand: `NAME IN OUT [--force] [--json]` and its options.
+        #[derive(Debug, clap::Subcommand)]
+        pub enum SurgeryCommand {
+            $(
+                #[command(name = <$spec as Surgery>::NAME, about = <$spec as Surgery>::ABOUT)]
+                $variant {
+                    #[command(flatten)]
+                    io: InOut,
+                    #[command(flatten)]
+                    spec: $spec,
+                },
+            )*
+        }
+
+        /// The names of every surgery, in the order of the list.
+        pub const NAMES: &[&str] = &[$(<$spec as Surgery>::NAME),*];
+
+        /// Each surgery's example options, by name (see [`Surgery::EXAMPLE`]).
+        pub const EXAMPLES: &[(&str, &[&str])] =
+            &[$((<$spec as Surgery>::NAME, <$spec as Surgery>::EXAMPLE)),*];
+
+        impl SurgeryCommand {
+            pub fn name(&self) -> &'static str {
+                match self { $(Self::$variant { .. } => <$spec as Surgery>::NAME),* }
+            }
+
+            pub fn io(&self) -> &InOut {
+                match self { $(Self::$variant { io, .. } => io),* }
+            }
+
+            pub fn plan(&self, arch: &Arch) -> Result<Planned> {
+                match self { $(Self::$variant { spec, .. } => spec.plan(arch)),* }
+            }
+
+            pub fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+                match self { $(Self::$variant { spec, .. } => spec.apply(ckpt)),* }
+            }
+        }
+    };
+}
+
+registry! {
+    FactorizeEmbeddings => super::factorize_embeddings::Spec,
+    TieLayers => super::tie_layers::Spec,
+    DropLayers => super::drop_layers::Spec,
+    LowrankLayers => super::lowrank_layers::Spec,
+    Sparsegpt => super::sparsegpt::Spec,
+    RemoveHeads => super::remove_heads::Spec,
+    PruneVocab => super::prune_vocab::Spec,
+}
