@@ -3,7 +3,8 @@
 use surgery::io::Checkpoint;
 use surgery::model::student::{init_student, plan, Shape};
 use surgery::train::distill::{distill, DistillSpec};
-use surgery::train::finetune::{finetune, RunOptions};
+use surgery::train::finetune::finetune;
+use surgery::train::spec::RunOptions;
 
 use crate::train::{quick_spec, setup, Setup};
 use crate::util::surgery;

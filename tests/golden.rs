@@ -2,7 +2,8 @@
 //! norms, dev F1) is pinned in `fixtures/golden/`, so a refactor of the trainer provably changes
 //! no number. Regenerate deliberately with `SURGERY_BLESS=1 cargo test --release golden`.
 
-use surgery::train::finetune::{finetune, RunOptions};
+use surgery::train::finetune::finetune;
+use surgery::train::spec::RunOptions;
 
 use crate::train::{quick_spec, setup};
 

@@ -9,8 +9,9 @@ use surgery::arch::{BertConfig, Key, Layout, NormPart};
 use surgery::data::labels::UnknownLabels;
 use surgery::io::Checkpoint;
 use surgery::model::generate::random_checkpoint;
-use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainSpec};
+use surgery::train::finetune::finetune;
 use surgery::train::run_dir::Resume;
+use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
 
 use crate::util::{max_abs_diff, surgery, tempdir};
 

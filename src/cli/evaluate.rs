@@ -127,16 +127,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         surgery::io::atomic::write_text(path, &text)?;
     }
-    let json = serde_json::json!({
-        "written_by": format!("surgery {}", env!("CARGO_PKG_VERSION")),
-        "checkpoint": args.checkpoint, "data": args.data, "f1": e.report.f1(), "report": e.report,
-        "tokens_per_s": e.tokens_per_second, "seconds": e.seconds,
-    });
+    let record = e.record(&args.checkpoint, &args.data);
     if let Some(path) = &args.save_json {
-        surgery::io::atomic::write_text(path, &serde_json::to_string_pretty(&json)?)?;
+        surgery::io::artefacts::write_json(path, &record)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         print!("{}", format_report(&e.report));
         println!(

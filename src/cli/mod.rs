@@ -3,7 +3,6 @@
 mod cuts;
 mod evaluate;
 mod inspect;
-mod provenance;
 mod recipe;
 mod report;
 mod students;

@@ -12,11 +12,13 @@ use clap::{Args, CommandFactory, Parser};
 use surgery::arch::Arch;
 use surgery::budget::{group, Budget};
 use surgery::data::{read_dataset, LabelSet, ReadOptions};
+use surgery::io::artefacts::{read_json, StepRecord};
 use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
 use surgery::pipeline::recipe::{did_you_mean, Arg, Recipe, Step};
 use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
+use surgery::util::shell::shell_words;
 
 use super::{Cli, Command};
 
@@ -203,10 +205,8 @@ impl Plan {
 
     /// True when the step's folder holds a finished output with the step's current hash.
     fn is_done(&self, index: usize) -> bool {
-        std::fs::read_to_string(self.dir(index).join("step.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["hash"] == self.recipe.steps[index].hash.as_str())
+        read_json::<StepRecord>(&self.dir(index).join("step.json"))
+            .is_ok_and(|step| step.hash == self.recipe.steps[index].hash)
     }
 }
 
@@ -476,8 +476,15 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             }
             return Ok(code);
         }
-        super::provenance::record(plan, step, &argv, seconds)
-            .with_context(|| format!("writing the provenance of {}", dir.display()))?;
+        surgery::pipeline::provenance::record(
+            &plan.recipe,
+            step,
+            &dir,
+            &plan.output_checkpoint(step.index),
+            &argv,
+            seconds,
+        )
+        .with_context(|| format!("writing the provenance of {}", dir.display()))?;
         if pending.exists() {
             std::fs::remove_file(&pending)
                 .with_context(|| format!("removing {}", pending.display()))?;
@@ -533,26 +540,5 @@ fn is_recipe_root(root: &Path) -> bool {
 }
 
 fn recorded_seconds(dir: &Path) -> f64 {
-    std::fs::read_to_string(dir.join("step.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["seconds"].as_f64())
-        .unwrap_or(f64::NAN)
-}
-
-/// A command line a shell reads back as the same words.
-pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    read_json::<StepRecord>(&dir.join("step.json")).map_or(f64::NAN, |step| step.seconds)
 }

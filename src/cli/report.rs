@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::recipe::shell_words;
+use surgery::util::shell::shell_words;
 
 /// Writes a Markdown report with SVG plots from recipe and training run folders.
 #[derive(Args)]

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use surgery::train::distill::{distill, DistillSpec};
-use surgery::train::finetune::{finetune, DataSpec, RunOptions, TrainOutcome, TrainSpec};
+use surgery::train::finetune::finetune;
 use surgery::train::gates::{train_gates, GateSpec};
 use surgery::train::run_dir::Resume;
+use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
+use surgery::train::trainer::TrainOutcome;
 
 #[derive(Subcommand)]
 pub enum TrainCommand {

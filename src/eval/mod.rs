@@ -14,6 +14,7 @@ use crate::data::labels::UnknownLabels;
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{encode_dataset, Alignment, Dataset, Example, LabelSet};
 use crate::error::Result;
+use crate::io::artefacts::EvalRecord;
 use crate::metrics::{evaluate, Mode, Report};
 use crate::model::{Batch, Bert, Mode as RunMode, Outputs};
 
@@ -193,6 +194,23 @@ pub struct Evaluation {
     pub predicted: Vec<Vec<String>>,
     pub tokens_per_second: f64,
     pub seconds: f64,
+}
+
+impl Evaluation {
+    /// The evaluation as written to `eval --save-json` and a run's `test.json`.
+    pub fn record(&self, checkpoint: &std::path::Path, data: &std::path::Path) -> EvalRecord {
+        EvalRecord {
+            written_by: format!("surgery {} eval", crate::util::build_info::VERSION),
+            checkpoint: checkpoint.to_path_buf(),
+            data: data.to_path_buf(),
+            f1: self.report.f1(),
+            precision: self.report.micro.precision,
+            recall: self.report.micro.recall,
+            report: serde_json::to_value(&self.report).expect("reports serialise"),
+            tokens_per_s: self.tokens_per_second,
+            seconds: self.seconds,
+        }
+    }
 }
 
 /// Scores a model on a prepared dataset against its gold tags.

@@ -1,5 +1,6 @@
 //! Checkpoint input/output: memory-mapped safetensors, atomic writers, the `Checkpoint` type.
 
+pub mod artefacts;
 pub mod atomic;
 pub mod capacity;
 pub mod checkpoint;

@@ -3,7 +3,8 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::data::align::IGNORE;
-use crate::model::log_softmax;
+use crate::error::{Error, Result};
+use crate::model::{log_softmax, ForwardOutput};
 
 /// Positions (flattened over batch × length) whose label is not ignored, and those labels.
 pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<u32>, Vec<u32>) {
@@ -32,6 +33,20 @@ pub fn cross_entropy(
     let logp = log_softmax(&picked)?;
     let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     nll.mean_all()?.to_dtype(DType::F32)
+}
+
+/// The cross-entropy of a forward pass against a batch's aligned labels (ignored positions
+/// skipped): the one loss fine-tuning, gates, distillation and head importance share.
+pub fn batch_cross_entropy(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<Tensor> {
+    let logits = out
+        .logits
+        .as_ref()
+        .ok_or_else(|| Error::Spec("the model has no classifier".into()))?;
+    let (pos, tgt) = scored_positions(labels);
+    let device = logits.device();
+    let pos = Tensor::from_vec(pos.clone(), pos.len(), device)?;
+    let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), device)?;
+    Ok(cross_entropy(logits, &pos, &tgt)?)
 }
 
 #[cfg(test)]

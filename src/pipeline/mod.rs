@@ -2,6 +2,7 @@
 //! with its plots made from run folders.
 
 pub mod plot;
+pub mod provenance;
 pub mod quickstart;
 pub mod recipe;
 pub mod report;

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::budget::group;
 use crate::error::{Error, Result};
+use crate::io::artefacts::{
+    read_json, read_metrics, read_optional, run_best_dev_f1, EvalRecord, MetricLine, RunRecord,
+    StepRecord,
+};
 use crate::pipeline::plot::{Chart, Series, Style};
 
 /// One finished step of a recipe, or one training run outside recipes.
@@ -41,20 +45,6 @@ pub struct Model {
     pub seconds: Option<f64>,
 }
 
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-fn best_dev(dir: &Path) -> Option<f64> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["eval"] == "dev")
-        .filter_map(|v| v["f1"].as_f64())
-        .reduce(f64::max)
-}
-
 /// Reads every entry under the given folders (recipe run folders, run folders, or folders of
 /// run folders).
 pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
@@ -71,15 +61,15 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
             .collect();
         subdirs.sort();
         if dir.join("run.json").exists() {
-            entries.push(run_entry(dir));
+            entries.push(run_entry(dir)?);
         }
         // In a recipe's folder, a step without step.json is unfinished (or failed): left out.
         let is_recipe = subdirs.iter().any(|s| s.join("step.json").exists());
         for sub in &subdirs {
-            if let Some(step) = read_json(&sub.join("step.json")) {
-                entries.push(step_entry(sub, &step));
+            if let Some(step) = read_optional::<StepRecord>(&sub.join("step.json"))? {
+                entries.push(step_entry(sub, step));
             } else if !is_recipe && sub.join("run.json").exists() {
-                entries.push(run_entry(sub));
+                entries.push(run_entry(sub)?);
             }
         }
         if entries.len() == before {
@@ -92,55 +82,50 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn step_entry(dir: &Path, v: &serde_json::Value) -> Entry {
-    let text = |k: &str| v[k].as_str().map(String::from);
+fn step_entry(dir: &Path, step: StepRecord) -> Entry {
     Entry {
         label: format!(
             "{}/{}",
-            text("recipe").unwrap_or_default(),
+            step.recipe,
             dir.file_name().unwrap_or_default().to_string_lossy()
         ),
-        name: text("name").unwrap_or_default(),
-        kind: text("kind").unwrap_or_default(),
+        name: step.name,
+        kind: step.kind,
         dir: dir.to_path_buf(),
-        input: text("input"),
-        output: text("output"),
-        params: v["params_after"].as_u64(),
-        best_dev_f1: v["best_dev_f1"].as_f64(),
-        test_f1: v["test_f1"].as_f64(),
-        eval_f1: v["eval_f1"].as_f64(),
-        tokens_per_s: v["tokens_per_s"].as_f64(),
-        seconds: v["seconds"].as_f64(),
+        input: Some(step.input.display().to_string()),
+        output: Some(step.output.display().to_string()),
+        params: step.params_after,
+        best_dev_f1: step.best_dev_f1,
+        test_f1: step.test_f1,
+        eval_f1: step.eval_f1,
+        tokens_per_s: step.tokens_per_s,
+        seconds: Some(step.seconds),
     }
 }
 
-fn run_entry(dir: &Path) -> Entry {
-    let run = read_json(&dir.join("run.json")).unwrap_or_default();
+fn run_entry(dir: &Path) -> Result<Entry> {
+    let run: RunRecord = read_json(&dir.join("run.json"))?;
+    let test: Option<EvalRecord> = read_optional(&dir.join("test.json"))?;
     let name = dir
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    Entry {
+    Ok(Entry {
         label: name.clone(),
         name,
-        kind: match run["op"].as_str() {
-            Some(op) if op.starts_with("train") => op.to_string(),
-            Some(op) => format!("train {op}"),
-            None => "train".into(),
-        },
+        kind: run.op,
         dir: dir.to_path_buf(),
         input: None,
         output: Some(dir.join("best").display().to_string()),
-        params: run["unique_parameters"].as_u64(),
-        best_dev_f1: best_dev(dir),
-        test_f1: read_json(&dir.join("test.json"))
-            .and_then(|v| v["report"]["micro"]["f1"].as_f64()),
+        params: Some(run.unique_parameters),
+        best_dev_f1: run_best_dev_f1(dir)?,
+        test_f1: test.map(|t| t.f1),
         eval_f1: None,
         tokens_per_s: None,
         // Only recipe steps record their wall time (step.json).
         seconds: None,
-    }
+    })
 }
 
 /// The models to compare: training outputs (gate runs excluded: their gated model is not a
@@ -302,7 +287,7 @@ pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<
         "f1-vs-params.svg".to_string(),
         f1_chart(&models, &front).to_svg(),
     ));
-    let (loss, dev) = curve_charts(entries);
+    let (loss, dev) = curve_charts(entries)?;
     if let Some(c) = loss {
         files.push(("training-loss.svg".into(), c.to_svg()));
     }
@@ -313,7 +298,7 @@ pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<
         files.push(("tokens-per-s.svg".into(), c.to_svg()));
     }
     for e in entries.iter().filter(|e| e.kind == "train gates") {
-        let metrics = std::fs::read_to_string(e.dir.join("metrics.jsonl")).unwrap_or_default();
+        let metrics = read_metrics(&e.dir.join("metrics.jsonl"))?;
         if let Some(svg) = crate::train::gates::gates_svg(&metrics) {
             files.push((format!("gates-{}.svg", e.name), svg));
         }
@@ -385,26 +370,28 @@ fn f1_chart(models: &[Model], front: &[usize]) -> Chart {
 }
 
 /// Training loss and dev F1 against the optimizer step, one line per training run.
-fn curve_charts(entries: &[Entry]) -> (Option<Chart>, Option<Chart>) {
+fn curve_charts(entries: &[Entry]) -> Result<(Option<Chart>, Option<Chart>)> {
     let mut loss = vec![];
     let mut dev = vec![];
     for e in entries.iter().filter(|e| e.kind.starts_with("train")) {
-        let Ok(text) = std::fs::read_to_string(e.dir.join("metrics.jsonl")) else {
+        let path = e.dir.join("metrics.jsonl");
+        if !path.exists() {
             continue;
-        };
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        }
+        let lines = read_metrics(&path)?;
         let train: Vec<(f64, f64)> = lines
             .iter()
-            .filter(|v| v.get("eval").is_none())
-            .filter_map(|v| Some((v["step"].as_f64()?, v["loss"].as_f64()?)))
+            .filter_map(|l| match l {
+                MetricLine::Train(t) => Some((t.step as f64, t.loss)),
+                MetricLine::Eval(_) => None,
+            })
             .collect();
         let evals: Vec<(f64, f64)> = lines
             .iter()
-            .filter(|v| v["eval"] == "dev")
-            .filter_map(|v| Some((v["step"].as_f64()?, v["f1"].as_f64()?)))
+            .filter_map(|l| match l {
+                MetricLine::Eval(v) if v.eval == "dev" => Some((v.step as f64, v.f1)),
+                _ => None,
+            })
             .collect();
         // Gate runs add the L0 penalty to the loss: another scale, left out of the loss chart.
         if !train.is_empty() && e.kind != "train gates" {
@@ -429,10 +416,10 @@ fn curve_charts(entries: &[Entry]) -> (Option<Chart>, Option<Chart>) {
             y_range: None,
         })
     };
-    (
+    Ok((
         chart("Training loss", "loss (logged mean)", loss),
         chart("Dev F1 during training", "dev F1", dev),
-    )
+    ))
 }
 
 fn speed_chart(models: &[Model]) -> Option<Chart> {

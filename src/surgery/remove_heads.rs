@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
 use crate::model::gates::GatesFile;
-use crate::model::loss::{cross_entropy, scored_positions};
+use crate::model::loss::batch_cross_entropy;
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -119,10 +119,7 @@ pub fn importance(
             Outputs::default(),
             Some(&gate_tensors),
         )?;
-        let (pos, tgt) = scored_positions(&b.labels);
-        let pos = Tensor::from_vec(pos.clone(), pos.len(), &device)?;
-        let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
-        let loss = cross_entropy(out.logits.as_ref().expect("classifier"), &pos, &tgt)?;
+        let loss = batch_cross_entropy(&out, &b.labels)?;
         let grads = loss.backward()?;
         for (l, g) in gates.iter().enumerate() {
             if let Some(grad) = grads.get(g.as_tensor()) {

@@ -18,11 +18,13 @@ use crate::eval::infer::load_model;
 use crate::eval::{collate, for_each_word, BatchData, Prepared};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
-use crate::model::loss::{cross_entropy, scored_positions};
+use crate::model::loss::batch_cross_entropy;
 use crate::model::{log_softmax, Bert, Mode, Outputs};
-use crate::train::finetune::{
-    ensure_classifier, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
-};
+use crate::train::inputs::ensure_classifier;
+use crate::train::objective::Objective;
+use crate::train::optim::OptParam;
+use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
+use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
 use crate::util::hash::fnv1a;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
@@ -413,7 +415,7 @@ pub fn distill(
             let (ht, hs) = (teacher_ckpt.arch.hidden, student.arch.hidden);
             let w: Vec<f32> = (0..ht * hs).map(|_| rng.normal() * 0.02).collect();
             let var = Var::from_tensor(&Tensor::from_vec(w, (ht, hs), &device)?)?;
-            extra_params.push(crate::train::optim::OptParam::external(
+            extra_params.push(OptParam::external(
                 "distill.hidden_projection",
                 var.clone(),
                 true,
@@ -424,6 +426,7 @@ pub fn distill(
     }
     let provenance = serde_json::json!({
         "student": student_dir, "teacher": teacher_dir, "data": data, "distill": distill,
+        "files": data.file_hashes()?,
         "layer_pairs": pairs, "teacher_cache_hit": hit, "teacher_logits_seconds": teacher_seconds,
     });
     let inputs = LoopInputs {
@@ -434,20 +437,77 @@ pub fn distill(
         dev,
         test,
         spec: spec.clone(),
-        op: "train distill",
         provenance,
+    };
+    let mut objective = Distillation {
+        cached,
+        classes: labels.len(),
+        temperature: distill.temperature,
+        alpha: distill.alpha,
+        hidden_weight: distill.hidden_weight,
+        attention_weight: distill.attention_weight,
+        outputs: Outputs {
+            hidden_states: distill.hidden_weight > 0.0,
+            attentions: distill.attention_weight > 0.0,
+            ..Default::default()
+        },
+        teacher,
+        teacher_pad: teacher_tok.pad_id(),
+        pairs,
+        projection,
+        word_level,
         extra_params,
-        head_gates: None,
+        device,
     };
-    let (tau, alpha) = (distill.temperature, distill.alpha);
-    let teacher_pad = teacher_tok.pad_id();
-    let outputs = Outputs {
-        hidden_states: distill.hidden_weight > 0.0,
-        attentions: distill.attention_weight > 0.0,
-        ..Default::default()
-    };
-    let mut loss = |model: &Bert, batch: &BatchData, examples: &[&Example], mode: &mut Mode| {
-        let out = model.forward(&batch.batch, mode, outputs)?;
+    fit(inputs, &mut objective, run, options.stop_after)
+}
+
+/// α·CE + (1−α)·τ²·KL against the cached teacher logits at word starts, plus the optional
+/// hidden-state and attention matching against the teacher run per batch.
+struct Distillation<'a> {
+    cached: TeacherLogits,
+    classes: usize,
+    temperature: f64,
+    alpha: f64,
+    hidden_weight: f64,
+    attention_weight: f64,
+    /// What the student's (and teacher's) forward passes return.
+    outputs: Outputs,
+    teacher: Bert,
+    teacher_pad: u32,
+    /// (student layer, teacher layer) pairs for intermediate matching.
+    pairs: Vec<(usize, usize)>,
+    /// Student → teacher width projection for hidden-state matching.
+    projection: Option<Var>,
+    /// Word-level alignment with the teacher's tokens when the tokenizers differ.
+    word_level: Option<WordIndex<'a>>,
+    extra_params: Vec<OptParam>,
+    device: Device,
+}
+
+impl Distillation<'_> {
+    fn intermediate(&self) -> bool {
+        self.hidden_weight > 0.0 || self.attention_weight > 0.0
+    }
+}
+
+impl Objective for Distillation<'_> {
+    fn op(&self) -> &'static str {
+        "train distill"
+    }
+
+    fn extra_params(&self) -> Vec<OptParam> {
+        self.extra_params.clone()
+    }
+
+    fn loss(
+        &mut self,
+        model: &Bert,
+        batch: &BatchData,
+        examples: &[&Example],
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let out = model.forward(&batch.batch, mode, self.outputs)?;
         let logits = out
             .logits
             .as_ref()
@@ -458,36 +518,36 @@ pub fn distill(
         for (b, ex) in examples.iter().enumerate() {
             for &(pos, word) in &ex.word_starts {
                 positions.push((b * len + pos) as u32);
-                targets.extend_from_slice(cached.row(ex.sentence, word));
+                targets.extend_from_slice(self.cached.row(ex.sentence, word));
             }
         }
         let n = positions.len();
-        let positions = Tensor::from_vec(positions, n, &device)?;
-        let teacher_logits = Tensor::from_vec(targets, (n, labels.len()), &device)?;
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        let teacher_logits = Tensor::from_vec(targets, (n, self.classes), &self.device)?;
         let student_logits = logits
-            .reshape(((), labels.len()))?
+            .reshape(((), self.classes))?
             .index_select(&positions, 0)?;
-        let mut total = (soft_loss(&student_logits, &teacher_logits, tau)? * (1.0 - alpha))?;
-        if alpha > 0.0 {
-            let (pos, tgt) = scored_positions(&batch.labels);
-            let pos = Tensor::from_vec(pos.clone(), pos.len(), &device)?;
-            let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
-            total = (total + (cross_entropy(logits, &pos, &tgt)? * alpha)?)?;
+        let mut total =
+            (soft_loss(&student_logits, &teacher_logits, self.temperature)? * (1.0 - self.alpha))?;
+        if self.alpha > 0.0 {
+            total = (total + (batch_cross_entropy(&out, &batch.labels)? * self.alpha)?)?;
         }
-        if let (Some(index), true) = (&word_level, intermediate) {
+        if let (Some(index), true) = (&self.word_level, self.intermediate()) {
             let (t_batch, s_pos, t_pos) =
-                index.teacher_batch(examples, len, teacher_pad, &device)?;
-            let t_out = teacher.forward(&t_batch.batch, &mut Mode::Eval, outputs)?;
+                index.teacher_batch(examples, len, self.teacher_pad, &self.device)?;
+            let t_out = self
+                .teacher
+                .forward(&t_batch.batch, &mut Mode::Eval, self.outputs)?;
             let (s_pos, t_pos) = (
-                Tensor::from_vec(s_pos, n, &device)?,
-                Tensor::from_vec(t_pos, n, &device)?,
+                Tensor::from_vec(s_pos, n, &self.device)?,
+                Tensor::from_vec(t_pos, n, &self.device)?,
             );
-            for &(s, t) in &pairs {
+            for &(s, t) in &self.pairs {
                 let width = out.hidden_states[s + 1].dim(2)?;
                 let hs = out.hidden_states[s + 1]
                     .reshape(((), width))?
                     .index_select(&s_pos, 0)?;
-                let hs = match &projection {
+                let hs = match &self.projection {
                     Some(p) => hs.matmul(&p.as_tensor().t()?)?,
                     None => hs,
                 };
@@ -495,16 +555,18 @@ pub fn distill(
                 let t_width = ht.dim(2)?;
                 let ht = ht.reshape(((), t_width))?.index_select(&t_pos, 0)?;
                 let mse = ((hs - ht)?.sqr()?.sum_all()? / (n * t_width) as f64)?;
-                total = (total + (mse * (distill.hidden_weight / pairs.len() as f64))?)?;
+                total = (total + (mse * (self.hidden_weight / self.pairs.len() as f64))?)?;
             }
-        } else if intermediate {
-            let t_out = teacher.forward(&batch.batch, &mut Mode::Eval, outputs)?;
+        } else if self.intermediate() {
+            let t_out = self
+                .teacher
+                .forward(&batch.batch, &mut Mode::Eval, self.outputs)?;
             let mask = batch.batch.attention_mask.to_dtype(DType::F32)?;
             let real = mask.sum_all()?.to_scalar::<f32>()? as f64;
-            for &(s, t) in &pairs {
-                if distill.hidden_weight > 0.0 {
+            for &(s, t) in &self.pairs {
+                if self.hidden_weight > 0.0 {
                     let hs = &out.hidden_states[s + 1];
-                    let hs = match &projection {
+                    let hs = match &self.projection {
                         Some(p) => hs.broadcast_matmul(&p.as_tensor().t()?)?,
                         None => hs.clone(),
                     };
@@ -512,21 +574,20 @@ pub fn distill(
                     let diff = (hs - ht)?.broadcast_mul(&mask.unsqueeze(2)?)?;
                     let width = diff.dim(2)? as f64;
                     let mse = (diff.sqr()?.sum_all()? / (real * width))?;
-                    total = (total + (mse * (distill.hidden_weight / pairs.len() as f64))?)?;
+                    total = (total + (mse * (self.hidden_weight / self.pairs.len() as f64))?)?;
                 }
-                if distill.attention_weight > 0.0 {
+                if self.attention_weight > 0.0 {
                     let (a_s, a_t) = (&out.attentions[s], t_out.attentions[t].detach());
                     let heads = a_s.dim(1)? as f64;
                     let query_mask = mask.unsqueeze(1)?.unsqueeze(3)?;
                     let diff = (a_s - a_t)?.broadcast_mul(&query_mask)?;
                     let mse = (diff.sqr()?.sum_all()? / (real * heads))?;
-                    total = (total + (mse * (distill.attention_weight / pairs.len() as f64))?)?;
+                    total = (total + (mse * (self.attention_weight / self.pairs.len() as f64))?)?;
                 }
             }
         }
-        Ok((total.to_dtype(DType::F32)?, out))
-    };
-    train_loop(inputs, run, options.stop_after, &mut loss)
+        Ok(total.to_dtype(DType::F32)?)
+    }
 }
 
 #[cfg(test)]

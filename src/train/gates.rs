@@ -6,23 +6,25 @@
 //! on MiniLM: it wound up and closed every gate before relaxing.) The gates are written to
 //! `gates.json` (for `remove-heads --gates`) and their trajectories to `gates.svg`.
 
-use std::cell::Cell;
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::BatchData;
+use crate::io::artefacts::{read_metrics, MetricLine};
 use crate::model::gates::GatesFile;
 use crate::model::gates::HeadGates;
-use crate::model::loss::{cross_entropy, scored_positions};
+use crate::model::loss::batch_cross_entropy;
 use crate::model::{Bert, Mode, Outputs};
-use crate::train::finetune::{
-    finetune_inputs, train_loop, DataSpec, LoopInputs, RunOptions, TrainOutcome, TrainSpec,
-};
+use crate::train::inputs::finetune_inputs;
+use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
+use crate::train::run_dir::RunDir;
+use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
+use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +100,7 @@ pub fn train_gates(
         )));
     }
     let head_gates = HeadGates::new(&heads, gates.gate_init)?;
-    let extra_params = head_gates
+    let extra_params: Vec<OptParam> = head_gates
         .log_alpha
         .iter()
         .enumerate()
@@ -123,44 +125,91 @@ pub fn train_gates(
         // model's. Remove the heads (`remove-heads --gates`), then evaluate.
         test: None,
         spec: spec.clone(),
-        op: "train gates",
         provenance,
+    };
+    let mut objective = GatedCrossEntropy {
+        gates: head_gates,
         extra_params,
-        head_gates: Some(head_gates),
+        spec: gates.clone(),
+        lambda: gates.l0.unwrap_or(0.0),
     };
-    let lambda = Cell::new(gates.l0.unwrap_or(0.0));
-    let device = Device::Cpu;
-    let mut loss = |model: &Bert, batch: &BatchData, _: &[&Example], mode: &mut Mode| {
+    fit(inputs, &mut objective, run, options.stop_after)
+}
+
+/// Cross-entropy plus λ·E[open heads] over hard-concrete head gates.
+struct GatedCrossEntropy {
+    gates: HeadGates,
+    extra_params: Vec<OptParam>,
+    spec: GateSpec,
+    /// The current L0 weight (fixed, or set by the controller each step).
+    lambda: f64,
+}
+
+impl Objective for GatedCrossEntropy {
+    fn op(&self) -> &'static str {
+        "train gates"
+    }
+
+    fn extra_params(&self) -> Vec<OptParam> {
+        self.extra_params.clone()
+    }
+
+    fn prepare(&self, model: Bert) -> Bert {
+        model.with_gates(self.gates.clone())
+    }
+
+    fn loss(
+        &mut self,
+        model: &Bert,
+        batch: &BatchData,
+        _: &[&Example],
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
         let out = model.forward(&batch.batch, mode, Outputs::default())?;
-        let (pos, tgt) = scored_positions(&batch.labels);
-        let pos = candle_core::Tensor::from_vec(pos.clone(), pos.len(), &device)?;
-        let tgt = candle_core::Tensor::from_vec(tgt.clone(), tgt.len(), &device)?;
-        let logits = out
-            .logits
-            .as_ref()
-            .ok_or_else(|| Error::Spec("the model has no classifier".into()))?;
-        let task = cross_entropy(logits, &pos, &tgt)?;
-        let open = model.gates().expect("gates attached").expected_open()?;
-        if let Some(k) = gates.target_heads {
+        let task = batch_cross_entropy(&out, &batch.labels)?;
+        let open = self.gates.expected_open()?;
+        if let Some(k) = self.spec.target_heads {
             let e = open.to_scalar::<f32>()? as f64;
-            lambda.set(gates.lambda_lr * (e - k as f64).max(0.0));
+            self.lambda = self.spec.lambda_lr * (e - k as f64).max(0.0);
         }
-        let total = (task + (open * lambda.get())?)?;
-        Ok((total, out))
-    };
-    train_loop(inputs, run, options.stop_after, &mut loss)
+        Ok((task + (open * self.lambda)?)?)
+    }
+
+    fn log_fields(&self, _: &Bert) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            "gates".into(),
+            serde_json::to_value(self.gates.values()?).expect("json"),
+        );
+        fields.insert(
+            "expected_open_heads".into(),
+            (self.gates.expected_open()?.to_scalar::<f32>()? as f64).into(),
+        );
+        Ok(fields)
+    }
+
+    /// `gates.json` for `remove-heads --gates` and the trajectories in `gates.svg`.
+    fn finish(&self, run: &RunDir, model: &Bert) -> Result<()> {
+        write_gates_file(&run.path.join("gates.json"), model)?;
+        let metrics = read_metrics(&run.path.join("metrics.jsonl"))?;
+        if let Some(svg) = gates_svg(&metrics) {
+            let path = run.path.join("gates.svg");
+            std::fs::write(&path, svg).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// An SVG of gate trajectories (one line per head, coloured by layer) from `metrics.jsonl`.
-pub fn gates_svg(metrics: &str) -> Option<String> {
+pub fn gates_svg(metrics: &[MetricLine]) -> Option<String> {
     let points: Vec<(f64, Vec<Vec<f64>>)> = metrics
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            Some((
-                v["step"].as_f64()?,
-                serde_json::from_value(v.get("gates")?.clone()).ok()?,
-            ))
+        .iter()
+        .filter_map(|l| match l {
+            MetricLine::Train(t) => Some((
+                t.step as f64,
+                serde_json::from_value(t.extra.get("gates")?.clone()).ok()?,
+            )),
+            MetricLine::Eval(_) => None,
         })
         .collect();
     let (last_step, first) = (points.last()?.0.max(1.0), &points.first()?.1);

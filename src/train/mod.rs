@@ -1,9 +1,14 @@
-//! Training: fine-tuning (and, through the same loop, other losses), the in-place AdamW,
-//! schedules, and the run folder (run.json, metrics.jsonl, best/ and last/ checkpoints).
+//! Training: one generic loop ([`trainer`]) and the objectives it runs ([`finetune`]
+//! cross-entropy, [`distill`] knowledge distillation, [`gates`] head gates with an L0 penalty),
+//! the in-place AdamW, schedules, and the run folder (run.json, metrics.jsonl, best/, last/).
 
 pub mod distill;
 pub mod finetune;
 pub mod gates;
+pub mod inputs;
+pub mod objective;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;
+pub mod spec;
+pub mod trainer;

@@ -36,6 +36,7 @@ impl Default for AdamWConfig {
 }
 
 /// A parameter handed to the optimizer.
+#[derive(Clone)]
 pub struct OptParam {
     /// Name used for the saved optimizer state.
     pub name: String,

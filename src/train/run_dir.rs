@@ -3,7 +3,6 @@
 //! `last/` (weights + optimizer state + step + generator, for resuming).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -11,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::HistoryEntry;
 use crate::error::{Error, Result};
+use crate::io::artefacts::{append_metric, write_json, MetricLine, RunRecord};
 use crate::io::atomic::AtomicDir;
 use crate::io::lock::FolderLock;
 use crate::io::output::{check_no_overlap, check_output, is_tool_output};
@@ -128,24 +128,14 @@ impl RunDir {
     }
 
     /// Writes `run.json` (atomically).
-    pub fn write_run_json(&self, value: &serde_json::Value) -> Result<()> {
-        let path = self.path.join("run.json");
-        let text = serde_json::to_string_pretty(value).expect("json");
+    pub fn write_run_json(&self, record: &RunRecord) -> Result<()> {
         self.provisional.set(false);
-        crate::io::atomic::replace_file(&path, |tmp| {
-            std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
-        })
+        write_json(&self.path.join("run.json"), record)
     }
 
     /// Appends one line to `metrics.jsonl`.
-    pub fn log(&self, value: &serde_json::Value) -> Result<()> {
-        let path = self.path.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{value}").map_err(|e| Error::io(&path, e))
+    pub fn log(&self, line: MetricLine) -> Result<()> {
+        append_metric(&self.path.join("metrics.jsonl"), &line)
     }
 
     /// Saves weights, optimizer moments and progress into `last/`, replacing the previous one.

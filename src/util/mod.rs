@@ -5,3 +5,4 @@ pub mod build_info;
 pub mod exit;
 pub mod hash;
 pub mod rng;
+pub mod shell;

@@ -4,14 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
-use surgery::budget::Budget;
-use surgery::io::Checkpoint;
-use surgery::pipeline::recipe::Step;
-
-use super::recipe::{shell_words, Plan};
-use surgery::budget::group;
+use crate::budget::{group, Budget};
+use crate::error::{Error, Result};
+use crate::io::artefacts::{read_optional, run_best_dev_f1, write_json, EvalRecord, StepRecord};
+use crate::io::Checkpoint;
+use crate::pipeline::recipe::{Recipe, Step};
+use crate::util::shell::shell_words;
 
 /// F1 figures a step produced (training runs and evaluations).
 #[derive(Default)]
@@ -23,32 +21,16 @@ struct Quality {
     tokens_per_s: Option<f64>,
 }
 
-fn read_json(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-fn quality(dir: &Path) -> Quality {
-    let best_dev_f1 = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| v["eval"] == "dev")
-                .filter_map(|v| v["f1"].as_f64())
-                .reduce(f64::max)
-        });
-    let test_f1 =
-        read_json(&dir.join("test.json")).and_then(|v| v["report"]["micro"]["f1"].as_f64());
-    let eval = read_json(&dir.join("eval.json"));
-    Quality {
-        best_dev_f1,
-        test_f1,
-        eval_f1: eval.as_ref().and_then(|v| v["f1"].as_f64()),
-        eval_data: eval
-            .as_ref()
-            .and_then(|v| v["data"].as_str().map(String::from)),
-        tokens_per_s: eval.as_ref().and_then(|v| v["tokens_per_s"].as_f64()),
-    }
+fn quality(dir: &Path) -> Result<Quality> {
+    let test: Option<EvalRecord> = read_optional(&dir.join("test.json"))?;
+    let eval: Option<EvalRecord> = read_optional(&dir.join("eval.json"))?;
+    Ok(Quality {
+        best_dev_f1: run_best_dev_f1(dir)?,
+        test_f1: test.map(|t| t.f1),
+        eval_f1: eval.as_ref().map(|e| e.f1),
+        eval_data: eval.as_ref().map(|e| e.data.display().to_string()),
+        tokens_per_s: eval.as_ref().map(|e| e.tokens_per_s),
+    })
 }
 
 fn unique_params(checkpoint: &Path) -> Option<u64> {
@@ -56,29 +38,35 @@ fn unique_params(checkpoint: &Path) -> Option<u64> {
     Budget::of_checkpoint(&ckpt).ok().map(|b| b.unique)
 }
 
-fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    surgery::io::atomic::write_text(path, text)
-        .with_context(|| format!("writing {}", path.display()))
+fn write(path: &Path, text: &str) -> Result<()> {
+    crate::io::atomic::write_text(path, text)
 }
 
 /// Writes the provenance files of a finished step; `step.json` last, as the completion marker.
-pub fn record(plan: &Plan, step: &Step, argv: &[String], seconds: f64) -> anyhow::Result<()> {
-    let dir = plan.dir(step.index);
+/// `dir` is the step's folder and `output` the checkpoint it hands on.
+pub fn record(
+    recipe: &Recipe,
+    step: &Step,
+    dir: &Path,
+    output: &Path,
+    argv: &[String],
+    seconds: f64,
+) -> Result<()> {
     let input = std::path::PathBuf::from(&argv[step.kind.name().split(' ').count()]);
-    let output = plan.output_checkpoint(step.index);
     let before = unique_params(&input);
-    let after = unique_params(&output);
-    let q = quality(&dir);
-    let history = Checkpoint::open(&output)
+    let after = unique_params(output);
+    let q = quality(dir)?;
+    let history = Checkpoint::open(output)
         .map(|c| c.history())
         .unwrap_or_default();
 
     let fragment = format!(
         "# Step {} of recipe `{}` ({}), variables substituted.\n[[step]]\n{}",
         step.index + 1,
-        plan.recipe.name,
-        plan.recipe.path.display(),
-        toml::to_string(&step.fragment).context("serialising the step")?
+        recipe.name,
+        recipe.path.display(),
+        toml::to_string(&step.fragment)
+            .map_err(|e| Error::Spec(format!("serialising step {}: {e}", step.name)))?
     );
     write(&dir.join("recipe-step.toml"), &fragment)?;
 
@@ -86,10 +74,10 @@ pub fn record(plan: &Plan, step: &Step, argv: &[String], seconds: f64) -> anyhow
         "# {} — step {} of recipe `{}`\n\n`{}` on `{}`; made by surgery {} in {seconds:.1} s.\n\n",
         step.name,
         step.index + 1,
-        plan.recipe.name,
+        recipe.name,
         step.kind.name(),
         input.display(),
-        env!("CARGO_PKG_VERSION"),
+        crate::util::build_info::VERSION,
     );
     if let (Some(b), Some(a)) = (before, after) {
         card.push_str(&format!(
@@ -130,7 +118,7 @@ pub fn record(plan: &Plan, step: &Step, argv: &[String], seconds: f64) -> anyhow
     }
     card.push_str(&format!(
         "## Reproduce\n\n```sh\nsurgery run {} --from {}   # this step and the ones after it\nsurgery {}   # this step alone\n```\n\nThe step as written in the recipe: `recipe-step.toml`.\n",
-        plan.recipe.path.display(),
+        recipe.path.display(),
         step.name,
         shell_words(argv)
     ));
@@ -139,17 +127,28 @@ pub fn record(plan: &Plan, step: &Step, argv: &[String], seconds: f64) -> anyhow
         write(&output.join("README.md"), &card)?;
     }
 
-    let record = serde_json::json!({
-        "recipe": plan.recipe.name, "recipe_file": plan.recipe.path, "step": step.index + 1,
-        "name": step.name, "kind": step.kind.name(), "hash": step.hash, "argv": argv,
-        "input": input, "output": output, "seconds": seconds,
-        "finished_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "params_before": before, "params_after": after,
-        "best_dev_f1": q.best_dev_f1, "test_f1": q.test_f1, "eval_f1": q.eval_f1,
-        "eval_data": q.eval_data, "tokens_per_s": q.tokens_per_s,
-    });
-    write(
-        &dir.join("step.json"),
-        &serde_json::to_string_pretty(&record).expect("json"),
-    )
+    let record = StepRecord {
+        recipe: recipe.name.clone(),
+        recipe_file: recipe.path.clone(),
+        step: step.index + 1,
+        name: step.name.clone(),
+        kind: step.kind.name().to_string(),
+        hash: step.hash.clone(),
+        argv: argv.to_vec(),
+        input,
+        output: output.to_path_buf(),
+        seconds,
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        params_before: before,
+        params_after: after,
+        best_dev_f1: q.best_dev_f1,
+        test_f1: q.test_f1,
+        eval_f1: q.eval_f1,
+        eval_data: q.eval_data,
+        tokens_per_s: q.tokens_per_s,
+    };
+    write_json(&dir.join("step.json"), &record)
 }

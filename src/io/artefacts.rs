@@ -1,0 +1,212 @@
+//! The files a run leaves behind, typed: `run.json` ([`RunRecord`]), `step.json`
+//! ([`StepRecord`]), evaluation JSON (`eval --save-json`, a run's `test.json`: [`EvalRecord`]) and
+//! the lines of `metrics.jsonl` ([`MetricLine`]). Every writer and reader uses these types, so a
+//! renamed field is a compile error, not a silent "—" in a report.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `run.json`: what a training run was asked to do and what it was built from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    /// The objective, e.g. `train finetune`.
+    pub op: String,
+    /// The hyper-parameters (`TrainSpec`).
+    pub spec: serde_json::Value,
+    pub spec_hash: String,
+    pub labels: Vec<String>,
+    pub surgery_version: String,
+    /// Resolved versions of the dependencies that decide the numbers.
+    pub dependencies: serde_json::Map<String, serde_json::Value>,
+    /// The commit the binary was built from.
+    pub git_commit: String,
+    pub command: Vec<String>,
+    pub unique_parameters: u64,
+    pub train_examples: usize,
+    pub train_tokens: usize,
+    pub padding_ratio: f64,
+    pub steps: usize,
+    /// Inputs, data files with hashes, and objective-specific settings.
+    pub provenance: serde_json::Value,
+}
+
+/// `step.json`: a finished recipe step (its presence marks the step done).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub recipe: String,
+    pub recipe_file: PathBuf,
+    /// 1-based position in the recipe.
+    pub step: usize,
+    pub name: String,
+    pub kind: String,
+    /// The spec hash a rerun compares.
+    pub hash: String,
+    pub argv: Vec<String>,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub seconds: f64,
+    pub finished_unix: u64,
+    pub params_before: Option<u64>,
+    pub params_after: Option<u64>,
+    pub best_dev_f1: Option<f64>,
+    pub test_f1: Option<f64>,
+    pub eval_f1: Option<f64>,
+    pub eval_data: Option<String>,
+    pub tokens_per_s: Option<f64>,
+}
+
+/// An evaluation: `eval --save-json`, and `test.json` of a training run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalRecord {
+    /// `surgery VERSION eval`: marks the file as this tool's (see [`super::output`]).
+    pub written_by: String,
+    pub checkpoint: PathBuf,
+    pub data: PathBuf,
+    pub f1: f64,
+    pub precision: f64,
+    pub recall: f64,
+    /// The full seqeval report (micro, macro and per-type scores).
+    pub report: serde_json::Value,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+/// One line of `metrics.jsonl`: a logged training window or an evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MetricLine {
+    Eval(EvalLine),
+    Train(TrainLine),
+}
+
+/// The mean loss over a logging window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainLine {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    /// What the objective adds (e.g. `gates`, `expected_open_heads`).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An evaluation during (`dev`) or after (`test`) training.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalLine {
+    pub step: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<usize>,
+    /// `dev` or `test`.
+    pub eval: String,
+    pub f1: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_tokens_per_s: Option<f64>,
+}
+
+/// Reads a JSON artefact; an unreadable or malformed file is an error naming it.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        line: e.line(),
+        msg: e.to_string(),
+    })
+}
+
+/// Reads a JSON artefact that a folder may not have: `None` when absent, an error when malformed.
+pub fn read_optional<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The best dev F1 of a run folder's `metrics.jsonl`, if it has one.
+pub fn run_best_dev_f1(dir: &Path) -> Result<Option<f64>> {
+    let path = dir.join("metrics.jsonl");
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(best_dev_f1(&read_metrics(&path)?))
+}
+
+/// Writes a JSON artefact atomically (inside a folder this tool owns).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("artefacts serialise");
+    super::atomic::write_text(path, &text)
+}
+
+/// Appends one line to `metrics.jsonl`.
+pub fn append_metric(path: &Path, line: &MetricLine) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let text = serde_json::to_string(line).expect("metric lines serialise");
+    writeln!(f, "{text}").map_err(|e| Error::io(path, e))
+}
+
+/// Reads `metrics.jsonl`; a malformed line is an error naming file and line.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricLine>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Input {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The best dev F1 among a run's metric lines.
+pub fn best_dev_f1(lines: &[MetricLine]) -> Option<f64> {
+    lines
+        .iter()
+        .filter_map(|l| match l {
+            MetricLine::Eval(e) if e.eval == "dev" => Some(e.f1),
+            _ => None,
+        })
+        .reduce(f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_lines_round_trip_and_tell_train_from_eval() {
+        let lines = [
+            r#"{"step":2,"epoch":0,"loss":1.5,"lr":0.001,"grad_norm":2.0,"tokens_per_s":100.0,"gates":[[0.5]]}"#,
+            r#"{"step":4,"epoch":1,"eval":"dev","f1":0.5,"precision":0.4,"recall":0.6,"eval_tokens_per_s":9.0}"#,
+            r#"{"step":4,"eval":"test","f1":0.25}"#,
+        ];
+        for text in lines {
+            let line: MetricLine = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&line).unwrap(), text);
+        }
+        let parsed: Vec<MetricLine> = lines
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert!(matches!(&parsed[0], MetricLine::Train(t) if t.extra.contains_key("gates")));
+        assert_eq!(best_dev_f1(&parsed), Some(0.5));
+    }
+}
