@@ -436,3 +436,48 @@ fn run_json_records_the_binarys_own_commit_and_dependency_versions() {
     let candle = run["dependencies"]["candle-core"].as_str().unwrap();
     assert!(candle.starts_with("0."), "{candle}");
 }
+
+#[test]
+fn tensorboard_events_mirror_the_metric_lines() {
+    let s = setup(48);
+    let out = s.dir.path().join("run");
+    let mut spec = quick_spec();
+    spec.max_steps = 6;
+    spec.log_every = 2;
+    let options = RunOptions {
+        tensorboard: true,
+        ..Default::default()
+    };
+    finetune(&s.model, &s.data, &spec, &out, options).unwrap();
+    let files: Vec<_> = std::fs::read_dir(out.join("tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = surgery::io::tensorboard::read_events(&files[0]).unwrap();
+    let losses: Vec<(i64, f32)> = events
+        .iter()
+        .filter_map(|e| {
+            let v = e
+                .summary
+                .as_ref()?
+                .value
+                .iter()
+                .find(|v| v.tag == "train/loss")?;
+            Some((e.step, v.simple_value?))
+        })
+        .collect();
+    let metrics = surgery::io::artefacts::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    let expected: Vec<(i64, f32)> = metrics
+        .iter()
+        .filter_map(|l| match l {
+            surgery::io::artefacts::MetricLine::Train(t) => Some((t.step as i64, t.loss as f32)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(losses, expected);
+    assert!(events.iter().any(|e| e
+        .summary
+        .as_ref()
+        .is_some_and(|s| s.value.iter().any(|v| v.tag == "dev/f1"))));
+}

@@ -68,6 +68,10 @@ pub struct RunArgs {
     /// Stop after N optimizer steps as if interrupted (continue later with --resume).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Also write the metrics as TensorBoard event files into OUT/tensorboard (watch them live with
+    /// `tensorboard --logdir OUT`).
+    #[arg(long)]
+    tensorboard: bool,
     /// Set by the recipe runner: continue the run the folder holds, if any.
     #[arg(skip)]
     resume_if_present: bool,
@@ -83,6 +87,7 @@ impl RunArgs {
             },
             force: self.force,
             stop_after: self.stop_after,
+            tensorboard: self.tensorboard,
         }
     }
 }

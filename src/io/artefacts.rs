@@ -115,6 +115,37 @@ pub struct EvalLine {
     pub eval_tokens_per_s: Option<f64>,
 }
 
+impl MetricLine {
+    /// The line's numbers as TensorBoard scalars (`train/loss`, `dev/f1`, ...) and its step.
+    pub fn scalars(&self) -> (usize, Vec<(String, f64)>) {
+        match self {
+            MetricLine::Train(t) => {
+                let mut values = vec![
+                    ("train/loss".to_string(), t.loss),
+                    ("train/lr".to_string(), t.lr),
+                    ("train/grad_norm".to_string(), t.grad_norm),
+                    ("train/tokens_per_s".to_string(), t.tokens_per_s),
+                ];
+                for (key, value) in &t.extra {
+                    if let Some(v) = value.as_f64() {
+                        values.push((format!("train/{key}"), v));
+                    }
+                }
+                (t.step, values)
+            }
+            MetricLine::Eval(e) => {
+                let mut values = vec![(format!("{}/f1", e.eval), e.f1)];
+                for (name, v) in [("precision", e.precision), ("recall", e.recall)] {
+                    if let Some(v) = v {
+                        values.push((format!("{}/{name}", e.eval), v));
+                    }
+                }
+                (e.step, values)
+            }
+        }
+    }
+}
+
 /// Reads a JSON artefact; an unreadable or malformed file is an error naming it.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

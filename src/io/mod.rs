@@ -8,6 +8,7 @@ pub mod lock;
 pub mod output;
 pub mod store;
 pub mod tensor_file;
+pub mod tensorboard;
 
 pub use checkpoint::Checkpoint;
 pub use store::TensorStore;

@@ -15,6 +15,7 @@ use crate::io::atomic::AtomicDir;
 use crate::io::lock::FolderLock;
 use crate::io::output::{check_no_overlap, check_output, is_tool_output};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
+use crate::io::tensorboard::EventWriter;
 use crate::io::{Checkpoint, TensorStore};
 use crate::train::optim::AdamW;
 use crate::util::rng::Rng;
@@ -42,6 +43,8 @@ pub struct RunDir {
     /// Created by this run and nothing recorded in it yet: removed again if the run fails
     /// before it writes `run.json` (bad data, too little memory), so a rerun is not refused.
     provisional: std::cell::Cell<bool>,
+    /// Mirrors `metrics.jsonl` into TensorBoard event files when asked (`--tensorboard`).
+    tensorboard: std::cell::RefCell<Option<EventWriter>>,
     _lock: FolderLock,
 }
 
@@ -115,6 +118,7 @@ impl RunDir {
             path: path.to_path_buf(),
             resuming,
             provisional: std::cell::Cell::new(!existed),
+            tensorboard: std::cell::RefCell::new(None),
             _lock: lock,
         })
     }
@@ -133,9 +137,20 @@ impl RunDir {
         write_json(&self.path.join("run.json"), record)
     }
 
-    /// Appends one line to `metrics.jsonl`.
+    /// Also writes every metric line to `tensorboard/` as TensorBoard events.
+    pub fn enable_tensorboard(&self) -> Result<()> {
+        *self.tensorboard.borrow_mut() = Some(EventWriter::create(&self.path.join("tensorboard"))?);
+        Ok(())
+    }
+
+    /// Appends one line to `metrics.jsonl` (and to the TensorBoard events when enabled).
     pub fn log(&self, line: MetricLine) -> Result<()> {
-        append_metric(&self.path.join("metrics.jsonl"), &line)
+        append_metric(&self.path.join("metrics.jsonl"), &line)?;
+        if let Some(writer) = self.tensorboard.borrow_mut().as_mut() {
+            let (step, values) = line.scalars();
+            writer.scalars(step, &values)?;
+        }
+        Ok(())
     }
 
     /// Saves weights, optimizer moments and progress into `last/`, replacing the previous one.

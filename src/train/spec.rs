@@ -193,12 +193,18 @@ pub struct RunOptions {
     pub force: bool,
     /// Stop (as if interrupted) after this many optimizer steps; `--resume` continues.
     pub stop_after: Option<usize>,
+    /// Also write the metrics as TensorBoard event files (`OUT/tensorboard/`).
+    pub tensorboard: bool,
 }
 
 impl RunOptions {
     /// Opens and locks the run folder before any data is read or computed, so a refused output
     /// or a concurrent run fails at once. `inputs` are the files and folders the run reads.
     pub fn open(&self, out: &Path, inputs: &[&Path]) -> Result<RunDir> {
-        RunDir::open(out, inputs, self.resume, self.force)
+        let run = RunDir::open(out, inputs, self.resume, self.force)?;
+        if self.tensorboard {
+            run.enable_tensorboard()?;
+        }
+        Ok(run)
     }
 }
