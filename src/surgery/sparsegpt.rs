@@ -58,32 +58,35 @@ pub struct Spec {
 
 impl Spec {
     fn pattern(&self) -> Result<Pattern> {
-        match (&self.sparsity, &self.pattern) {
-            (Some(s), None) => {
-                if !(*s > 0.0 && *s < 1.0) {
-                    return Err(Error::Spec(format!("--sparsity {s}: must be in (0, 1)")));
-                }
-                Ok(Pattern::Unstructured(*s))
+        parse_pattern(self.sparsity, self.pattern.as_deref())
+    }
+}
+
+/// `--sparsity s` or `--pattern N:M`, checked.
+pub(super) fn parse_pattern(sparsity: Option<f64>, pattern: Option<&str>) -> Result<Pattern> {
+    match (sparsity, pattern) {
+        (Some(s), None) => {
+            if !(s > 0.0 && s < 1.0) {
+                return Err(Error::Spec(format!("--sparsity {s}: must be in (0, 1)")));
             }
-            (None, Some(p)) => {
-                let parsed = p.split_once(':').and_then(|(n, m)| {
-                    Some((
-                        n.trim().parse::<usize>().ok()?,
-                        m.trim().parse::<usize>().ok()?,
-                    ))
-                });
-                match parsed {
-                    Some((n, m)) if n > 0 && n < m => Ok(Pattern::NofM { n, m }),
-                    Some((n, m)) => {
-                        Err(Error::Spec(format!("--pattern {n}:{m}: N must be in 1..M")))
-                    }
-                    None => Err(Error::Spec(format!(
-                        "--pattern `{p}`: expected N:M such as 2:4"
-                    ))),
-                }
-            }
-            _ => Err(Error::Spec("give --sparsity or --pattern".into())),
+            Ok(Pattern::Unstructured(s))
         }
+        (None, Some(p)) => {
+            let parsed = p.split_once(':').and_then(|(n, m)| {
+                Some((
+                    n.trim().parse::<usize>().ok()?,
+                    m.trim().parse::<usize>().ok()?,
+                ))
+            });
+            match parsed {
+                Some((n, m)) if n > 0 && n < m => Ok(Pattern::NofM { n, m }),
+                Some((n, m)) => Err(Error::Spec(format!("--pattern {n}:{m}: N must be in 1..M"))),
+                None => Err(Error::Spec(format!(
+                    "--pattern `{p}`: expected N:M such as 2:4"
+                ))),
+            }
+        }
+        _ => Err(Error::Spec("give --sparsity or --pattern".into())),
     }
 }
 
@@ -121,7 +124,11 @@ fn relative_output_error(w: &[f64], pruned: &[f64], rows: usize, cols: usize, h:
 /// The architecture after pruning: every encoder linear marked sparse (the unique parameter
 /// count does not change; the pruned weights are stored as zeros).
 pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
-    let pattern = spec.pattern()?;
+    sparse_arch(arch, spec.pattern()?)
+}
+
+/// The architecture with every encoder linear marked sparse with `pattern` (they must be dense).
+pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
     for layer in &arch.layers {
         if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
             return Err(Error::Spec(format!(
