@@ -7,6 +7,7 @@ pub mod drop_layers;
 pub mod factorize_embeddings;
 pub mod linalg;
 pub mod lowrank_layers;
+pub mod magnitude;
 pub mod obs;
 pub mod prune_vocab;
 pub mod registry;

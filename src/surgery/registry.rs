@@ -94,4 +94,5 @@ registry! {
     Sparsegpt => super::sparsegpt::Spec,
     RemoveHeads => super::remove_heads::Spec,
     PruneVocab => super::prune_vocab::Spec,
+    Magnitude => super::magnitude::Spec,
 }
