@@ -42,6 +42,18 @@ pub fn finetune(
     out: &Path,
     options: RunOptions,
 ) -> Result<TrainOutcome> {
+    supervised(input, data, spec, out, options, &mut CrossEntropy)
+}
+
+/// Supervised training on the aligned labels with any objective that needs only them.
+pub fn supervised(
+    input: &Path,
+    data: &DataSpec,
+    spec: &TrainSpec,
+    out: &Path,
+    options: RunOptions,
+    objective: &mut dyn Objective,
+) -> Result<TrainOutcome> {
     let mut read = data.paths();
     read.push(input);
     let run = options.open(out, &read)?;
@@ -61,5 +73,5 @@ pub fn finetune(
         spec: spec.clone(),
         provenance,
     };
-    fit(inputs, &mut CrossEntropy, run, options.stop_after)
+    fit(inputs, objective, run, options.stop_after)
 }

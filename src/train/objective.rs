@@ -15,6 +15,13 @@ pub trait Objective {
     /// The name recorded as the run's `op` and in the model's history, e.g. `train finetune`.
     fn op(&self) -> &'static str;
 
+    /// The objective's own settings (e.g. a smoothing factor), recorded with the hyper-parameters
+    /// under `objective`: part of the spec hash, so a resume with other settings is refused.
+    /// `null` (the default) records nothing.
+    fn settings(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// Trainable tensors outside the model (a distillation projection, gate logits): optimized
     /// and resumed with the run, never saved into the checkpoint.
     fn extra_params(&self) -> Vec<OptParam> {

@@ -66,7 +66,11 @@ pub fn fit(
     let started = Instant::now();
     let spec = &inputs.spec;
     let device = Device::Cpu;
-    let spec_json = serde_json::to_value(spec).expect("spec serialises");
+    let mut spec_json = serde_json::to_value(spec).expect("spec serialises");
+    let settings = objective.settings();
+    if !settings.is_null() {
+        spec_json["objective"] = settings;
+    }
     let spec_hash = fnv1a(spec_json.to_string().as_bytes());
     let out = run.path.clone();
     let resumed = if run.resuming { run.load_last()? } else { None };
