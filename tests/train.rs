@@ -481,3 +481,46 @@ fn tensorboard_events_mirror_the_metric_lines() {
         .as_ref()
         .is_some_and(|s| s.value.iter().any(|v| v.tag == "dev/f1"))));
 }
+
+#[test]
+fn label_smoothing_mixes_the_gold_and_the_uniform_cross_entropy() {
+    use surgery::model::Mode;
+    use surgery::train::label_smoothing::LabelSmoothing;
+    use surgery::train::objective::Objective;
+    let s = setup(16);
+    let prepared =
+        surgery::train::inputs::finetune_inputs(&s.model, &s.data, &quick_spec()).unwrap();
+    let model = surgery::eval::infer::load_model(&prepared.ckpt, &Device::Cpu).unwrap();
+    let examples: Vec<_> = prepared.train.examples.iter().take(4).collect();
+    let batch =
+        surgery::eval::collate(&examples, prepared.tokenizer.pad_id(), &Device::Cpu).unwrap();
+    let loss = |eps: f64| {
+        LabelSmoothing::new(eps)
+            .unwrap()
+            .loss(&model, &batch, &examples, &mut Mode::Eval)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    // The same by hand from the logits: (1−ε)·(lse − z_gold) + ε·mean_c(lse − z_c).
+    let out = model
+        .forward(&batch.batch, &mut Mode::Eval, Default::default())
+        .unwrap();
+    let logits = out.logits.unwrap().to_vec3::<f32>().unwrap();
+    let (mut gold, mut uniform, mut n) = (0.0, 0.0, 0.0);
+    for (row, labels) in logits.iter().zip(&batch.labels) {
+        for (z, &y) in row.iter().zip(labels) {
+            if y < 0 {
+                continue;
+            }
+            let lse = z.iter().map(|v| (*v as f64).exp()).sum::<f64>().ln();
+            gold += lse - z[y as usize] as f64;
+            uniform += z.iter().map(|v| lse - *v as f64).sum::<f64>() / z.len() as f64;
+            n += 1.0;
+        }
+    }
+    let eps = 0.1;
+    let want = (1.0 - eps) * gold / n + eps * uniform / n;
+    assert!((loss(eps) - want).abs() < 1e-4, "{} vs {want}", loss(eps));
+    assert!((loss(0.0) - gold / n).abs() < 1e-4);
+}

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use surgery::train::distill::{distill, DistillSpec};
-use surgery::train::finetune::finetune;
+use surgery::train::finetune::{finetune, supervised};
 use surgery::train::gates::{train_gates, GateSpec};
+use surgery::train::label_smoothing::LabelSmoothing;
 use surgery::train::run_dir::Resume;
 use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
 use surgery::train::trainer::TrainOutcome;
@@ -96,6 +97,9 @@ impl RunArgs {
 pub struct FinetuneArgs {
     /// Checkpoint folder to start from (a classifier is added if it has none).
     checkpoint: PathBuf,
+    /// Smooth the targets: (1−ε)·one-hot + ε/C (0 = plain cross-entropy).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -128,7 +132,20 @@ impl TrainCommand {
 pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     match command {
         TrainCommand::Finetune(a) => {
-            let outcome = finetune(&a.checkpoint, &a.data, &a.spec, &a.run.out, a.run.options())?;
+            let outcome = if a.label_smoothing > 0.0 {
+                let mut objective = LabelSmoothing::new(a.label_smoothing)?;
+                let (input, out) = (&a.checkpoint, &a.run.out);
+                supervised(
+                    input,
+                    &a.data,
+                    &a.spec,
+                    out,
+                    a.run.options(),
+                    &mut objective,
+                )?
+            } else {
+                finetune(&a.checkpoint, &a.data, &a.spec, &a.run.out, a.run.options())?
+            };
             report(&outcome);
             Ok(ExitCode::SUCCESS)
         }

@@ -6,6 +6,7 @@ pub mod distill;
 pub mod finetune;
 pub mod gates;
 pub mod inputs;
+pub mod label_smoothing;
 pub mod objective;
 pub mod optim;
 pub mod run_dir;
