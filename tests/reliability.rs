@@ -86,6 +86,18 @@ fn finetune_args(s_: &Setup, input: &Path, out: &Path, extra: &[&str]) -> Vec<St
     args
 }
 
+/// A one-step recipe named `name` that evaluates `run_dir/best` on the dev file.
+fn eval_recipe(s_: &Setup, name: &str, run_dir: &Path) -> PathBuf {
+    let recipe = s_.dir.path().join(format!("{name}.toml"));
+    let text = format!(
+        "[recipe]\nname = \"{name}\"\n[[step]]\nkind = \"eval\"\ninput = \"{}\"\ndata = \"{}\"\n",
+        run_dir.join("best").display(),
+        s_.data.dev.display()
+    );
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
 fn run(args: &[String]) -> crate::util::Output {
     surgery(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>())
 }
@@ -181,16 +193,7 @@ fn a_locked_run_folder_or_recipe_is_refused_naming_the_holder() {
     assert_refused(&r, &format!("in use by process {}", std::process::id()));
     drop(lock);
 
-    let recipe = s_.dir.path().join("r.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            "[recipe]\nname = \"locked\"\n[[step]]\nkind = \"eval\"\ninput = \"{}\"\ndata = \"{}\"\n",
-            run_dir.join("best").display(),
-            s_.data.dev.display()
-        ),
-    )
-    .unwrap();
+    let recipe = eval_recipe(&s_, "locked", &run_dir);
     let runs = s_.dir.path().join("runs");
     let root = runs.join("locked");
     std::fs::create_dir_all(&root).unwrap();
@@ -206,16 +209,7 @@ fn a_locked_run_folder_or_recipe_is_refused_naming_the_holder() {
 fn recipe_runs_and_reports_never_write_over_user_folders_or_inputs() {
     let s_ = setup(32);
     let run_dir = trained(&s_);
-    let recipe = s_.dir.path().join("r.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            "[recipe]\nname = \"rr\"\n[[step]]\nkind = \"eval\"\ninput = \"{}\"\ndata = \"{}\"\n",
-            run_dir.join("best").display(),
-            s_.data.dev.display()
-        ),
-    )
-    .unwrap();
+    let recipe = eval_recipe(&s_, "rr", &run_dir);
     // --runs inside the input checkpoint.
     let r = surgery(&["run", s(&recipe), "--runs", s(&run_dir.join("best"))]);
     assert_refused(&r, "lies inside the input");
