@@ -548,3 +548,18 @@ fn every_registered_surgery_plans_what_it_applies() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// The library keeps its layering and has no import cycles (`tools/layers.py`).
+#[test]
+fn the_module_tree_keeps_its_layers_without_cycles() {
+    let Ok(out) = std::process::Command::new("python3")
+        .arg(repo().join("tools/layers.py"))
+        .output()
+    else {
+        eprintln!("skipped: python3 not found");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(" 0 problem(s)"), "{text}");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Checks the library's layering: every module under src/ imports only modules of its own layer
-or of the layers below it (the order lib.rs documents), and lists import cycles between files.
+"""Checks the library's layering: every module under src/ imports only modules of the layers below
+it (the order lib.rs documents; siblings in a layer, such as train and surgery, stay independent),
+and lists import cycles between files.
 Usage: python3 tools/layers.py   (exit 1 on a violation or a cycle)"""
 import re, sys, pathlib, itertools
 
@@ -25,14 +26,18 @@ for path in sorted(src.rglob("*.rs")):
     # Code only: doc comments may name any module.
     text = "\n".join(l.split("//")[0] for l in path.read_text().splitlines())
     own = "::".join(parts)
+    if parts[0] not in rank:
+        problems.append(f"{own}: not in any layer (add it to LAYERS)")
     deps = set()
     for m in re.finditer(r"crate::([a-z_]+(?:::[a-z_]+)?)", text):
         target = m.group(1).split("::")
         top = target[0]
         if top not in rank:
             continue
-        if rank[top] > rank[parts[0]]:
+        if parts[0] in rank and rank[top] > rank[parts[0]]:
             problems.append(f"{own} (layer {parts[0]}) imports crate::{top}, a higher layer")
+        elif parts[0] in rank and top != parts[0] and rank[top] == rank[parts[0]] > 0:
+            problems.append(f"{own} imports its sibling crate::{top} (siblings stay independent)")
         # file-level edge: crate::a::b where b is a file module
         cand = src.joinpath(*target)
         if cand.with_suffix(".rs").is_file() or (cand / "mod.rs").is_file():
