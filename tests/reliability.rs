@@ -531,3 +531,70 @@ fn a_recipe_killed_inside_a_training_step_continues_from_last() {
     assert!(r.stderr.contains("resuming"), "{}", r.stderr);
     assert!(!runs.join("k/01-ft/.step-pending.json").exists());
 }
+
+#[test]
+fn a_path_through_a_missing_folder_and_dotdot_names_its_parent() {
+    let s_ = setup(32);
+    let user = s_.dir.path().join("mine");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("notes.txt"), "keep").unwrap();
+    let before = snapshot(&user);
+    let sneaky = user.join("new").join("..");
+    let r = run(&finetune_args(&s_, &s_.model, &sneaky, &[]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = surgery(&[
+        "report",
+        s(&s_.dir.path().join("none")),
+        "--out",
+        s(&sneaky),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    std::fs::remove_dir_all(user.join("new")).ok();
+    assert_eq!(snapshot(&user), before);
+}
+
+#[test]
+fn a_file_a_surgery_reads_cannot_be_inside_its_output() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("cut");
+    assert_eq!(
+        surgery(&["drop-layers", s(&m), s(&out), "--keep", "0"]).code,
+        0
+    );
+    let calib = out.join("calib.txt");
+    std::fs::write(&calib, "Peter B-PER\n").unwrap();
+    let r = surgery(&[
+        "sparsegpt",
+        s(&m),
+        s(&out),
+        "--sparsity",
+        "0.5",
+        "--calib",
+        s(&calib),
+        "--force",
+    ]);
+    assert_refused(&r, "lies inside the input");
+    assert_eq!(std::fs::read_to_string(&calib).unwrap(), "Peter B-PER\n");
+}
+
+#[test]
+fn a_previous_output_left_by_a_kill_mid_replacement_is_put_back() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("cut");
+    assert_eq!(
+        surgery(&["drop-layers", s(&m), s(&out), "--keep", "0"]).code,
+        0
+    );
+    // A kill between the two renames: the old version moved aside, the new one not in place.
+    let aside = dir.path().join(".cut.tmp-4194305.old");
+    std::fs::rename(&out, &aside).unwrap();
+    let r = surgery(&["drop-layers", s(&m), s(&out), "--keep", "0,1"]);
+    assert_refused(&r, "already exists");
+    assert!(
+        out.join("model.safetensors").is_file(),
+        "the previous output is back"
+    );
+    assert!(!aside.exists());
+}

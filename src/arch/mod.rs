@@ -301,8 +301,17 @@ fn layer_from_info(info: &LayerInfo, config: &BertConfig) -> Result<LayerArch, S
         linears.insert(slot, *kind);
     }
     let intermediate = info.intermediate_size.unwrap_or(config.intermediate_size);
-    if intermediate == 0 {
-        return Err("a layer has intermediate_size 0".into());
+    if intermediate == 0 || intermediate > 1 << 18 {
+        return Err(format!(
+            "a layer has intermediate_size {intermediate} (1 to 262144)"
+        ));
+    }
+    for (name, kind) in &info.linears {
+        if let LinearKind::LowRank { rank } = kind {
+            if *rank == 0 || *rank > 1 << 16 {
+                return Err(format!("linear `{name}` has rank {rank} (1 to 65536)"));
+            }
+        }
     }
     Ok(LayerArch {
         num_heads: info.num_heads,
@@ -319,6 +328,7 @@ fn label_count(config: &BertConfig) -> Result<usize, String> {
         return Ok(labels.len());
     }
     match config.extra.get("num_labels").and_then(|v| v.as_u64()) {
+        Some(n) if n > 1 << 16 => Err(format!("num_labels is {n}; at most 65536 is supported")),
         Some(n) => Ok(n as usize),
         None => Err("the checkpoint has a classifier but config.json has no id2label".into()),
     }

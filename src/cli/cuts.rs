@@ -9,7 +9,9 @@ use surgery::surgery::registry::SurgeryCommand;
 /// Runs one surgery: checks the output, reads IN, cuts, writes OUT, prints the budget change.
 pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {
     let io = command.io();
-    surgery::io::output::check_output(&io.output, &[&io.input], io.force)?;
+    let mut reads = command.reads();
+    reads.push(&io.input);
+    surgery::io::output::check_output(&io.output, &reads, io.force)?;
     let input = Checkpoint::open(&io.input)?;
     let outcome = command.apply(&input)?;
     outcome.save(&io.output, io.force)?;

@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, Parser};
 
 use surgery::arch::Arch;
 use surgery::budget::{group, Budget};
-use surgery::data::{read_dataset, LabelSet, ReadOptions};
+use surgery::data::{read_dataset, LabelSet};
 use surgery::io::artefacts::{read_json, StepRecord};
 use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
@@ -382,7 +382,8 @@ fn planned_arch(command: &Command, arch: Arch) -> Result<Arch, String> {
         Command::Train(train) if arch.num_labels.is_none() => {
             // Fine-tuning adds a classifier for the training file's labels.
             let path = &train.data().train;
-            let data = read_dataset(path, &ReadOptions::default()).map_err(|e| e.to_string())?;
+            let data =
+                read_dataset(path, &train.data().read_options()).map_err(|e| e.to_string())?;
             let labels = LabelSet::discover(&data).map_err(|e| e.to_string())?;
             Ok(Arch {
                 num_labels: Some(labels.len()),
@@ -402,6 +403,8 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut summary = vec![];
     let total = plan.recipe.steps.len();
+    // Steps run in this invocation: a step reading one of them cannot continue an old run.
+    let mut ran = std::collections::BTreeSet::new();
     for step in &plan.recipe.steps {
         let dir = plan.dir(step.index);
         let forced = start.is_some_and(|s| step.index >= s);
@@ -431,13 +434,18 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             .expect("every step of a checked plan parsed");
         let pending = dir.join(PENDING);
         let interrupted = step.kind.is_training()
+            && !forced
+            && step.dependencies().is_disjoint(&ran)
             && pending_hash(&pending).as_deref() == Some(step.hash.as_str());
         if interrupted {
             println!("   continuing the interrupted run in {}", dir.display());
         } else if dir.exists() {
+            // Not while another process (a manual `train --resume` into it) works there.
+            let _step_lock = FolderLock::acquire(&dir)?;
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing the stale {}", dir.display()))?;
         }
+        ran.insert(step.index);
         if let Command::Train(train) = &mut command {
             // The step's folder records which step it belongs to, so a rerun after a kill
             // continues its training from last/ instead of starting it again.
@@ -461,8 +469,18 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
             Err(e) => Some((super::exit_status(&e).into(), Some(e))),
         };
         if let Some((code, err)) = failure {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).ok();
+            // A folder another process holds is not ours to remove; an interrupted training
+            // keeps its last/ so that the rerun continues it.
+            let locked = err.as_ref().is_some_and(|e| {
+                e.chain()
+                    .any(|c| matches!(c.downcast_ref(), Some(surgery::Error::Locked { .. })))
+            });
+            let resumable =
+                step.kind.is_training() && dir.join("last/state/progress.json").is_file();
+            if dir.exists() && !locked && !resumable {
+                if let Ok(_step_lock) = FolderLock::acquire(&dir) {
+                    std::fs::remove_dir_all(&dir).ok();
+                }
             }
             eprintln!(
                 "step {} ({}) failed after {seconds:.1} s; the earlier steps' outputs stay valid and \

@@ -58,7 +58,8 @@ pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     // existing one must be a report this tool wrote.
     let reads: Vec<&std::path::Path> = args.dirs.iter().map(|d| d.as_path()).collect();
     surgery::io::output::check_no_overlap(&args.out, &reads)?;
-    if args.out.exists() && !surgery::io::output::is_tool_output(&args.out) {
+    let real = surgery::io::output::absolute(&args.out);
+    if real.exists() && !surgery::io::output::is_tool_output(&real) {
         return Err(surgery::Error::NotOurs { path: args.out }.into());
     }
     std::fs::create_dir_all(&args.out)

@@ -132,7 +132,7 @@ impl TrainCommand {
 pub fn run(command: TrainCommand) -> anyhow::Result<ExitCode> {
     match command {
         TrainCommand::Finetune(a) => {
-            let outcome = if a.label_smoothing > 0.0 {
+            let outcome = if a.label_smoothing != 0.0 {
                 let mut objective = LabelSmoothing::new(a.label_smoothing)?;
                 let (input, out) = (&a.checkpoint, &a.run.out);
                 supervised(

@@ -7,6 +7,12 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     if tag == "O" {
         return Ok(());
     }
+    if tag.chars().any(|c| is_zero_width(c) || c.is_control()) {
+        return Err(format!(
+            "tag `{}` holds an invisible character",
+            tag.escape_unicode()
+        ));
+    }
     match tag.split_once('-') {
         Some((prefix, kind)) if matches!(prefix, "B" | "I" | "E" | "S" | "L" | "U") => {
             if kind.is_empty() {
@@ -48,7 +54,17 @@ mod tests {
         for good in ["O", "B-PER", "I-MISC", "E-X", "S-LOC", "B-a-b"] {
             assert!(check_tag(good).is_ok(), "{good}");
         }
-        for bad in ["B", "I-", "PER", "EU", "b-PER", "", "-PER", "O-"] {
+        for bad in [
+            "B",
+            "I-",
+            "PER",
+            "EU",
+            "b-PER",
+            "",
+            "-PER",
+            "O-",
+            "B-ORG\u{feff}",
+        ] {
             assert!(check_tag(bad).is_err(), "{bad}");
         }
     }

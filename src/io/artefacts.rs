@@ -21,7 +21,9 @@ pub struct RunRecord {
     pub spec_hash: String,
     pub labels: Vec<String>,
     pub surgery_version: String,
-    /// Resolved versions of the dependencies that decide the numbers.
+    /// Resolved versions of the dependencies that decide the numbers (absent in runs made
+    /// before they were recorded).
+    #[serde(default)]
     pub dependencies: serde_json::Map<String, serde_json::Value>,
     /// The commit the binary was built from.
     pub git_commit: String,
@@ -84,18 +86,27 @@ pub enum MetricLine {
     Train(TrainLine),
 }
 
-/// The mean loss over a logging window.
+/// The mean loss over a logging window. JSON has no NaN: a non-finite value is written as
+/// `null` and read back as NaN.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainLine {
     pub step: usize,
     pub epoch: usize,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub loss: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub lr: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub grad_norm: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub tokens_per_s: f64,
     /// What the objective adds (e.g. `gates`, `expected_open_heads`).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// An evaluation during (`dev`) or after (`test`) training.
@@ -180,31 +191,78 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     super::atomic::write_text(path, &text)
 }
 
-/// Appends one line to `metrics.jsonl`.
+/// Appends one line to `metrics.jsonl` in a single write, so a kill never leaves half a line
+/// followed by the next one.
 pub fn append_metric(path: &Path, line: &MetricLine) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    let text = serde_json::to_string(line).expect("metric lines serialise");
-    writeln!(f, "{text}").map_err(|e| Error::io(path, e))
+    let mut text = serde_json::to_string(line).expect("metric lines serialise");
+    text.push('\n');
+    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
-/// Reads `metrics.jsonl`; a malformed line is an error naming file and line.
+/// Reads `metrics.jsonl`; a malformed line is an error naming file and line, except a last line
+/// without its newline (a write cut short by a kill), which is left out.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricLine>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Input {
-                path: path.to_path_buf(),
-                line: i + 1,
-                msg: e.to_string(),
-            })
-        })
-        .collect()
+    let torn_tail = !text.is_empty() && !text.ends_with('\n');
+    let count = text.lines().count();
+    let mut lines = vec![];
+    for (i, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(line) => lines.push(line),
+            Err(_) if torn_tail && i + 1 == count => {}
+            Err(e) => {
+                return Err(Error::Input {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    msg: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Reads an evaluation record; a `test.json` written before [`EvalRecord`] existed
+/// (`{"report": …, "tokens_per_s": …}`) is read from its report.
+pub fn read_eval(path: &Path) -> Result<Option<EvalRecord>> {
+    let Some(value) = read_optional::<serde_json::Value>(path)? else {
+        return Ok(None);
+    };
+    if let Ok(record) = serde_json::from_value::<EvalRecord>(value.clone()) {
+        return Ok(Some(record));
+    }
+    let micro = &value["report"]["micro"];
+    let number = |v: &serde_json::Value| v.as_f64();
+    match (
+        number(&micro["f1"]),
+        number(&micro["precision"]),
+        number(&micro["recall"]),
+    ) {
+        (Some(f1), Some(precision), Some(recall)) => Ok(Some(EvalRecord {
+            written_by: "surgery (earlier version)".into(),
+            checkpoint: PathBuf::new(),
+            data: PathBuf::new(),
+            f1,
+            precision,
+            recall,
+            report: value["report"].clone(),
+            tokens_per_s: number(&value["tokens_per_s"]).unwrap_or(f64::NAN),
+            seconds: f64::NAN,
+        })),
+        _ => Err(Error::Input {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "not an evaluation record (no f1)".into(),
+        }),
+    }
 }
 
 /// The best dev F1 among a run's metric lines.
@@ -239,5 +297,22 @@ mod tests {
             .collect();
         assert!(matches!(&parsed[0], MetricLine::Train(t) if t.extra.contains_key("gates")));
         assert_eq!(best_dev_f1(&parsed), Some(0.5));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_and_a_null_reads_as_nan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let good =
+            r#"{"step":2,"epoch":0,"loss":1.5,"lr":0.001,"grad_norm":null,"tokens_per_s":1.0}"#;
+        std::fs::write(&path, format!("{good}\n{{\"step\":4,\"ep")).unwrap();
+        let lines = read_metrics(&path).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(matches!(&lines[0], MetricLine::Train(t) if t.grad_norm.is_nan()));
+        std::fs::write(&path, format!("{{\"step\":4,\"ep\n{good}\n")).unwrap();
+        assert!(
+            read_metrics(&path).is_err(),
+            "a bad line inside the file is an error"
+        );
     }
 }

@@ -38,7 +38,9 @@ pub fn refuse_existing(target: &Path, force: bool) -> Result<()> {
     super::output::check_output(target, &[], force)
 }
 
-/// Removes the temporaries of `target` left by processes that no longer run.
+/// Removes the temporaries of `target` left by processes that no longer run. A previous version
+/// (`.NAME.tmp-PID.old`) left by a kill between the two renames of a replacement is put back when
+/// `target` itself is missing, instead of being removed.
 pub fn remove_stale_temporaries(target: &Path) {
     let (Some(name), Some(parent)) = (target.file_name(), target.parent()) else {
         return;
@@ -57,10 +59,17 @@ pub fn remove_stale_temporaries(target: &Path) {
         let Some(rest) = file_name.strip_prefix(&prefix) else {
             continue;
         };
-        let pid = rest.strip_suffix(".old").unwrap_or(rest);
+        let (pid, is_old) = match rest.strip_suffix(".old") {
+            Some(pid) => (pid, true),
+            None => (rest, false),
+        };
         if let Ok(pid) = pid.parse::<u32>() {
             if !process_alive(pid) {
-                let _ = remove_any(&entry.path());
+                if is_old && target.symlink_metadata().is_err() {
+                    let _ = std::fs::rename(entry.path(), target);
+                } else {
+                    let _ = remove_any(&entry.path());
+                }
             }
         }
     }
@@ -110,7 +119,15 @@ impl AtomicDir {
     pub fn commit(mut self) -> Result<()> {
         refuse_existing(&self.target, self.force)?;
         if self.target.exists() {
-            let old = temp_sibling(&self.target)?.with_extension("old");
+            // A run writing into the folder being replaced keeps it (the lock is its own).
+            let _lock = if self.target.is_dir() {
+                Some(super::lock::FolderLock::acquire(&self.target)?)
+            } else {
+                None
+            };
+            let mut old = temp_sibling(&self.target)?.into_os_string();
+            old.push(".old");
+            let old = PathBuf::from(old);
             std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
             std::fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
             let _ = remove_any(&old);

@@ -22,11 +22,14 @@ impl FolderLock {
     /// Locks `dir` (which must exist), or fails at once naming the process that holds it.
     pub fn acquire(dir: &Path) -> Result<FolderLock> {
         let path = dir.join(LOCK_FILE);
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never follow a symlink planted as `.lock`: the file is truncated below.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {

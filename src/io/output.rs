@@ -24,7 +24,9 @@ pub fn check_output_with(
     also_ours: impl Fn(&Path) -> bool,
 ) -> Result<()> {
     check_no_overlap(target, inputs)?;
-    if target.symlink_metadata().is_err() {
+    // What the path really names (`new/..` is its parent): that is what would be replaced.
+    let real = absolute(target);
+    if target.symlink_metadata().is_err() && real.symlink_metadata().is_err() {
         return Ok(());
     }
     if !force {
@@ -32,7 +34,7 @@ pub fn check_output_with(
             path: target.to_path_buf(),
         });
     }
-    if !is_tool_output(target) && !also_ours(target) {
+    if !is_tool_output(&real) && !also_ours(&real) {
         return Err(Error::NotOurs {
             path: target.to_path_buf(),
         });
@@ -122,8 +124,9 @@ fn safetensors_written_by_us(path: &Path) -> bool {
         .is_some_and(|v| v["__metadata__"].get("surgery_tool").is_some())
 }
 
-/// The absolute, symlink-resolved form of a path that may not exist yet: its longest existing
-/// ancestor canonicalised, the rest appended with `.` and `..` resolved lexically.
+/// The absolute, symlink-resolved form of a path that may not exist yet, resolved the way the
+/// kernel would: component by component, each existing prefix canonicalised (so `link/..` is the
+/// parent of the link's target), and `..` after a missing component taken lexically.
 pub fn absolute(path: &Path) -> PathBuf {
     let joined = if path.is_absolute() {
         path.to_path_buf()
@@ -132,36 +135,25 @@ pub fn absolute(path: &Path) -> PathBuf {
             .unwrap_or_else(|_| PathBuf::from("/"))
             .join(path)
     };
-    let normal = lexical_normal(&joined);
-    let mut existing = normal.clone();
-    let mut rest = vec![];
-    loop {
-        if let Ok(c) = existing.canonicalize() {
-            let mut out = c;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return out;
-        }
-        match (existing.file_name(), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name.to_os_string());
-                existing = parent.to_path_buf();
-            }
-            _ => return normal,
-        }
-    }
-}
-
-fn lexical_normal(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
+    let mut exists = true;
+    for component in joined.components() {
+        match component {
+            Component::Prefix(_) | Component::RootDir => out.push(component.as_os_str()),
             Component::CurDir => {}
             Component::ParentDir => {
                 out.pop();
+                exists = out.exists();
             }
-            other => out.push(other),
+            Component::Normal(name) => {
+                out.push(name);
+                if exists {
+                    match out.canonicalize() {
+                        Ok(real) => out = real,
+                        Err(_) => exists = false,
+                    }
+                }
+            }
         }
     }
     out
@@ -180,6 +172,17 @@ mod tests {
         assert!(check_no_overlap(&run, &[&best]).is_err());
         assert!(check_no_overlap(&best, &[&best]).is_err());
         assert!(check_no_overlap(&best.join("x/../y"), &[&best]).is_err());
+        // `link/..` is the parent of the link's target, not the link's folder.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&best, &link).unwrap();
+        assert!(check_no_overlap(&link.join(".."), &[&best]).is_err());
+        // A missing folder followed by `..` names the existing parent.
+        let user = dir.path().join("user");
+        std::fs::create_dir(&user).unwrap();
+        std::fs::write(user.join("notes.txt"), "keep").unwrap();
+        let sneaky = user.join("new").join("..");
+        assert!(check_output(&sneaky, &[], true).is_err());
+        assert_eq!(absolute(&sneaky), absolute(&user));
         assert!(check_no_overlap(&dir.path().join("other"), &[&best]).is_ok());
         // A sibling whose name starts with the input's name is not inside it.
         assert!(check_no_overlap(&dir.path().join("run2"), &[&run]).is_ok());

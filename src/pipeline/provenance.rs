@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::budget::{group, Budget};
 use crate::error::{Error, Result};
-use crate::io::artefacts::{read_optional, run_best_dev_f1, write_json, EvalRecord, StepRecord};
+use crate::io::artefacts::{read_eval, run_best_dev_f1, write_json, StepRecord};
 use crate::io::Checkpoint;
 use crate::pipeline::recipe::{Recipe, Step};
 use crate::util::shell::shell_words;
@@ -22,8 +22,8 @@ struct Quality {
 }
 
 fn quality(dir: &Path) -> Result<Quality> {
-    let test: Option<EvalRecord> = read_optional(&dir.join("test.json"))?;
-    let eval: Option<EvalRecord> = read_optional(&dir.join("eval.json"))?;
+    let test = read_eval(&dir.join("test.json"))?;
+    let eval = read_eval(&dir.join("eval.json"))?;
     Ok(Quality {
         best_dev_f1: run_best_dev_f1(dir)?,
         test_f1: test.map(|t| t.f1),

@@ -22,6 +22,13 @@ pub struct Prepared {
 pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
     crate::io::output::check_output(out, &[], force)?;
     if out.exists() {
+        // Not while a quickstart runs in it (its recipe run holds this lock).
+        let runs = out.join("quickstart");
+        let _lock = if runs.is_dir() {
+            Some(crate::io::lock::FolderLock::acquire(&runs)?)
+        } else {
+            None
+        };
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
     let data_dir = out.join("data");

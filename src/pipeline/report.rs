@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::budget::group;
 use crate::error::{Error, Result};
 use crate::io::artefacts::{
-    read_json, read_metrics, read_optional, run_best_dev_f1, EvalRecord, MetricLine, RunRecord,
+    read_eval, read_json, read_metrics, read_optional, run_best_dev_f1, MetricLine, RunRecord,
     StepRecord,
 };
 use crate::pipeline::plot::{Chart, Series, Style};
@@ -105,7 +105,7 @@ fn step_entry(dir: &Path, step: StepRecord) -> Entry {
 
 fn run_entry(dir: &Path) -> Result<Entry> {
     let run: RunRecord = read_json(&dir.join("run.json"))?;
-    let test: Option<EvalRecord> = read_optional(&dir.join("test.json"))?;
+    let test = read_eval(&dir.join("test.json"))?;
     let name = dir
         .file_name()
         .unwrap_or_default()

@@ -392,6 +392,10 @@ impl Surgery for Spec {
         "Factorize encoder linears into two low-rank factors (plain or activation-aware SVD)";
     const EXAMPLE: &'static [&'static str] = &["--rank", "3"];
 
+    fn reads(&self) -> Vec<&std::path::Path> {
+        self.calib.as_deref().into_iter().collect()
+    }
+
     fn plan(&self, arch: &Arch) -> Result<Planned> {
         plan(arch, self)
     }

@@ -221,6 +221,14 @@ impl Surgery for Spec {
         "Keep only the word pieces a corpus uses (plus specials and single characters)";
     const EXAMPLE: &'static [&'static str] = &["--corpus", "{calib}"];
 
+    fn reads(&self) -> Vec<&std::path::Path> {
+        self.corpus
+            .iter()
+            .chain(&self.coverage)
+            .map(|p| p.as_path())
+            .collect()
+    }
+
     fn plan(&self, _: &Arch) -> Result<Planned> {
         Ok(Planned::Unknown(
             "the kept word pieces depend on the corpus".into(),

@@ -3,7 +3,7 @@
 //! the CLI's subcommands, the recipe kinds and the plan/apply agreement test. Adding a surgery is
 //! its file plus one line here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 use crate::error::Result;
@@ -20,6 +20,12 @@ pub trait Surgery: clap::Args + serde::Serialize {
     /// Options that make a valid example on the tiny test models (`{calib}` stands for a small
     /// CoNLL file); the registry's test runs every surgery with them.
     const EXAMPLE: &'static [&'static str];
+
+    /// The files the cut reads besides the checkpoint (calibration data, gates, corpora): the
+    /// output must not overlap them either.
+    fn reads(&self) -> Vec<&Path> {
+        vec![]
+    }
 
     /// The structure after the cut, from the structure alone (no tensor is read).
     fn plan(&self, arch: &Arch) -> Result<Planned>;
@@ -73,6 +79,11 @@ macro_rules! registry {
 
             pub fn io(&self) -> &InOut {
                 match self { $(Self::$variant { io, .. } => io),* }
+            }
+
+            /// The files the cut reads besides the checkpoint.
+            pub fn reads(&self) -> Vec<&Path> {
+                match self { $(Self::$variant { spec, .. } => spec.reads()),* }
             }
 
             pub fn plan(&self, arch: &Arch) -> Result<Planned> {

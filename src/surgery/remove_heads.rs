@@ -383,6 +383,14 @@ impl Surgery for Spec {
         "Remove attention heads (named, below a gate threshold, or the least important)";
     const EXAMPLE: &'static [&'static str] = &["--heads", "0:1,3;2:0"];
 
+    fn reads(&self) -> Vec<&std::path::Path> {
+        self.gates
+            .iter()
+            .chain(&self.data)
+            .map(|p| p.as_path())
+            .collect()
+    }
+
     fn plan(&self, arch: &Arch) -> Result<Planned> {
         plan(arch, self)
     }

@@ -132,7 +132,7 @@ pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
     for layer in &arch.layers {
         if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
             return Err(Error::Spec(format!(
-                "{} is already {}; sparsegpt prunes dense linears",
+                "{} is already {}; pruning needs dense linears",
                 slot.as_str(),
                 crate::budget::describe_linear(*kind)
             )));
@@ -320,6 +320,10 @@ impl Surgery for Spec {
         "--calib-sentences",
         "8",
     ];
+
+    fn reads(&self) -> Vec<&std::path::Path> {
+        vec![self.calib.as_path()]
+    }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {
         plan(arch, self).map(Planned::Exact)

@@ -24,7 +24,7 @@ use crate::train::inputs::ensure_classifier;
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
 use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
-use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
+use crate::train::trainer::{fit, require_resources, LoopInputs, TrainOutcome};
 use crate::util::hash::fnv1a;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
@@ -290,6 +290,7 @@ pub fn distill(
             "--alpha must be in [0, 1] and --temperature positive".into(),
         ));
     }
+    spec.validate()?;
     let mut read = data.paths();
     read.extend([student_dir, teacher_dir]);
     read.extend(distill.cache_teacher.as_deref());
@@ -348,6 +349,8 @@ pub fn distill(
         .map(|p| read_dataset(p, &read).and_then(|d| prepare(&student_tok, d)))
         .transpose()?;
 
+    // Before the teacher's pass over the training set, not after it.
+    require_resources(&run, &student.arch, spec)?;
     let teacher = load_model(&teacher_ckpt, &device)?;
     let started = std::time::Instant::now();
     let train_bytes = std::fs::read(&data.train).map_err(|e| Error::io(&data.train, e))?;

@@ -12,8 +12,8 @@ use crate::arch::HistoryEntry;
 use crate::error::{Error, Result};
 use crate::io::artefacts::{append_metric, write_json, MetricLine, RunRecord};
 use crate::io::atomic::AtomicDir;
-use crate::io::lock::FolderLock;
-use crate::io::output::{check_no_overlap, check_output, is_tool_output};
+use crate::io::lock::{FolderLock, LOCK_FILE};
+use crate::io::output::{absolute, check_no_overlap, check_output, is_tool_output, MARKER};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::tensorboard::EventWriter;
 use crate::io::{Checkpoint, TensorStore};
@@ -71,8 +71,10 @@ pub enum Resume {
 impl RunDir {
     /// Opens and locks a run folder. It never overlaps an input; an existing folder is replaced
     /// (`force`) or continued (`resume`) only when it is a run this tool wrote.
-    pub fn open(path: &Path, inputs: &[&Path], resume: Resume, force: bool) -> Result<Self> {
-        check_no_overlap(path, inputs)?;
+    pub fn open(given: &Path, inputs: &[&Path], resume: Resume, force: bool) -> Result<Self> {
+        check_no_overlap(given, inputs)?;
+        // Everything below works on what the path really names (`new/..` is its parent).
+        let path = &absolute(given);
         let existed = path.symlink_metadata().is_ok();
         match resume {
             Resume::Required if !path.is_dir() => {
@@ -225,6 +227,7 @@ impl RunDir {
 
 /// A kill between the two renames of [`RunDir::save_last`] leaves the complete state in
 /// `last.old` and no `last/`: put it back. Otherwise `last.old` and `last.staging` are leftovers.
+/// A kill while best/ was replaced is repaired the same way.
 fn recover_last(run: &Path) -> Result<()> {
     let (last, old, staging) = (
         run.join("last"),
@@ -239,15 +242,21 @@ fn recover_last(run: &Path) -> Result<()> {
             std::fs::remove_dir_all(&leftover).map_err(|e| Error::io(&leftover, e))?;
         }
     }
+    // The same for best/, replaced through a temporary sibling.
+    crate::io::atomic::remove_stale_temporaries(&run.join("best"));
     Ok(())
 }
 
-/// Empties a run folder for a new run, keeping hidden files (the lock, markers).
+/// The files of a run folder that starting a new run in it keeps: the lock this run holds, the
+/// marker, and the recipe runner's record of which step the folder belongs to.
+const KEPT: [&str; 3] = [LOCK_FILE, MARKER, ".step-pending.json"];
+
+/// Empties a run folder for a new run, keeping only [`KEPT`].
 fn clear_run(run: &Path) -> Result<()> {
     let entries = std::fs::read_dir(run).map_err(|e| Error::io(run, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(run, e))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        if KEPT.iter().any(|k| entry.file_name() == *k) {
             continue;
         }
         let path = entry.path();

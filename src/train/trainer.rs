@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::Serialize;
 
-use crate::arch::{HistoryEntry, Key, LinearKind};
+use crate::arch::{Arch, HistoryEntry, Key, LinearKind};
 use crate::budget::Budget;
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{bucket_batches, Example, LabelSet};
@@ -106,6 +106,7 @@ pub fn fit(
         history_before.pop();
     }
     let params_count = Budget::of_arch(&ckpt.arch).unique;
+    require_resources(&run, &ckpt.arch, spec)?;
     let params = Params::from_checkpoint(&ckpt, &device)?;
     let model = objective.prepare(Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)));
     let arch = ckpt.arch.clone();
@@ -141,7 +142,6 @@ pub fn fit(
     let padding =
         bucket_batches(&lengths, spec.batch_size, Some(&mut Rng::new(spec.seed))).padding_ratio;
 
-    require_resources(&run, &ckpt, spec, params_count)?;
     let history = |ckpt: &Checkpoint| {
         let mut h = history_before.clone();
         h.push(HistoryEntry {
@@ -438,11 +438,12 @@ fn diverged(
     ))
 }
 
-/// Refuses a run the machine cannot hold before any compute: memory for the weights, gradients
-/// and AdamW moments (plus a floor for activations), and disk for best/ and last/ (weights and
-/// optimizer moments, each also staged once while it is replaced).
-fn require_resources(run: &RunDir, ckpt: &Checkpoint, spec: &TrainSpec, params: u64) -> Result<()> {
-    let arch = &ckpt.arch;
+/// Refuses a run the machine cannot hold before the model is built: memory for the weights,
+/// gradients and AdamW moments (plus a floor for activations), and disk for best/ and last/
+/// (weights and optimizer moments, each staged once while it is replaced; a resumed run already
+/// holds most of it and needs only the staging).
+pub fn require_resources(run: &RunDir, arch: &Arch, spec: &TrainSpec) -> Result<()> {
+    let params = Budget::of_arch(arch).unique;
     let activations = (spec.batch_size * spec.max_len.min(arch.max_positions)) as u64
         * (arch.hidden * arch.num_layers().max(1)) as u64
         * 4
@@ -455,10 +456,11 @@ fn require_resources(run: &RunDir, ckpt: &Checkpoint, spec: &TrainSpec, params: 
         ),
         params.saturating_mul(16).saturating_add(activations),
     )?;
+    let per_param = if run.resuming { 16 } else { 32 };
     crate::io::capacity::require_disk(
         &run.path,
         "the run's checkpoints (best/, last/ with optimizer state)",
-        params.saturating_mul(32),
+        params.saturating_mul(per_param),
     )
 }
 
