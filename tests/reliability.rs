@@ -540,15 +540,11 @@ fn a_path_through_a_missing_folder_and_dotdot_names_its_parent() {
     std::fs::write(user.join("notes.txt"), "keep").unwrap();
     let before = snapshot(&user);
     let sneaky = user.join("new").join("..");
-    let r = run(&finetune_args(&s_, &s_.model, &sneaky, &[]));
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    let r = surgery(&[
-        "report",
-        s(&s_.dir.path().join("none")),
-        "--out",
-        s(&sneaky),
-    ]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = run(&finetune_args(&s_, &s_.model, &sneaky, &["--force"]));
+    assert_refused(&r, "not written by surgery");
+    let run_dir = trained(&s_);
+    let r = surgery(&["report", s(&run_dir), "--out", s(&sneaky)]);
+    assert_refused(&r, "not written by surgery");
     std::fs::remove_dir_all(user.join("new")).ok();
     assert_eq!(snapshot(&user), before);
 }
