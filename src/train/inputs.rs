@@ -86,6 +86,6 @@ pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Resul
         train,
         dev,
         test,
-        files: files.into(),
+        files,
     })
 }
