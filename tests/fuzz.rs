@@ -127,8 +127,8 @@ proptest! {
     #[test]
     fn score_reader(bytes in input(SCORES)) {
         timed("s.txt", &bytes, |p| {
-            let _ = surgery::eval::score::score_file(p, surgery::metrics::Mode::Default);
-            let _ = surgery::eval::score::score_file(p, surgery::metrics::Mode::StrictIob2);
+            let _ = surgery::eval::score::score_file(p, surgery::metrics::Matching::Default);
+            let _ = surgery::eval::score::score_file(p, surgery::metrics::Matching::StrictIob2);
         });
     }
 

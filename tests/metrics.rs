@@ -1,7 +1,7 @@
 //! Entity-level metrics equal seqeval's on random and adversarial tag sequences (golden numbers
 //! from tools/make_seqeval_fixtures.py), in the default and the strict IOB2 mode.
 
-use surgery::metrics::{evaluate, Mode, Report, Row};
+use surgery::metrics::{evaluate, Matching, Report, Row};
 
 use crate::util::repo;
 
@@ -71,10 +71,10 @@ fn entity_scores_equal_seqeval_default_and_strict() {
             |key: &str| -> Vec<Vec<String>> { serde_json::from_value(case[key].clone()).unwrap() };
         let (gold, pred) = (read("gold"), read("pred"));
         sentences += gold.len();
-        let ours = evaluate(&gold, &pred, Mode::Default).unwrap();
+        let ours = evaluate(&gold, &pred, Matching::Default).unwrap();
         assert_report(&ours, &case["default"], i);
         if !case["strict"].is_null() {
-            let ours = evaluate(&gold, &pred, Mode::StrictIob2).unwrap();
+            let ours = evaluate(&gold, &pred, Matching::StrictIob2).unwrap();
             assert_report(&ours, &case["strict"], i);
             strict_checked += 1;
         }

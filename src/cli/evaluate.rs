@@ -16,7 +16,7 @@ use surgery::eval::infer::load_model;
 use surgery::eval::{evaluate_model, Prepared};
 use surgery::io::output::check_output_with;
 use surgery::io::Checkpoint;
-use surgery::metrics::{format_report, Mode};
+use surgery::metrics::{format_report, Matching};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -55,11 +55,11 @@ pub struct EvalArgs {
     force: bool,
 }
 
-fn mode(strict: bool) -> Mode {
+fn mode(strict: bool) -> Matching {
     if strict {
-        Mode::StrictIob2
+        Matching::StrictIob2
     } else {
-        Mode::Default
+        Matching::Default
     }
 }
 

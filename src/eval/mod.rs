@@ -15,8 +15,8 @@ use crate::data::tokenize::WordTokenizer;
 use crate::data::{encode_dataset, Alignment, Dataset, Example, LabelSet};
 use crate::error::Result;
 use crate::io::artefacts::EvalRecord;
-use crate::metrics::{evaluate, Mode, Report};
-use crate::model::{Batch, Bert, Mode as RunMode, Outputs};
+use crate::metrics::{evaluate, Matching, Report};
+use crate::model::{Batch, Bert, Mode, Outputs};
 
 /// A dataset tokenised for a model.
 pub struct Prepared {
@@ -129,7 +129,7 @@ pub fn for_each_word(
     for batch in &plan.batches {
         let examples: Vec<&Example> = batch.iter().map(|&i| &prepared.examples[i]).collect();
         let data = collate(&examples, pad_id, device)?;
-        let out = model.forward(&data.batch, &mut RunMode::Eval, Outputs::default())?;
+        let out = model.forward(&data.batch, &mut Mode::Eval, Outputs::default())?;
         let logits = out.logits.ok_or_else(|| {
             crate::Error::Spec("the checkpoint has no classifier to predict with".into())
         })?;
@@ -220,7 +220,7 @@ pub fn evaluate_model(
     labels: &LabelSet,
     pad_id: u32,
     batch_size: usize,
-    mode: Mode,
+    mode: Matching,
     device: &Device,
 ) -> Result<Evaluation> {
     let words = predict_words(model, prepared, pad_id, batch_size, device)?;

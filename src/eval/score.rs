@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::data::tags::{check_tag, is_blank, is_zero_width};
 use crate::error::{Error, Result};
-use crate::metrics::{evaluate, Mode, Report};
+use crate::metrics::{evaluate, Matching, Report};
 
 /// Reads gold and predicted tags per sentence.
 pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
@@ -58,7 +58,7 @@ pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
     Ok((gold, pred))
 }
 
-pub fn score_file(path: &Path, mode: Mode) -> Result<Report> {
+pub fn score_file(path: &Path, mode: Matching) -> Result<Report> {
     let (gold, pred) = read_pairs(path)?;
     evaluate(&gold, &pred, mode).map_err(|e| match e {
         Error::Spec(msg) => Error::Input {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// How entities are read from tag sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
+pub enum Matching {
     /// `seqeval` default: `get_entities` (an `I-X` after `O` starts an entity).
     #[default]
     Default,
@@ -195,7 +195,7 @@ impl Report {
 pub fn evaluate<S: AsRef<str>>(
     gold: &[Vec<S>],
     predicted: &[Vec<S>],
-    mode: Mode,
+    mode: Matching,
 ) -> Result<Report> {
     if gold.len() != predicted.len() {
         return Err(Error::Spec(format!(
@@ -215,8 +215,8 @@ pub fn evaluate<S: AsRef<str>>(
         }
     }
     let (gold_entities, predicted_entities) = match mode {
-        Mode::Default => (flat_entities(gold), flat_entities(predicted)),
-        Mode::StrictIob2 => (strict_entities(gold)?, strict_entities(predicted)?),
+        Matching::Default => (flat_entities(gold), flat_entities(predicted)),
+        Matching::StrictIob2 => (strict_entities(gold)?, strict_entities(predicted)?),
     };
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
     for e in &gold_entities {

@@ -13,13 +13,13 @@ use crate::model::generate::random_checkpoint;
 pub const RECIPE: &str = include_str!("../../recipes/quickstart.toml");
 
 /// What the quickstart writes before running its recipe.
-pub struct Prepared {
+pub struct Workspace {
     pub data_dir: PathBuf,
     pub init: PathBuf,
 }
 
 /// Writes the synthetic corpus (`out/data`) and a randomly initialised tiny BERT (`out/init`).
-pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
+pub fn prepare(out: &Path, force: bool) -> Result<Workspace> {
     crate::io::output::check_output(out, &[], force)?;
     if out.exists() {
         // Not while a quickstart runs in it (its recipe run holds this lock).
@@ -57,5 +57,5 @@ pub fn prepare(out: &Path, force: bool) -> Result<Prepared> {
         .insert("tokenizer.json".into(), tokenizer.into_bytes());
     let init = out.join("init");
     ckpt.save(&init, false, vec![])?;
-    Ok(Prepared { data_dir, init })
+    Ok(Workspace { data_dir, init })
 }

@@ -206,7 +206,7 @@ pub fn pareto_front(models: &[Model]) -> Vec<usize> {
 }
 
 /// The written report: Markdown text and the SVG files it links to.
-pub struct Report {
+pub struct Rendered {
     pub markdown: String,
     pub files: Vec<(String, String)>,
     /// The assignment-style table alone (for docs/results.md).
@@ -218,7 +218,7 @@ fn pct(a: f64, b: f64) -> String {
 }
 
 /// Builds the report. `teacher` names the reference model (default: the first root model).
-pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<Report> {
+pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<Rendered> {
     let models = models(entries);
     if models.is_empty() {
         return Err(Error::Spec(
@@ -335,7 +335,7 @@ pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<
         }
         md.push_str(&format!("| **total** | | | **{total:.1}** |\n"));
     }
-    Ok(Report {
+    Ok(Rendered {
         markdown: md,
         files,
         table,

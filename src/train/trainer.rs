@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::{collate, evaluate_model, Prepared};
 use crate::io::artefacts::{write_json, EvalLine, MetricLine, RunRecord, TrainLine};
 use crate::io::Checkpoint;
-use crate::metrics::Mode as MetricMode;
+use crate::metrics::Matching;
 use crate::model::{dropouts_of, Bert, Mode, Params};
 use crate::train::objective::Objective;
 use crate::train::optim::{AdamW, AdamWConfig, OptParam};
@@ -184,7 +184,7 @@ pub fn fit(
             &inputs.labels,
             pad_id,
             spec.eval_batch_size,
-            MetricMode::Default,
+            Matching::Default,
             &device,
         )
     };
