@@ -536,8 +536,7 @@ fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
 const PENDING: &str = ".step-pending.json";
 
 fn pending_hash(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let value: serde_json::Value = read_json(path).ok()?;
     value["hash"].as_str().map(String::from)
 }
 

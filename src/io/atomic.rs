@@ -147,7 +147,8 @@ impl Drop for AtomicDir {
     }
 }
 
-fn remove_any(path: &Path) -> std::io::Result<()> {
+/// Removes a file or a whole folder.
+pub(crate) fn remove_any(path: &Path) -> std::io::Result<()> {
     if path.is_dir() {
         std::fs::remove_dir_all(path)
     } else {

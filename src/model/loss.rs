@@ -22,22 +22,29 @@ pub fn scored_positions(labels: &[Vec<i64>]) -> (Vec<u32>, Vec<u32>) {
     (positions, targets)
 }
 
+/// Log-probabilities of `logits` [B, L, C] at `positions`: [N, C].
+fn scored_log_probs(logits: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+    let c = logits.dim(D::Minus1)?;
+    log_softmax(&logits.reshape(((), c))?.index_select(positions, 0)?)
+}
+
+/// Mean negative log-probability of `targets` in `logp` [N, C].
+fn mean_nll(logp: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    nll.mean_all()
+}
+
 /// Mean cross-entropy of `logits` [B, L, C] at `positions` against `targets`.
 pub fn cross_entropy(
     logits: &Tensor,
     positions: &Tensor,
     targets: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let c = logits.dim(D::Minus1)?;
-    let picked = logits.reshape(((), c))?.index_select(positions, 0)?;
-    let logp = log_softmax(&picked)?;
-    let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
-    nll.mean_all()?.to_dtype(DType::F32)
+    mean_nll(&scored_log_probs(logits, positions)?, targets)?.to_dtype(DType::F32)
 }
 
-/// The cross-entropy of a forward pass against a batch's aligned labels (ignored positions
-/// skipped): the one loss fine-tuning, gates, distillation and head importance share.
-pub fn batch_cross_entropy(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<Tensor> {
+/// The classifier logits of a forward pass and a batch's scored positions and targets.
+fn scored(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<(Tensor, Tensor, Tensor)> {
     let logits = out
         .logits
         .as_ref()
@@ -46,7 +53,28 @@ pub fn batch_cross_entropy(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<T
     let device = logits.device();
     let pos = Tensor::from_vec(pos.clone(), pos.len(), device)?;
     let tgt = Tensor::from_vec(tgt.clone(), tgt.len(), device)?;
-    Ok(cross_entropy(logits, &pos, &tgt)?)
+    Ok((logits.clone(), pos, tgt))
+}
+
+/// The cross-entropy of a forward pass against a batch's aligned labels (ignored positions
+/// skipped): the one loss fine-tuning, gates, distillation and head importance share.
+pub fn batch_cross_entropy(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<Tensor> {
+    let (logits, pos, tgt) = scored(out, labels)?;
+    Ok(cross_entropy(&logits, &pos, &tgt)?)
+}
+
+/// [`batch_cross_entropy`] against smoothed targets (1−ε)·one-hot + ε/C: (1−ε)·NLL(gold) +
+/// ε·mean over classes of −log p, from one log-softmax.
+pub fn batch_smoothed_cross_entropy(
+    out: &ForwardOutput,
+    labels: &[Vec<i64>],
+    epsilon: f64,
+) -> Result<Tensor> {
+    let (logits, pos, tgt) = scored(out, labels)?;
+    let logp = scored_log_probs(&logits, &pos)?;
+    let gold = mean_nll(&logp, &tgt)?;
+    let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
+    Ok(((gold * (1.0 - epsilon))? + (uniform * epsilon)?)?.to_dtype(DType::F32)?)
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! Label smoothing (Szegedy et al. 2016): cross-entropy against (1−ε)·one-hot + ε/C, so the
 //! model is not pushed towards infinitely confident logits. `train finetune --label-smoothing ε`.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::BatchData;
-use crate::model::loss::{batch_cross_entropy, scored_positions};
-use crate::model::{log_softmax, Bert, Mode, Outputs};
+use crate::model::loss::batch_smoothed_cross_entropy;
+use crate::model::{Bert, Mode, Outputs};
 use crate::train::objective::Objective;
 
 /// Cross-entropy with smoothed targets; ε = 0 is plain cross-entropy.
@@ -43,18 +43,6 @@ impl Objective for LabelSmoothing {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let out = model.forward(&batch.batch, mode, Outputs::default())?;
-        let nll = batch_cross_entropy(&out, &batch.labels)?;
-        let logits = out
-            .logits
-            .as_ref()
-            .expect("cross-entropy checked the classifier");
-        // The uniform part: the mean over classes of −log p, at the scored positions.
-        let (positions, _) = scored_positions(&batch.labels);
-        let classes = logits.dim(D::Minus1)?;
-        let positions = Tensor::from_vec(positions.clone(), positions.len(), logits.device())?;
-        let picked = logits.reshape(((), classes))?.index_select(&positions, 0)?;
-        let uniform = log_softmax(&picked)?.mean(D::Minus1)?.neg()?.mean_all()?;
-        let uniform = uniform.to_dtype(DType::F32)?;
-        Ok(((nll * (1.0 - self.epsilon))? + (uniform * self.epsilon)?)?)
+        batch_smoothed_cross_entropy(&out, &batch.labels, self.epsilon)
     }
 }

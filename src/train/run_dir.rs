@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::HistoryEntry;
 use crate::error::{Error, Result};
-use crate::io::artefacts::{append_metric, write_json, MetricLine, RunRecord};
+use crate::io::artefacts::{append_metric, read_json, write_json, MetricLine, RunRecord};
 use crate::io::atomic::AtomicDir;
 use crate::io::lock::{FolderLock, LOCK_FILE};
 use crate::io::output::{absolute, check_no_overlap, check_output, is_tool_output, MARKER};
@@ -213,13 +213,7 @@ impl RunDir {
             return Ok(None);
         }
         let ckpt = Checkpoint::open(&last.join("model"))?;
-        let path = last.join("state/progress.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let progress: Progress = serde_json::from_str(&text).map_err(|e| Error::Input {
-            path: path.clone(),
-            line: e.line(),
-            msg: e.to_string(),
-        })?;
+        let progress: Progress = read_json(&last.join("state/progress.json"))?;
         let store = TensorStore::open_files(&[last.join("state/optimizer.safetensors")])?;
         Ok(Some((ckpt, progress, store)))
     }
@@ -260,12 +254,7 @@ fn clear_run(run: &Path) -> Result<()> {
             continue;
         }
         let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        removed.map_err(|e| Error::io(&path, e))?;
+        crate::io::atomic::remove_any(&path).map_err(|e| Error::io(&path, e))?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::data::tokenize::WordTokenizer;
 use crate::data::{bucket_batches, Example, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::{collate, evaluate_model, Prepared};
-use crate::io::artefacts::{write_json, EvalLine, MetricLine, RunRecord, TrainLine};
+use crate::io::artefacts::{read_json, write_json, EvalLine, MetricLine, RunRecord, TrainLine};
 use crate::io::Checkpoint;
 use crate::metrics::Matching;
 use crate::model::{dropouts_of, Bert, Mode, Params};
@@ -420,9 +420,7 @@ fn diverged(
             lr_of_step(s - 1)
         ),
     };
-    let saved = std::fs::read_to_string(run.last().join("state/progress.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Progress>(&t).ok());
+    let saved: Option<Progress> = read_json(&run.last().join("state/progress.json")).ok();
     let state = match saved {
         Some(p) => format!(
             "the last saved state (step {}) is in {}",
