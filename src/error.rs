@@ -66,6 +66,9 @@ pub enum Error {
         path: PathBuf,
         problems: Vec<String>,
     },
+    /// A checkpoint or option the exporter cannot express in the requested format.
+    #[error("{path}: cannot export: {msg}")]
+    Unsupported { path: PathBuf, msg: String },
     /// A bad option value or specification given by the user.
     #[error("{0}")]
     Spec(String),

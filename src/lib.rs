@@ -3,7 +3,7 @@
 //!
 //! The modules are layers; each imports only the ones listed before it:
 //! `util` → `arch` → `io` → `budget` → `data` → `metrics` → `model` → `eval` →
-//! (`train`, `surgery`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
+//! (`train`, `surgery`, `export`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
 
 pub mod error;
 pub mod util;
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 
 pub mod eval;
+pub mod export;
 pub mod surgery;
 pub mod train;
 

@@ -5,6 +5,7 @@ mod budget;
 mod checkpoint_io;
 mod data;
 mod distill;
+mod export;
 mod fuzz;
 mod golden;
 mod heads;

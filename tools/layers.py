@@ -6,7 +6,7 @@ Usage: python3 tools/layers.py   (exit 1 on a violation or a cycle)"""
 import re, sys, pathlib, itertools
 
 LAYERS = [["error", "util"], ["arch"], ["io"], ["budget"], ["data"], ["metrics"], ["model"],
-          ["eval"], ["surgery", "train"], ["pipeline"]]
+          ["eval"], ["surgery", "train", "export"], ["pipeline"]]
 rank = {m: i for i, layer in enumerate(LAYERS) for m in layer}
 src = pathlib.Path(__file__).resolve().parent.parent / "src"
 

@@ -2,6 +2,7 @@
 
 mod cuts;
 mod evaluate;
+mod export;
 mod inspect;
 mod recipe;
 mod report;
@@ -50,6 +51,8 @@ enum Command {
     Predict(evaluate::PredictArgs),
     #[command(flatten)]
     Surgery(surgery::surgery::registry::SurgeryCommand),
+    /// Write a checkpoint as an ONNX model (optionally with int8 linears) for deployment.
+    Export(export::ExportArgs),
     /// Run a recipe: an ordered list of steps, each one of the commands, resumable.
     Run(recipe::RunArgs),
     /// Write a Markdown report with plots (F1 vs parameters, curves, gates, speed) from run folders.
@@ -89,6 +92,7 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(command) => train::run(command),
         Command::Surgery(command) => cuts::run(command),
         Command::Run(args) => recipe::run(args),
+        Command::Export(args) => export::run(args),
         Command::Report(args) => report::report(args),
         Command::InitStudent(args) => students::init(args),
         Command::Plan(args) => students::plan_cmd(args),
