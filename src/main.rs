@@ -25,7 +25,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let mut message = format!("error: {err}");
             for cause in err.chain().skip(1) {
-                message.push_str(&format!(": {cause}"));
+                // thiserror variants already print their source; say each cause once.
+                let cause = cause.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(&format!(": {cause}"));
+                }
             }
             eprintln!("{message}");
             cli::exit_status(&err).into()

@@ -115,17 +115,22 @@ def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
                 preds[i] = out
     seconds = time.perf_counter() - start
     gold = [tags[:len(p)] for (_, tags), p in zip(sentences, preds)]
-    return f1_score(gold, preds), tokens / seconds
+    batches = math.ceil(len(order) / batch_size)
+    return f1_score(gold, preds), tokens / seconds, 1000 * seconds / batches
 
 
 def cmd_forward(args):
     model = AutoModelForTokenClassification.from_pretrained(args.model, num_labels=9)
     tokenizer = load_tokenizer(args.model)
     sentences = read_conll(args.data)
-    labels = ["O"] + [f"{p}-X{i}" for i in range(4) for p in "BI"]
-    _, tps = evaluate(model, tokenizer, sentences, labels, args.batch_size, args.max_len)
+    # A fine-tuned checkpoint names its labels (then the F1 is real); a bare one gets placeholders.
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if not all("-" in l or l == "O" for l in labels):
+        labels = ["O"] + [f"{p}-X{i}" for i in range(4) for p in "BI"]
+    f1, tps, ms = evaluate(model, tokenizer, sentences, labels, args.batch_size, args.max_len)
     print(json.dumps({"what": "hf-forward", "sentences": len(sentences), "batch_size": args.batch_size,
-                      "tokens_per_s": tps, "threads": torch.get_num_threads()}))
+                      "tokens_per_s": tps, "ms_per_batch": ms, "f1": f1,
+                      "threads": torch.get_num_threads()}))
 
 
 def cmd_train(args):
@@ -177,12 +182,12 @@ def cmd_train(args):
                 break
         if args.max_steps and step >= total:
             break
-        dev_f1, _ = evaluate(model, tokenizer, dev, labels, 64, args.max_len)
+        dev_f1, _, _ = evaluate(model, tokenizer, dev, labels, 64, args.max_len)
         log.append({"epoch": epoch + 1, "dev_f1": dev_f1})
         print(f"epoch {epoch + 1}: dev F1 {dev_f1:.4f}", flush=True)
         if dev_f1 > best_dev and args.test:
             best_dev = dev_f1
-            best_test, _ = evaluate(model, tokenizer, read_conll(args.test), labels, 64, args.max_len)
+            best_test, _, _ = evaluate(model, tokenizer, read_conll(args.test), labels, 64, args.max_len)
     result = {"what": "hf-train", "batching": args.batching, "steps": step, "device": DEVICE,
               "train_tokens_per_s": tokens / train_seconds, "padding_ratio": 1 - tokens / padded,
               "threads": torch.get_num_threads(), "epochs": log}

@@ -106,12 +106,14 @@ impl TensorStore {
             }
             Self::open_files(&shards)
         } else {
+            let msg = if dir.join("model.onnx").is_file() {
+                "no model.safetensors: this folder is an ONNX export (model.onnx), which runs in ONNX Runtime; surgery commands read the checkpoint it was exported from"
+            } else {
+                "no model.safetensors (nor model.safetensors.index.json)"
+            };
             Err(Error::Io {
                 path: single,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no model.safetensors (nor model.safetensors.index.json)",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, msg),
             })
         }
     }
