@@ -1,5 +1,6 @@
 //! Distillation, students and plans on tiny synthetic data.
 
+use surgery::data::augment::AugmentKind;
 use surgery::io::Checkpoint;
 use surgery::model::student::{init_student, plan, Shape};
 use surgery::train::distill::{distill, DistillSpec};
@@ -49,6 +50,9 @@ fn kd() -> DistillSpec {
         attention_weight: 0.0,
         layer_map: None,
         cache_teacher: None,
+        augment: vec![],
+        augment_ratio: 1.0,
+        augment_seed: None,
     }
 }
 
@@ -121,6 +125,49 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
             .op,
         "train distill"
     );
+
+    // Augmented sentences: the teacher labels them (a new cache entry), and they are recorded.
+    d.augment = vec![AugmentKind::Mention, AugmentKind::Token];
+    d.augment_ratio = 0.5;
+    let c = s.dir.path().join("c");
+    distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &c,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["provenance"]["teacher_cache_hit"], false);
+    let sentences = surgery::data::read_dataset(&s.data.train, &Default::default())
+        .unwrap()
+        .sentences
+        .len();
+    assert_eq!(
+        run["provenance"]["augmented_sentences"],
+        (sentences as f64 * 0.5).round() as u64
+    );
+    assert_eq!(
+        std::fs::read_dir(s.dir.path().join("cache"))
+            .unwrap()
+            .count(),
+        2
+    );
+    d.augment_ratio = 0.0;
+    let err = distill(
+        &student,
+        &teacher,
+        &s.data,
+        &spec,
+        &d,
+        &s.dir.path().join("d"),
+        RunOptions::default(),
+    );
+    assert!(err.unwrap_err().to_string().contains("--augment-ratio"));
 }
 
 #[test]

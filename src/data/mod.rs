@@ -2,6 +2,7 @@
 //! length-bucketed batches.
 
 pub mod align;
+pub mod augment;
 pub mod batches;
 pub mod labels;
 pub mod reader;

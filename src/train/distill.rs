@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::{augment, AugmentKind};
 use crate::data::labels::UnknownLabels;
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, Example, LabelSet};
@@ -50,6 +51,23 @@ pub struct DistillSpec {
     /// Folder for the teacher's word logits, reused across runs (keyed by teacher + data).
     #[arg(long)]
     pub cache_teacher: Option<PathBuf>,
+    /// Add sentences made from the training set, labelled by the teacher: `mention`, `token`,
+    /// `shuffle` (comma-separated, applied in turn to each new sentence).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub augment: Vec<AugmentKind>,
+    /// New sentences per training sentence with --augment (0 < ratio ≤ 20).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "default_augment_ratio")]
+    pub augment_ratio: f64,
+    /// Seed of the augmentation (default: --seed).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_seed: Option<u64>,
+}
+
+fn default_augment_ratio() -> f64 {
+    1.0
 }
 
 /// The distillation loss of one batch, given student logits at scored positions and the
@@ -290,6 +308,12 @@ pub fn distill(
             "--alpha must be in [0, 1] and --temperature positive".into(),
         ));
     }
+    if !(distill.augment_ratio > 0.0 && distill.augment_ratio <= 20.0) {
+        return Err(Error::Spec(format!(
+            "--augment-ratio is {}; it must be in (0, 20]",
+            distill.augment_ratio
+        )));
+    }
     spec.validate()?;
     let mut read = data.paths();
     read.extend([student_dir, teacher_dir]);
@@ -303,6 +327,23 @@ pub fn distill(
     let mut train_data = read_dataset(&data.train, &read)?;
     if let Some(n) = spec.max_train_sentences {
         train_data.sentences.truncate(n);
+    }
+    let augment_seed = distill.augment_seed.unwrap_or(spec.seed);
+    let augmented = augment(
+        &train_data.sentences,
+        &distill.augment,
+        distill.augment_ratio,
+        augment_seed,
+    );
+    let augmented_sentences = augmented.len();
+    if !augmented.is_empty() {
+        eprintln!(
+            "augmented: {} new sentences ({:?}) beside {} training sentences",
+            augmented.len(),
+            distill.augment,
+            train_data.sentences.len()
+        );
+        train_data.sentences.extend(augmented);
     }
     let mut student = Checkpoint::open(student_dir)?;
     match student.classifier_labels() {
@@ -354,12 +395,19 @@ pub fn distill(
     let teacher = load_model(&teacher_ckpt, &device)?;
     let started = std::time::Instant::now();
     let train_bytes = std::fs::read(&data.train).map_err(|e| Error::io(&data.train, e))?;
-    let key = format!(
+    let mut key = format!(
         "{}|{max_len}|{:?}|{:?}",
         fnv1a(&train_bytes),
         spec.max_train_sentences,
         spec.alignment()
     );
+    if !distill.augment.is_empty() {
+        // Keys without augmentation stay as they were, so existing caches remain valid.
+        key.push_str(&format!(
+            "|augment {:?} {} {augment_seed}",
+            distill.augment, distill.augment_ratio
+        ));
+    }
     let (cached, hit) = teacher_logits(
         teacher_dir,
         &teacher,
@@ -431,6 +479,7 @@ pub fn distill(
         "student": student_dir, "teacher": teacher_dir, "data": data, "distill": distill,
         "files": data.file_hashes()?,
         "layer_pairs": pairs, "teacher_cache_hit": hit, "teacher_logits_seconds": teacher_seconds,
+        "augmented_sentences": augmented_sentences, "augment_seed": augment_seed,
     });
     let inputs = LoopInputs {
         ckpt: student,
