@@ -465,6 +465,8 @@ fn each_surgery_plan_matches_what_it_does() {
         damp: 0.01,
         block: 128,
         method: sparsegpt::Method::Magnitude,
+        heldout: None,
+        heldout_sentences: 256,
     };
     let planned = sparsegpt::plan(&ckpt.arch, &sparse).unwrap();
     assert_eq!(budget(&planned), budget(&ckpt.arch));

@@ -85,6 +85,8 @@ fn spec(calib: std::path::PathBuf, method: Method) -> Spec {
         damp: 0.01,
         block: 8,
         method,
+        heldout: None,
+        heldout_sentences: 256,
     }
 }
 
@@ -150,6 +152,33 @@ fn every_linear_is_pruned_and_sparsegpt_beats_magnitude() {
             assert!(group.iter().filter(|v| **v == 0.0).count() >= 2);
         }
     }
+}
+
+#[test]
+fn the_heldout_error_is_measured_through_the_pruned_layers() {
+    let dir = tempdir();
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 62);
+    let c = calib(dir.path());
+    // Held out = the calibration sentences themselves: the same Hessians, the same errors.
+    let mut same = spec(c.clone(), Method::Sparsegpt);
+    same.heldout = Some(c.clone());
+    let out = apply(&ckpt, &same).unwrap();
+    let details = out.report["details"].as_array().unwrap();
+    assert_eq!(details.len(), 18);
+    for d in details {
+        assert_eq!(d["heldout_relative_output_error"], d["relative_output_error"], "{d}");
+    }
+    // Other sentences: an error is measured for every linear, and it differs.
+    let text = std::fs::read_to_string(&c).unwrap();
+    let other = dir.path().join("heldout.txt");
+    std::fs::write(&other, text.replace(" O\n", " O\nthe O\n")).unwrap();
+    let mut held = spec(c, Method::Sparsegpt);
+    held.heldout = Some(other);
+    let out = apply(&ckpt, &held).unwrap();
+    let mean = out.report["mean_heldout_relative_output_error"].as_f64().unwrap();
+    assert!(mean.is_finite() && mean > 0.0, "{}", out.report);
+    assert_ne!(mean, out.report["mean_relative_output_error"].as_f64().unwrap());
+    assert!(out.report["heldout_tokens"].as_u64().unwrap() > 0);
 }
 
 #[test]

@@ -54,6 +54,19 @@ pub struct Spec {
     pub block: usize,
     #[arg(long, value_enum, default_value_t = Method::Sparsegpt)]
     pub method: Method,
+    /// Held-out sentences (e.g. the dev set) on which each linear's relative output error is
+    /// measured as well: the calibration error alone flatters the solver that fitted it.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout: Option<PathBuf>,
+    /// How many held-out sentences to use.
+    #[arg(long, default_value_t = 256)]
+    #[serde(default = "default_heldout_sentences")]
+    pub heldout_sentences: usize,
+}
+
+fn default_heldout_sentences() -> usize {
+    256
 }
 
 impl Spec {
@@ -153,44 +166,114 @@ pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
     Ok(arch)
 }
 
+/// Sentences run layer by layer: their batches, the rows of real tokens, and each batch's
+/// current hidden states (the output of the layers pruned so far).
+struct LayerInputs {
+    batches: Vec<BatchData>,
+    real_rows: Vec<Tensor>,
+    tokens: usize,
+    sentences: usize,
+    xs: Vec<Tensor>,
+}
+
+impl LayerInputs {
+    fn new(
+        ckpt: &Checkpoint,
+        model: &Bert,
+        path: &std::path::Path,
+        n: usize,
+    ) -> Result<(Self, Option<String>)> {
+        let device = Device::Cpu;
+        let (prepared, tokenizer, note) =
+            crate::surgery::calibrate::calibration_examples(ckpt, path, n)?;
+        let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
+        let batches: Vec<BatchData> = plan
+            .batches
+            .iter()
+            .map(|b| {
+                collate(
+                    &b.iter().map(|&i| &prepared.examples[i]).collect::<Vec<_>>(),
+                    tokenizer.pad_id(),
+                    &device,
+                )
+            })
+            .collect::<Result<_>>()?;
+        let real_rows: Vec<Tensor> = batches
+            .iter()
+            .map(|b| {
+                let mask = b.batch.attention_mask.flatten_all()?.to_vec1::<f32>()?;
+                let rows: Vec<u32> = (0..mask.len() as u32)
+                    .filter(|&i| mask[i as usize] > 0.0)
+                    .collect();
+                Ok(Tensor::from_vec(rows.clone(), rows.len(), &device)?)
+            })
+            .collect::<Result<_>>()?;
+        let xs = batches
+            .iter()
+            .map(|b| model.embed(&b.batch, &mut Mode::Eval))
+            .collect::<candle_core::Result<_>>()?;
+        let inputs = LayerInputs {
+            tokens: real_rows.iter().map(|r| r.elem_count()).sum(),
+            sentences: prepared.data.sentences.len(),
+            batches,
+            real_rows,
+            xs,
+        };
+        Ok((inputs, note))
+    }
+
+    /// XᵀX of the real tokens at every linear input of logical layer `logical`.
+    fn grams(&self, model: &Bert, logical: usize) -> Result<BTreeMap<Input, Option<Tensor>>> {
+        let mut grams: BTreeMap<Input, Option<Tensor>> = BTreeMap::new();
+        for ((x, batch), rows) in self.xs.iter().zip(&self.batches).zip(&self.real_rows) {
+            let (_, inputs) = model.run_layer(logical, x, &batch.batch, true)?;
+            let inputs = inputs.expect("captured");
+            accumulate(
+                grams.entry(Input::Attention).or_default(),
+                &inputs.attention,
+                rows,
+            )?;
+            if let Some(c) = &inputs.context {
+                accumulate(grams.entry(Input::Context).or_default(), c, rows)?;
+            }
+            accumulate(grams.entry(Input::Ffn).or_default(), &inputs.ffn, rows)?;
+            accumulate(
+                grams.entry(Input::FfnActivation).or_default(),
+                &inputs.ffn_activation,
+                rows,
+            )?;
+        }
+        Ok(grams)
+    }
+
+    /// Moves the hidden states through logical layer `logical` (as pruned so far).
+    fn advance(&mut self, model: &Bert, logical: usize) -> Result<()> {
+        self.xs = self
+            .xs
+            .iter()
+            .zip(&self.batches)
+            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
 pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let started = Instant::now();
     let new_arch = plan(&ckpt.arch, spec)?;
     let pattern = spec.pattern()?;
     let device = Device::Cpu;
-    let (prepared, tokenizer, note) =
-        crate::surgery::calibrate::calibration_examples(ckpt, &spec.calib, spec.calib_sentences)?;
-    let available = prepared.data.sentences.len();
-    let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
-    let batches: Vec<BatchData> = plan
-        .batches
-        .iter()
-        .map(|b| {
-            collate(
-                &b.iter().map(|&i| &prepared.examples[i]).collect::<Vec<_>>(),
-                tokenizer.pad_id(),
-                &device,
-            )
-        })
-        .collect::<Result<_>>()?;
-    let real_rows: Vec<Tensor> = batches
-        .iter()
-        .map(|b| {
-            let mask = b.batch.attention_mask.flatten_all()?.to_vec1::<f32>()?;
-            let rows: Vec<u32> = (0..mask.len() as u32)
-                .filter(|&i| mask[i as usize] > 0.0)
-                .collect();
-            Ok(Tensor::from_vec(rows.clone(), rows.len(), &device)?)
-        })
-        .collect::<Result<_>>()?;
-    let tokens: usize = real_rows.iter().map(|r| r.elem_count()).sum();
-
     let params = Params::from_checkpoint(ckpt, &device)?;
     let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
-    let mut xs: Vec<Tensor> = batches
-        .iter()
-        .map(|b| model.embed(&b.batch, &mut Mode::Eval))
-        .collect::<candle_core::Result<_>>()?;
+    let (mut calib, note) = LayerInputs::new(ckpt, &model, &spec.calib, spec.calib_sentences)?;
+    let mut heldout = match &spec.heldout {
+        Some(path) => Some(LayerInputs::new(ckpt, &model, path, spec.heldout_sentences)?.0),
+        None => None,
+    };
     let (mut forward_s, mut solve_s) = (0.0, 0.0);
     let mut done = vec![false; ckpt.arch.layers.len()];
     let mut details = vec![];
@@ -199,25 +282,11 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         if !done[stored] {
             done[stored] = true;
             let t0 = Instant::now();
-            let mut grams: BTreeMap<Input, Option<Tensor>> = BTreeMap::new();
-            for ((x, batch), rows) in xs.iter().zip(&batches).zip(&real_rows) {
-                let (_, inputs) = model.run_layer(logical, x, &batch.batch, true)?;
-                let inputs = inputs.expect("captured");
-                accumulate(
-                    grams.entry(Input::Attention).or_default(),
-                    &inputs.attention,
-                    rows,
-                )?;
-                if let Some(c) = &inputs.context {
-                    accumulate(grams.entry(Input::Context).or_default(), c, rows)?;
-                }
-                accumulate(grams.entry(Input::Ffn).or_default(), &inputs.ffn, rows)?;
-                accumulate(
-                    grams.entry(Input::FfnActivation).or_default(),
-                    &inputs.ffn_activation,
-                    rows,
-                )?;
-            }
+            let grams = calib.grams(&model, logical)?;
+            let heldout_grams = heldout
+                .as_ref()
+                .map(|h| h.grams(&model, logical))
+                .transpose()?;
             forward_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             for slot in LinearSlot::ALL {
@@ -228,7 +297,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
                 if rows_n == 0 || cols == 0 {
                     continue;
                 }
-                let hessian = gram_to_hessian(gram, tokens)?;
+                let hessian = gram_to_hessian(gram, calib.tokens)?;
                 let key = Key::Linear {
                     layer: stored,
                     slot,
@@ -268,40 +337,50 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
                     )));
                 }
                 let error = relative_output_error(&original, &w, rows_n, cols, &hessian);
-                var.set(&Tensor::from_vec(w, (rows_n, cols), &device)?.to_dtype(DType::F32)?)?;
-                details.push(serde_json::json!({
+                let mut detail = serde_json::json!({
                     "layer": stored, "linear": slot.as_str(), "relative_output_error": error,
                     "damp": stats.damp, "dead_inputs": stats.dead_inputs,
-                }));
+                });
+                let heldout_gram = heldout_grams.as_ref().and_then(|g| g.get(&Input::of(slot)));
+                if let (Some(Some(g)), Some(h)) = (heldout_gram, &heldout) {
+                    let h_hessian = gram_to_hessian(g, h.tokens)?;
+                    detail["heldout_relative_output_error"] =
+                        relative_output_error(&original, &w, rows_n, cols, &h_hessian).into();
+                }
+                var.set(&Tensor::from_vec(w, (rows_n, cols), &device)?.to_dtype(DType::F32)?)?;
+                details.push(detail);
             }
             solve_s += t1.elapsed().as_secs_f64();
         }
         let t2 = Instant::now();
-        xs = xs
-            .iter()
-            .zip(&batches)
-            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0))
-            .collect::<Result<_>>()?;
+        calib.advance(&model, logical)?;
+        if let Some(h) = &mut heldout {
+            h.advance(&model, logical)?;
+        }
         forward_s += t2.elapsed().as_secs_f64();
     }
     let mut out = ckpt.clone();
     params.store_into(&mut out)?;
     out.set_arch(new_arch)?;
-    let errors: Vec<f64> = details
-        .iter()
-        .filter_map(|d| d["relative_output_error"].as_f64())
-        .collect();
+    let errors =
+        |field: &str| -> Vec<f64> { details.iter().filter_map(|d| d[field].as_f64()).collect() };
     let mut report = serde_json::json!({
         "method": spec.method,
         "pattern": pattern,
-        "calibration_sentences": available,
-        "calibration_tokens": tokens,
-        "mean_relative_output_error": errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        "calibration_sentences": calib.sentences,
+        "calibration_tokens": calib.tokens,
+        "mean_relative_output_error": mean(&errors("relative_output_error")),
         "seconds": started.elapsed().as_secs_f64(),
         "seconds_forward": forward_s,
         "seconds_solve": solve_s,
         "details": details,
     });
+    if let Some(h) = &heldout {
+        report["heldout_sentences"] = h.sentences.into();
+        report["heldout_tokens"] = h.tokens.into();
+        report["mean_heldout_relative_output_error"] =
+            mean(&errors("heldout_relative_output_error")).into();
+    }
     if let Some(note) = note {
         report["note"] = note.into();
     }
@@ -322,7 +401,9 @@ impl Surgery for Spec {
     ];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        vec![self.calib.as_path()]
+        let mut reads = vec![self.calib.as_path()];
+        reads.extend(self.heldout.as_deref());
+        reads
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {
