@@ -3,6 +3,7 @@
 //! head counts (0 allowed), and cross-layer sharing through the layer map. Mirrors HF
 //! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
 
+pub mod attention;
 pub mod gates;
 pub mod generate;
 pub mod loss;
@@ -266,7 +267,7 @@ impl Bert {
         let (b, l) = batch.input_ids.dims2()?;
         let h = self.arch.hidden;
         let mut x = self.embed(batch, mode)?;
-        let mask_bias = attention_bias(batch)?;
+        let mask = AttentionMask::of(batch)?;
         let mut hidden_states = vec![];
         let mut attentions = vec![];
         let mut linear_inputs = vec![];
@@ -283,10 +284,11 @@ impl Bert {
             let (next, probs) = self.layer_forward(
                 &self.layers[stored],
                 &x,
-                &mask_bias,
+                &mask,
                 mode,
                 capture,
                 gate.as_ref(),
+                outputs.attentions,
             )?;
             x = next;
             if outputs.hidden_states {
@@ -350,27 +352,31 @@ impl Bert {
     ) -> candle_core::Result<(Tensor, Option<LinearInputs>)> {
         let mut inputs = vec![];
         let stored = &self.layers[self.arch.layer_map[layer]];
-        let bias = attention_bias(batch)?;
+        let mask = AttentionMask::of(batch)?;
         let (y, _) = self.layer_forward(
             stored,
             x,
-            &bias,
+            &mask,
             &mut Mode::Eval,
             capture.then_some(&mut inputs),
             None,
+            false,
         )?;
         Ok((y, inputs.pop()))
     }
 
-    /// One encoder layer; returns the output and the attention probabilities (None without heads).
+    /// One encoder layer; returns the output and, when `want_probs`, the attention probabilities
+    /// (None without heads). Without gates or probabilities the fused attention op runs.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &EncoderLayer,
         x: &Tensor,
-        mask_bias: &Tensor,
+        mask: &AttentionMask,
         mode: &mut Mode,
         capture: Option<&mut Vec<LinearInputs>>,
         gate: Option<&Tensor>,
+        want_probs: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
         let flat = x.reshape((b * l, h))?;
@@ -385,7 +391,27 @@ impl Bert {
                     .contiguous()?,
                 None,
             )
+        } else if gate.is_none() && !want_probs {
+            let heads = layer.num_heads;
+            let width = heads * self.arch.head_dim;
+            let shaped = |t: Tensor| t.reshape((b, l, width));
+            let q = shaped(layer.query.forward(&flat)?)?;
+            let k = shaped(layer.key.forward(&flat)?)?;
+            let v = shaped(layer.value.forward(&flat)?)?;
+            let dropout = match mode {
+                Mode::Train(rng) if self.attention_dropout > 0.0 => Some(dropout_multipliers(
+                    b * heads * l * l,
+                    self.attention_dropout,
+                    rng,
+                )),
+                _ => None,
+            };
+            let context = attention::self_attention(&q, &k, &v, heads, &mask.keys, dropout)?
+                .reshape((b * l, width))?;
+            context_in = Some(context.clone());
+            (layer.attention_output.forward(&context)?, None)
         } else {
+            let mask_bias = &mask.bias;
             let (heads, d) = (layer.num_heads, self.arch.head_dim);
             let split = |t: Tensor| -> candle_core::Result<Tensor> {
                 t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
@@ -424,10 +450,23 @@ impl Bert {
     }
 }
 
-/// [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
-fn attention_bias(batch: &Batch) -> candle_core::Result<Tensor> {
-    let (b, l) = batch.attention_mask.dims2()?;
-    ((batch.attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))
+/// The attention mask of a batch in the two forms the attention paths read.
+struct AttentionMask {
+    /// [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
+    bias: Tensor,
+    /// [B·L]: 1 for real keys, 0 for padding.
+    keys: Vec<f32>,
+}
+
+impl AttentionMask {
+    fn of(batch: &Batch) -> candle_core::Result<Self> {
+        let (b, l) = batch.attention_mask.dims2()?;
+        let mask = batch.attention_mask.to_dtype(DType::F32)?;
+        Ok(AttentionMask {
+            bias: ((&mask - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?,
+            keys: mask.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
 }
 
 fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
@@ -444,12 +483,17 @@ fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
         Mode::Train(rng) if p > 0.0 => rng,
         _ => return Ok(x.clone()),
     };
-    let scale = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
-        .collect();
+    let mask = dropout_multipliers(x.elem_count(), p, rng);
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
     x * mask
+}
+
+/// `n` inverted-dropout multipliers (0 or 1/(1−p)), drawn in order from the run's generator.
+fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
+    let scale = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
+        .collect()
 }
 
 /// Log-softmax over the last dimension built from ops that all have gradients.

@@ -1,0 +1,412 @@
+//! Fused self-attention, forward and backward, for every head of a layer at once:
+//! softmax(Q·Kᵀ·scale + mask) (⊙ dropout mask) · V, read from and written to the [B, L, heads·d]
+//! layout the linears produce. The composite path (per-head batched matmuls, transposes,
+//! contiguous copies and a separate softmax) spends most of its time in small-matrix overhead;
+//! this runs one task per sentence and recomputes the probabilities in the backward pass.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::ops::{cpu_f32, with_f32};
+
+/// The op's constants: the key mask and the dropout multipliers are not differentiated.
+struct AttentionOp {
+    heads: usize,
+    head_dim: usize,
+    batch: usize,
+    len: usize,
+    /// [B, L]: 0 for real keys, a large negative number for padding.
+    key_bias: Vec<f32>,
+    /// [B, heads, L, L] dropout multipliers of the probabilities (0 or 1/(1−p)); None in eval.
+    dropout: Option<Vec<f32>>,
+}
+
+impl AttentionOp {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// The probabilities of head `h` of sentence `b` into `p` ([L, L], row = query).
+    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize, p: &mut [f32]) {
+        let (l, d, a) = (self.len, self.head_dim, self.width());
+        let scale = 1.0 / (d as f32).sqrt();
+        let bias = &self.key_bias[b * l..(b + 1) * l];
+        for i in 0..l {
+            let qi = &q[(b * l + i) * a + h * d..][..d];
+            let row = &mut p[i * l..(i + 1) * l];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in row.iter_mut().enumerate() {
+                let kj = &k[(b * l + j) * a + h * d..][..d];
+                *s = dot(qi, kj) * scale + bias[j];
+                max = max.max(*s);
+            }
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+
+    /// The dropout multipliers of head `h` of sentence `b`, if any.
+    fn dropout_of(&self, b: usize, h: usize) -> Option<&[f32]> {
+        let n = self.len * self.len;
+        self.dropout
+            .as_ref()
+            .map(|m| &m[(b * self.heads + h) * n..][..n])
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// y += alpha · x
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
+        let (l, d, a) = (self.len, self.head_dim, self.width());
+        let mut out = vec![0f32; self.batch * l * a];
+        out.par_chunks_mut(l * a).enumerate().for_each(|(b, dst)| {
+            let mut p = vec![0f32; l * l];
+            for h in 0..self.heads {
+                self.probabilities(q, k, b, h, &mut p);
+                if let Some(m) = self.dropout_of(b, h) {
+                    p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
+                }
+                for i in 0..l {
+                    let ci = &mut dst[i * a + h * d..][..d];
+                    for j in 0..l {
+                        axpy(p[i * l + j], &v[(b * l + j) * a + h * d..][..d], ci);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (l, d, a) = (self.len, self.head_dim, self.width());
+        let scale = 1.0 / (d as f32).sqrt();
+        let dc = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (q_data, k_data, v_data) = (
+            with_f32(q, |x| x.to_vec())?,
+            with_f32(k, |x| x.to_vec())?,
+            with_f32(v, |x| x.to_vec())?,
+        );
+        let n = self.batch * l * a;
+        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        dq.par_chunks_mut(l * a)
+            .zip(dk.par_chunks_mut(l * a))
+            .zip(dv.par_chunks_mut(l * a))
+            .enumerate()
+            .for_each(|(b, ((dq, dk), dv))| {
+                let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
+                // Head h of token i of this sentence in the whole batch.
+                let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
+                for h in 0..self.heads {
+                    self.probabilities(&q_data, &k_data, b, h, &mut p);
+                    let m = self.dropout_of(b, h);
+                    for i in 0..l {
+                        let dci = &dc[global(i, h)];
+                        for j in 0..l {
+                            let keep = m.map_or(1.0, |m| m[i * l + j]);
+                            // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
+                            axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
+                            dp[i * l + j] = dot(dci, &v_data[global(j, h)]) * keep;
+                        }
+                        // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
+                        let pi = &p[i * l..(i + 1) * l];
+                        let dpi = &mut dp[i * l..(i + 1) * l];
+                        let total = dot(pi, dpi);
+                        for (g, &pij) in dpi.iter_mut().zip(pi) {
+                            *g = pij * (*g - total) * scale;
+                        }
+                        for j in 0..l {
+                            let ds = dpi[j];
+                            axpy(ds, &k_data[global(j, h)], &mut dq[i_range(i, h, d, a)]);
+                            axpy(ds, &q_data[global(i, h)], &mut dk[i_range(j, h, d, a)]);
+                        }
+                    }
+                }
+            });
+        let shape = q.shape();
+        let device = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, shape, device)?),
+            Some(Tensor::from_vec(dk, shape, device)?),
+            Some(Tensor::from_vec(dv, shape, device)?),
+        ))
+    }
+}
+
+/// The columns of head `h` in row `i` of one sentence's [L, heads·d] block.
+#[inline]
+fn i_range(i: usize, h: usize, d: usize, a: usize) -> std::ops::Range<usize> {
+    i * a + h * d..i * a + (h + 1) * d
+}
+
+/// Self-attention of all heads: q, k, v are [B, L, heads·d]; `key_mask` is [B, L] (1 for real
+/// tokens); `dropout` holds [B, heads, L, L] multipliers in training. Returns the context
+/// [B, L, heads·d], with gradients for q, k and v.
+pub fn self_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    key_mask: &[f32],
+    dropout: Option<Vec<f32>>,
+) -> candle_core::Result<Tensor> {
+    let (batch, len, width) = q.dims3()?;
+    if heads == 0 || width % heads != 0 || key_mask.len() != batch * len {
+        candle_core::bail!(
+            "fused attention: {heads} heads for width {width}, mask of {}",
+            key_mask.len()
+        );
+    }
+    if dropout
+        .as_ref()
+        .is_some_and(|m| m.len() != batch * heads * len * len)
+    {
+        candle_core::bail!("fused attention: dropout mask of the wrong size");
+    }
+    let op = AttentionOp {
+        heads,
+        head_dim: width / heads,
+        batch,
+        len,
+        key_bias: key_mask.iter().map(|m| (m - 1.0) * 1e9).collect(),
+        dropout,
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::util::rng::Rng;
+
+    fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
+        let mut rng = Rng::new(seed);
+        let n = shape.0 * shape.1 * shape.2;
+        Tensor::from_vec(
+            (0..n).map(|_| rng.normal()).collect::<Vec<f32>>(),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    /// The composite candle computation the model used before (it has gradients everywhere).
+    fn composite(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        mask: &[f32],
+        drop: Option<&[f32]>,
+    ) -> Tensor {
+        let (b, l, a) = q.dims3().unwrap();
+        let d = a / heads;
+        let split = |t: &Tensor| {
+            t.reshape((b, l, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let bias: Vec<f32> = mask.iter().map(|m| (m - 1.0) * 1e9).collect();
+        let bias = Tensor::from_vec(bias, (b, 1, 1, l), &Device::Cpu).unwrap();
+        let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap()
+            * (1.0 / (d as f64).sqrt()))
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap();
+        let mut p = crate::model::ops::softmax_last_dim(&scores).unwrap();
+        if let Some(m) = drop {
+            p = (p * Tensor::from_vec(m.to_vec(), (b, heads, l, l), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((b, l, a))
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_the_composite_path_forward_and_backward_with_padding_and_dropout() {
+        let (b, l, heads, d) = (3, 7, 2, 4);
+        let mut mask = vec![1f32; b * l];
+        mask[l - 2..l].iter_mut().for_each(|m| *m = 0.0); // sentence 0 has two pads
+        mask[2 * l - 1] = 0.0;
+        let mut rng = Rng::new(9);
+        let drop: Vec<f32> = (0..b * heads * l * l)
+            .map(|_| if rng.uniform() < 0.2 { 0.0 } else { 1.25 })
+            .collect();
+        for dropout in [None, Some(drop)] {
+            let vars: Vec<Var> = (0..3)
+                .map(|s| Var::from_tensor(&random((b, l, heads * d), s)).unwrap())
+                .collect();
+            let probe = random((b, l, heads * d), 7);
+            let fused = self_attention(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                heads,
+                &mask,
+                dropout.clone(),
+            )
+            .unwrap();
+            let reference = composite(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                heads,
+                &mask,
+                dropout.as_deref(),
+            );
+            assert!(
+                max_diff(&fused, &reference) < 1e-5,
+                "forward {}",
+                max_diff(&fused, &reference)
+            );
+            let g1 = (fused * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (reference * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in &vars {
+                let (a, b) = (
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+                assert!(max_diff(a, b) < 1e-4, "gradient {}", max_diff(a, b));
+            }
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (b, l, heads, d) = (2, 5, 2, 3);
+        let mask = vec![1f32; b * l];
+        let inputs: Vec<Tensor> = (0..3).map(|s| random((b, l, heads * d), 20 + s)).collect();
+        let probe = random((b, l, heads * d), 30);
+        let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> f64 {
+            let out = self_attention(q, k, v, heads, &mask, None).unwrap();
+            (out * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let out = self_attention(
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+            heads,
+            &mask,
+            None,
+        )
+        .unwrap();
+        let grads = (out * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let eps = 1e-2f32;
+        for which in 0..3 {
+            let analytic = grads
+                .get(vars[which].as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let base = inputs[which]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for idx in [0, 7, 13, 29] {
+                let nudged = |delta: f32| {
+                    let mut x = base.clone();
+                    x[idx] += delta;
+                    let t = Tensor::from_vec(x, (b, l, heads * d), &Device::Cpu).unwrap();
+                    let mut args = inputs.clone();
+                    args[which] = t;
+                    loss(&args[0], &args[1], &args[2])
+                };
+                let numeric = (nudged(eps) - nudged(-eps)) / (2.0 * eps as f64);
+                assert!(
+                    (numeric - analytic[idx] as f64).abs() < 2e-2 * numeric.abs().max(1.0),
+                    "input {which}[{idx}]: {numeric} vs {}",
+                    analytic[idx]
+                );
+            }
+        }
+    }
+}
