@@ -90,6 +90,15 @@ def load_tokenizer(model):
 
 
 DEVICE = "cpu"
+# bf16 autocast (oneDNN, AMX where the CPU has it) when --autocast bf16; f32 otherwise.
+AUTOCAST = None
+
+
+def autocast():
+    import contextlib
+    if AUTOCAST is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=AUTOCAST)
 
 
 def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
@@ -104,7 +113,8 @@ def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
             idx = order[b:b + batch_size]
             ids, mask, _ = collate(examples, idx, tokenizer.pad_token_id)
             ids, mask = ids.to(DEVICE), mask.to(DEVICE)
-            logits = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()
+            with autocast():
+                logits = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()
             tokens += int(mask.sum())
             for row, i in enumerate(idx):
                 words, prev, out = examples[i][2], None, []
@@ -128,7 +138,7 @@ def cmd_forward(args):
     if not all("-" in l or l == "O" for l in labels):
         labels = ["O"] + [f"{p}-X{i}" for i in range(4) for p in "BI"]
     f1, tps, ms = evaluate(model, tokenizer, sentences, labels, args.batch_size, args.max_len)
-    print(json.dumps({"what": "hf-forward", "sentences": len(sentences), "batch_size": args.batch_size,
+    print(json.dumps({"what": "hf-forward", "autocast": str(AUTOCAST), "sentences": len(sentences), "batch_size": args.batch_size,
                       "tokens_per_s": tps, "ms_per_batch": ms, "f1": f1,
                       "threads": torch.get_num_threads()}))
 
@@ -165,7 +175,8 @@ def cmd_train(args):
             ids, mask, lab = collate(examples, idx, tokenizer.pad_token_id)
             ids, mask, lab = ids.to(DEVICE), mask.to(DEVICE), lab.to(DEVICE)
             start = time.perf_counter()
-            loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -188,7 +199,7 @@ def cmd_train(args):
         if dev_f1 > best_dev and args.test:
             best_dev = dev_f1
             best_test, _, _ = evaluate(model, tokenizer, read_conll(args.test), labels, 64, args.max_len)
-    result = {"what": "hf-train", "batching": args.batching, "steps": step, "device": DEVICE,
+    result = {"what": "hf-train", "autocast": str(AUTOCAST), "batching": args.batching, "steps": step, "device": DEVICE,
               "train_tokens_per_s": tokens / train_seconds, "padding_ratio": 1 - tokens / padded,
               "threads": torch.get_num_threads(), "epochs": log}
     if args.test and log:
@@ -198,7 +209,7 @@ def cmd_train(args):
 
 
 def main():
-    global DEVICE
+    global DEVICE, AUTOCAST
     torch.set_num_threads(2)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -221,7 +232,11 @@ def main():
     t.add_argument("--max-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--device", default="cpu", help="cpu (the comparison) or cuda (a reference F1 only)")
+    for p in (f, t):
+        p.add_argument("--autocast", choices=["none", "bf16"], default="none")
     args = parser.parse_args()
+    if args.autocast == "bf16":
+        AUTOCAST = torch.bfloat16
     if getattr(args, "device", "cpu") != "cpu":
         DEVICE = args.device
         torch.backends.cuda.matmul.allow_tf32 = False

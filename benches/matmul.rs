@@ -1,0 +1,89 @@
+//! Benchmark: GFLOP/s of the matrix products of a MiniLM-L6-H384 training step (batch 32 × 20
+//! real tokens = 640 rows) as the model runs them (candle's matmul on `x · Wᵀ`), and of the
+//! fused attention op against the per-head composite path. Run: `cargo bench --bench matmul`.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use surgery::model::attention::self_attention;
+
+/// Median seconds of `f` over `runs` runs after one warm-up.
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[runs / 2]
+}
+
+fn random(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+}
+
+fn main() {
+    let rows = 640;
+    println!("linears (x[{rows}, in] · W[out, in]ᵀ), candle matmul:");
+    for (name, out, inp) in [
+        ("query/key/value/attention-output", 384, 384),
+        ("intermediate", 1536, 384),
+        ("output", 384, 1536),
+        ("classifier", 9, 384),
+    ] {
+        let x = random(&[rows, inp]);
+        let w = random(&[out, inp]);
+        let s = time(21, || {
+            x.matmul(&w.t().unwrap()).unwrap();
+        });
+        let gflops = 2.0 * (rows * inp * out) as f64 / s / 1e9;
+        println!(
+            "  {name:<34} {out:>5}×{inp:<5} {:>8.3} ms  {gflops:>6.1} GFLOP/s",
+            s * 1e3
+        );
+    }
+    let (b, l, heads, d) = (32, 20, 12, 32);
+    let (q, k, v) = (
+        random(&[b, l, heads * d]),
+        random(&[b, l, heads * d]),
+        random(&[b, l, heads * d]),
+    );
+    let mask = vec![1f32; b * l];
+    let flops = 4.0 * (b * heads * l * l * d) as f64;
+    let fused = time(21, || {
+        self_attention(&q, &k, &v, heads, &mask, None).unwrap();
+    });
+    let composite = time(21, || {
+        let split = |t: &Tensor| {
+            t.reshape((b, l, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(&q), split(&k), split(&v));
+        let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
+        let p = surgery::model::ops::softmax_last_dim(&s).unwrap();
+        p.matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+    });
+    println!("attention, {b} sentences × {l} tokens × {heads} heads of {d}:");
+    println!(
+        "  fused op            {:>8.3} ms  {:>6.1} GFLOP/s",
+        fused * 1e3,
+        flops / fused / 1e9
+    );
+    println!(
+        "  per-head composite  {:>8.3} ms  {:>6.1} GFLOP/s",
+        composite * 1e3,
+        flops / composite / 1e9
+    );
+}
