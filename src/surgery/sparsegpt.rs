@@ -103,9 +103,10 @@ pub(super) fn parse_pattern(sparsity: Option<f64>, pattern: Option<&str>) -> Res
     }
 }
 
-/// Accumulates XᵀX of the real tokens of a batch into `gram`.
+/// Accumulates XᵀX of the real tokens of a batch into `gram`. Detached: the weights are
+/// candle variables, and a tracked result would keep every batch's whole graph alive.
 fn accumulate(gram: &mut Option<Tensor>, x: &Tensor, rows: &Tensor) -> Result<()> {
-    let x = x.index_select(rows, 0)?;
+    let x = x.detach().index_select(rows, 0)?;
     let g = x.t()?.matmul(&x)?;
     *gram = Some(match gram.take() {
         Some(acc) => (acc + g)?,
@@ -167,7 +168,8 @@ pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
 }
 
 /// Sentences run layer by layer: their batches, the rows of real tokens, and each batch's
-/// current hidden states (the output of the layers pruned so far).
+/// current hidden states (the output of the layers pruned so far), detached from the graph so
+/// that memory stays one layer's worth however many sentences calibrate.
 struct LayerInputs {
     batches: Vec<BatchData>,
     real_rows: Vec<Tensor>,
@@ -210,7 +212,7 @@ impl LayerInputs {
             .collect::<Result<_>>()?;
         let xs = batches
             .iter()
-            .map(|b| model.embed(&b.batch, &mut Mode::Eval))
+            .map(|b| Ok(model.embed(&b.batch, &mut Mode::Eval)?.detach()))
             .collect::<candle_core::Result<_>>()?;
         let inputs = LayerInputs {
             tokens: real_rows.iter().map(|r| r.elem_count()).sum(),
@@ -252,7 +254,7 @@ impl LayerInputs {
             .xs
             .iter()
             .zip(&self.batches)
-            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0))
+            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0.detach()))
             .collect::<Result<_>>()?;
         Ok(())
     }

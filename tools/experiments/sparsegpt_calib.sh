@@ -9,7 +9,7 @@ teacher=${1:?teacher checkpoint}
 sizes=${2:-256 1024 4096}
 damps=${3:-0.01}
 data=${DATA:-../shared/data/conll2003}
-bin=./target/release/surgery
+bin=${BIN:-./target/release/surgery}
 out=${OUT:-runs/sparsegpt-calib}
 mkdir -p "$out"
 for pattern in "--sparsity 0.5" "--pattern 2:4"; do
