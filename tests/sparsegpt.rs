@@ -166,7 +166,10 @@ fn the_heldout_error_is_measured_through_the_pruned_layers() {
     let details = out.report["details"].as_array().unwrap();
     assert_eq!(details.len(), 18);
     for d in details {
-        assert_eq!(d["heldout_relative_output_error"], d["relative_output_error"], "{d}");
+        assert_eq!(
+            d["heldout_relative_output_error"], d["relative_output_error"],
+            "{d}"
+        );
     }
     // Other sentences: an error is measured for every linear, and it differs.
     let text = std::fs::read_to_string(&c).unwrap();
@@ -175,9 +178,14 @@ fn the_heldout_error_is_measured_through_the_pruned_layers() {
     let mut held = spec(c, Method::Sparsegpt);
     held.heldout = Some(other);
     let out = apply(&ckpt, &held).unwrap();
-    let mean = out.report["mean_heldout_relative_output_error"].as_f64().unwrap();
+    let mean = out.report["mean_heldout_relative_output_error"]
+        .as_f64()
+        .unwrap();
     assert!(mean.is_finite() && mean > 0.0, "{}", out.report);
-    assert_ne!(mean, out.report["mean_relative_output_error"].as_f64().unwrap());
+    assert_ne!(
+        mean,
+        out.report["mean_relative_output_error"].as_f64().unwrap()
+    );
     assert!(out.report["heldout_tokens"].as_u64().unwrap() > 0);
 }
 
