@@ -231,6 +231,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::model::ops::tests::{grads, max_diff};
     use crate::util::rng::Rng;
 
     fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
@@ -286,19 +287,6 @@ mod tests {
             .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn matches_the_composite_path_forward_and_backward_with_padding_and_dropout() {
         let (b, l, heads, d) = (3, 7, 2, 4);
@@ -336,18 +324,8 @@ mod tests {
                 "forward {}",
                 max_diff(&fused, &reference)
             );
-            let g1 = (fused * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (reference * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads(fused, &probe);
+            let g2 = grads(reference, &probe);
             for v in &vars {
                 let (a, b) = (
                     g1.get(v.as_tensor()).unwrap(),
@@ -386,15 +364,10 @@ mod tests {
             None,
         )
         .unwrap();
-        let grads = (out * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let gradients = grads(out, &probe);
         let eps = 1e-2f32;
         for which in 0..3 {
-            let analytic = grads
+            let analytic = gradients
                 .get(vars[which].as_tensor())
                 .unwrap()
                 .flatten_all()

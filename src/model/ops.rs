@@ -241,7 +241,7 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var, D};
 
@@ -253,7 +253,7 @@ mod tests {
     }
 
     /// Gradients of Σ(out · probe), a loss that reaches every output element.
-    fn grads(out: Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
+    pub(crate) fn grads(out: Tensor, probe: &Tensor) -> candle_core::backprop::GradStore {
         (out * probe)
             .unwrap()
             .sum_all()
@@ -262,7 +262,7 @@ mod tests {
             .unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
