@@ -21,6 +21,28 @@ fn time(runs: usize, mut f: impl FnMut()) -> f64 {
     t[runs / 2]
 }
 
+/// The per-head composite path the model takes when gates or probabilities are needed.
+fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+    let (b, l, a) = q.dims3().unwrap();
+    let split = |t: &Tensor| {
+        t.reshape((b, l, heads, a / heads))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (q, k, v) = (split(q), split(k), split(v));
+    let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
+    let p = surgery::model::ops::softmax_last_dim(&s).unwrap();
+    p.matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
+
 fn random(shape: &[usize]) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
 }
@@ -57,23 +79,7 @@ fn main() {
         self_attention(&q, &k, &v, heads, &mask, None).unwrap();
     });
     let composite = time(21, || {
-        let split = |t: &Tensor| {
-            t.reshape((b, l, heads, d))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let (q, k, v) = (split(&q), split(&k), split(&v));
-        let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
-        let p = surgery::model::ops::softmax_last_dim(&s).unwrap();
-        p.matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap();
+        composite_attention(&q, &k, &v, heads);
     });
     // Forward and backward, as in training.
     let vars: Vec<candle_core::Var> = [&q, &k, &v]
@@ -93,28 +99,12 @@ fn main() {
         out.sum_all().unwrap().backward().unwrap();
     });
     let composite_train = time(11, || {
-        let split = |t: &Tensor| {
-            t.reshape((b, l, heads, d))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
         let (q, k, v) = (
-            split(vars[0].as_tensor()),
-            split(vars[1].as_tensor()),
-            split(vars[2].as_tensor()),
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
         );
-        let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
-        let p = surgery::model::ops::softmax_last_dim(&s).unwrap();
-        let out = p
-            .matmul(&v)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap();
+        let out = composite_attention(q, k, v, heads);
         out.sum_all().unwrap().backward().unwrap();
     });
     println!("attention, {b} sentences × {l} tokens × {heads} heads of {d}:");

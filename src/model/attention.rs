@@ -130,14 +130,25 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dc = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        // Read q, k and v in place (no copies): this runs for every layer of every step.
+        let [dq, dk, dv] = with_f32(q, |q| {
+            with_f32(k, |k| with_f32(v, |v| self.gradients(q, k, v, &dc)))
+        })???;
+        let (shape, device) = (q.shape(), q.device());
+        Ok((
+            Some(Tensor::from_vec(dq, shape, device)?),
+            Some(Tensor::from_vec(dk, shape, device)?),
+            Some(Tensor::from_vec(dv, shape, device)?),
+        ))
+    }
+}
+
+impl AttentionOp {
+    /// dQ, dK and dV from the context gradient `dc`, recomputing the probabilities per head.
+    fn gradients(&self, q: &[f32], k: &[f32], v: &[f32], dc: &[f32]) -> [Vec<f32>; 3] {
         let (l, d, a) = (self.len, self.head_dim, self.width());
         let scale = 1.0 / (d as f32).sqrt();
-        let dc = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let (q_data, k_data, v_data) = (
-            with_f32(q, |x| x.to_vec())?,
-            with_f32(k, |x| x.to_vec())?,
-            with_f32(v, |x| x.to_vec())?,
-        );
         let n = self.batch * l * a;
         let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         dq.par_chunks_mut(l * a)
@@ -149,7 +160,7 @@ impl CustomOp3 for AttentionOp {
                 // Head h of token i of this sentence in the whole batch.
                 let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
                 for h in 0..self.heads {
-                    self.probabilities(&q_data, &k_data, b, h, &mut p);
+                    self.probabilities(q, k, b, h, &mut p);
                     let m = self.dropout_of(b, h);
                     for i in 0..l {
                         let dci = &dc[global(i, h)];
@@ -157,7 +168,7 @@ impl CustomOp3 for AttentionOp {
                             let keep = m.map_or(1.0, |m| m[i * l + j]);
                             // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
                             axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
-                            dp[i * l + j] = dot(dci, &v_data[global(j, h)]) * keep;
+                            dp[i * l + j] = dot(dci, &v[global(j, h)]) * keep;
                         }
                         // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
                         let pi = &p[i * l..(i + 1) * l];
@@ -168,19 +179,13 @@ impl CustomOp3 for AttentionOp {
                         }
                         for j in 0..l {
                             let ds = dpi[j];
-                            axpy(ds, &k_data[global(j, h)], &mut dq[i_range(i, h, d, a)]);
-                            axpy(ds, &q_data[global(i, h)], &mut dk[i_range(j, h, d, a)]);
+                            axpy(ds, &k[global(j, h)], &mut dq[i_range(i, h, d, a)]);
+                            axpy(ds, &q[global(i, h)], &mut dk[i_range(j, h, d, a)]);
                         }
                     }
                 }
             });
-        let shape = q.shape();
-        let device = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, shape, device)?),
-            Some(Tensor::from_vec(dk, shape, device)?),
-            Some(Tensor::from_vec(dv, shape, device)?),
-        ))
+        [dq, dk, dv]
     }
 }
 
