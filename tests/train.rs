@@ -13,7 +13,7 @@ use surgery::train::finetune::finetune;
 use surgery::train::run_dir::Resume;
 use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
 
-use crate::util::{max_abs_diff, surgery, tempdir};
+use crate::util::{max_abs_diff, surgery, surgery_with_env, tempdir};
 
 /// Synthetic train/dev/test files and a tiny random BERT with a matching tokenizer.
 pub struct Setup {
@@ -82,6 +82,7 @@ pub fn quick_spec() -> TrainSpec {
         log_every: 5,
         eval_batch_size: 64,
         max_train_sentences: None,
+        precision: Default::default(),
     }
 }
 
@@ -523,4 +524,98 @@ fn label_smoothing_mixes_the_gold_and_the_uniform_cross_entropy() {
     let want = (1.0 - eps) * gold / n + eps * uniform / n;
     assert!((loss(eps) - want).abs() < 1e-4, "{} vs {want}", loss(eps));
     assert!((loss(0.0) - gold / n).abs() < 1e-4);
+}
+
+/// `--precision bf16` (autocast) learns as f32 does, on the kernel this CPU has and on the
+/// portable path that a CPU without AVX512-BF16 takes (forced here), and `eval` runs it too.
+#[test]
+fn bf16_training_learns_on_the_detected_kernel_and_on_the_forced_fallback() {
+    let s = setup(1000);
+    let root = s.dir.path();
+    let model = s.model.to_str().unwrap();
+    let (train, dev) = (s.data.train.to_str().unwrap(), s.data.dev.to_str().unwrap());
+    let test = s.data.test.as_ref().unwrap().to_str().unwrap();
+    let mut finals = vec![];
+    for (name, precision, forced) in [
+        ("f32", "f32", false),
+        ("bf16", "bf16", false),
+        ("bf16-portable", "bf16", true),
+    ] {
+        let out = root.join(name);
+        let env: &[(&str, &str)] = if forced {
+            &[("SURGERY_BF16_KERNEL", "portable")]
+        } else {
+            &[]
+        };
+        let args = [
+            "train",
+            "finetune",
+            model,
+            "--train",
+            train,
+            "--dev",
+            dev,
+            "--test",
+            test,
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "7",
+            "--precision",
+            precision,
+        ];
+        let r = surgery_with_env(&args, env);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        if forced {
+            assert!(
+                r.stderr.contains("bf16 linears (portable path"),
+                "{}",
+                r.stderr
+            );
+        }
+        let test_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("test.json")).unwrap()).unwrap();
+        assert!(
+            test_json["f1"].as_f64().unwrap() > 0.4,
+            "{name}: {test_json}"
+        );
+        assert_eq!(
+            test_json["matmul_precision"].as_str(),
+            (precision == "bf16").then_some("bf16")
+        );
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last_loss = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+            .next_back()
+            .unwrap();
+        finals.push(last_loss);
+        let eval = surgery_with_env(
+            &[
+                "eval",
+                out.join("best").to_str().unwrap(),
+                "--data",
+                test,
+                "--json",
+                "--precision",
+                precision,
+            ],
+            env,
+        );
+        assert_eq!(eval.code, 0, "{}", eval.stderr);
+    }
+    // Rounding the products' operands to bf16 changes the trajectory only a little.
+    for (name, loss) in ["bf16", "bf16-portable"].iter().zip(&finals[1..]) {
+        assert!(
+            (loss - finals[0]).abs() < 0.25 * finals[0] + 0.02,
+            "{name} final loss {loss} vs f32 {}",
+            finals[0]
+        );
+    }
 }

@@ -17,6 +17,7 @@ use surgery::eval::{evaluate_model, Prepared};
 use surgery::io::output::check_output_with;
 use surgery::io::Checkpoint;
 use surgery::metrics::{format_report, Matching};
+use surgery::model::Precision;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -53,6 +54,9 @@ pub struct EvalArgs {
     /// Replace existing --save-json / --write-predictions files (only ones surgery wrote).
     #[arg(long)]
     force: bool,
+    /// Precision of the encoder linears' products (bf16: autocast with f32 accumulation).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 fn mode(strict: bool) -> Matching {
@@ -107,7 +111,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_len,
     )?;
     let device = Device::Cpu;
-    let model = load_model(&ckpt, &device)?;
+    let model = load_model(&ckpt, &device)?.with_precision(args.precision);
     let e = evaluate_model(
         &model,
         &prepared,
@@ -187,6 +191,9 @@ pub struct PredictArgs {
     input: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Precision of the encoder linears' products (bf16: autocast with f32 accumulation).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
@@ -206,7 +213,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()
             .context("reading standard input")?,
     };
-    let model = load_model(&ckpt, &Device::Cpu)?;
+    let model = load_model(&ckpt, &Device::Cpu)?.with_precision(args.precision);
     let predictions =
         surgery::eval::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
     let mut out = std::io::stdout().lock();

@@ -194,6 +194,8 @@ pub struct Evaluation {
     pub predicted: Vec<Vec<String>>,
     pub tokens_per_second: f64,
     pub seconds: f64,
+    /// The precision the model's linears ran in.
+    pub matmul_precision: crate::util::precision::Precision,
 }
 
 impl Evaluation {
@@ -209,6 +211,7 @@ impl Evaluation {
             report: serde_json::to_value(&self.report).expect("reports serialise"),
             tokens_per_s: self.tokens_per_second,
             seconds: self.seconds,
+            matmul_precision: self.matmul_precision,
         }
     }
 }
@@ -237,5 +240,6 @@ pub fn evaluate_model(
         predicted,
         tokens_per_second: words.tokens as f64 / words.seconds.max(1e-9),
         seconds: words.seconds,
+        matmul_precision: model.precision(),
     })
 }

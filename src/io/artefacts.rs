@@ -76,6 +76,12 @@ pub struct EvalRecord {
     pub report: serde_json::Value,
     pub tokens_per_s: f64,
     pub seconds: f64,
+    /// Precision of the linears' products (absent: f32).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::util::precision::Precision::is_f32"
+    )]
+    pub matmul_precision: crate::util::precision::Precision,
 }
 
 /// One line of `metrics.jsonl`: a logged training window or an evaluation.
@@ -256,6 +262,7 @@ pub fn read_eval(path: &Path) -> Result<Option<EvalRecord>> {
             report: value["report"].clone(),
             tokens_per_s: number(&value["tokens_per_s"]).unwrap_or(f64::NAN),
             seconds: f64::NAN,
+            matmul_precision: Default::default(),
         })),
         _ => Err(Error::Input {
             path: path.to_path_buf(),

@@ -4,11 +4,13 @@
 //! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
 
 pub mod attention;
+pub mod bf16_gemm;
 pub mod gates;
 pub mod generate;
 pub mod loss;
 pub mod ops;
 pub mod params;
+pub mod precision;
 pub mod student;
 
 use candle_core::{DType, Tensor, D};
@@ -19,6 +21,7 @@ use crate::arch::{
 };
 use crate::util::rng::Rng;
 pub use params::Params;
+pub use precision::Precision;
 
 /// Eval (deterministic) or training (dropout masks drawn from the given generator).
 pub enum Mode<'a> {
@@ -99,10 +102,11 @@ impl Linear {
     }
 
     /// x: [N, in] → [N, out]
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
+        let product = |x: &Tensor, w: &Tensor| precision::linear_product(x, w, precision);
         let y = match &self.weights {
-            LinearWeights::Dense(w) => x.matmul(&w.t()?)?,
-            LinearWeights::LowRank { down, up } => x.matmul(&down.t()?)?.matmul(&up.t()?)?,
+            LinearWeights::Dense(w) => product(x, w)?,
+            LinearWeights::LowRank { down, up } => product(&product(x, down)?, up)?,
         };
         y.broadcast_add(&self.bias)
     }
@@ -153,6 +157,8 @@ pub struct Bert {
     classifier_dropout: f32,
     /// Trainable hard-concrete head gates, when training them.
     gates: Option<gates::HeadGates>,
+    /// Precision of the encoder linears' products (the classifier stays f32).
+    precision: Precision,
 }
 
 /// Dropout probabilities (from config.json).
@@ -229,13 +235,24 @@ impl Bert {
             attention_dropout: dropouts.attention,
             classifier_dropout: dropouts.classifier,
             gates: None,
+            precision: Precision::F32,
         }
+    }
+
+    /// Runs the encoder linears' products in `precision` (bf16: autocast, f32 accumulation).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Multiplies every head's output by a trainable hard-concrete gate.
     pub fn with_gates(mut self, gates: gates::HeadGates) -> Self {
         self.gates = Some(gates);
         self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     pub fn gates(&self) -> Option<&gates::HeadGates> {
@@ -306,7 +323,10 @@ impl Bert {
             Some(c) => {
                 let z = dropout(&x, self.classifier_dropout, mode)?;
                 let n = c.bias.dim(0)?;
-                Some(c.forward(&z.reshape((b * l, h))?)?.reshape((b, l, n))?)
+                Some(
+                    c.forward(&z.reshape((b * l, h))?, Precision::F32)?
+                        .reshape((b, l, n))?,
+                )
             }
             None => None,
         };
@@ -379,6 +399,7 @@ impl Bert {
         want_probs: bool,
     ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
+        let p = self.precision;
         let flat = x.reshape((b * l, h))?;
         let mut context_in = None;
         let (attn, probs) = if layer.num_heads == 0 {
@@ -395,9 +416,9 @@ impl Bert {
             let heads = layer.num_heads;
             let width = heads * self.arch.head_dim;
             let shaped = |t: Tensor| t.reshape((b, l, width));
-            let q = shaped(layer.query.forward(&flat)?)?;
-            let k = shaped(layer.key.forward(&flat)?)?;
-            let v = shaped(layer.value.forward(&flat)?)?;
+            let q = shaped(layer.query.forward(&flat, p)?)?;
+            let k = shaped(layer.key.forward(&flat, p)?)?;
+            let v = shaped(layer.value.forward(&flat, p)?)?;
             let dropout = match mode {
                 Mode::Train(rng) if self.attention_dropout > 0.0 => Some(dropout_multipliers(
                     b * heads * l * l,
@@ -409,16 +430,16 @@ impl Bert {
             let context = attention::self_attention(&q, &k, &v, heads, &mask.keys, dropout)?
                 .reshape((b * l, width))?;
             context_in = Some(context.clone());
-            (layer.attention_output.forward(&context)?, None)
+            (layer.attention_output.forward(&context, p)?, None)
         } else {
             let mask_bias = &mask.bias;
             let (heads, d) = (layer.num_heads, self.arch.head_dim);
             let split = |t: Tensor| -> candle_core::Result<Tensor> {
                 t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
             };
-            let q = split(layer.query.forward(&flat)?)?;
-            let k = split(layer.key.forward(&flat)?)?;
-            let v = split(layer.value.forward(&flat)?)?;
+            let q = split(layer.query.forward(&flat, p)?)?;
+            let k = split(layer.key.forward(&flat, p)?)?;
+            let v = split(layer.value.forward(&flat, p)?)?;
             let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?
                 .broadcast_add(mask_bias)?;
             let probs = ops::softmax_last_dim(&scores)?;
@@ -431,12 +452,12 @@ impl Bert {
                 .contiguous()?
                 .reshape((b * l, heads * d))?;
             context_in = Some(context.clone());
-            (layer.attention_output.forward(&context)?, Some(probs))
+            (layer.attention_output.forward(&context, p)?, Some(probs))
         };
         let attn = dropout(&attn, self.hidden_dropout, mode)?;
         let x1 = layer.attention_norm.forward(&(attn + &flat)?)?;
-        let inter = activation(&layer.intermediate.forward(&x1)?, self.arch.activation)?;
-        let out = dropout(&layer.output.forward(&inter)?, self.hidden_dropout, mode)?;
+        let inter = activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?;
+        let out = dropout(&layer.output.forward(&inter, p)?, self.hidden_dropout, mode)?;
         let y = layer.output_norm.forward(&(out + &x1)?)?;
         if let Some(store) = capture {
             store.push(LinearInputs {

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::train::run_dir::{Resume, RunDir};
 use crate::train::schedule::Decay;
 use crate::util::hash::fnv1a;
+use crate::util::precision::Precision;
 
 /// Hyper-parameters of a training run (also the option names of the CLI).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
@@ -64,6 +65,11 @@ pub struct TrainSpec {
     /// Use only the first N training sentences (quick experiments).
     #[arg(long)]
     pub max_train_sentences: Option<usize>,
+    /// Precision of the encoder linears' products: `bf16` multiplies bf16-rounded operands with
+    /// f32 accumulation (autocast; weights, optimizer and everything else stay f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl TrainSpec {

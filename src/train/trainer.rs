@@ -108,7 +108,9 @@ pub fn fit(
     let params_count = Budget::of_arch(&ckpt.arch).unique;
     require_resources(&run, &ckpt.arch, spec)?;
     let params = Params::from_checkpoint(&ckpt, &device)?;
-    let model = objective.prepare(Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)));
+    let model = objective.prepare(
+        Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)).with_precision(spec.precision),
+    );
     let arch = ckpt.arch.clone();
     let sparse = |key: Key| match key {
         Key::Linear { layer, slot, .. } => {
@@ -169,12 +171,13 @@ pub fn fit(
         provenance: inputs.provenance.clone(),
     })?;
     eprintln!(
-        "training {} unique parameters: {} examples, {} steps ({} per epoch), padding {:.1}%",
+        "training {} unique parameters: {} examples, {} steps ({} per epoch), padding {:.1}%, {}",
         params_count,
         lengths.len(),
         total_steps,
         steps_per_epoch,
-        padding * 100.0
+        padding * 100.0,
+        crate::model::precision::describe(spec.precision)
     );
 
     let evaluate = |model: &Bert, prepared: &Prepared| {
@@ -337,7 +340,8 @@ pub fn fit(
     let test = match &inputs.test {
         Some(test) => {
             let best = Checkpoint::open(&run.best())?;
-            let best_model = crate::eval::infer::load_model(&best, &device)?;
+            let best_model =
+                crate::eval::infer::load_model(&best, &device)?.with_precision(spec.precision);
             let e = evaluate(&best_model, test)?;
             write_json(
                 &run.path.join("test.json"),

@@ -1,8 +1,9 @@
 //! Small helpers every layer may use: the seeded generator, content hashes, the build's own
-//! provenance and the CLI's exit statuses.
+//! provenance, the CLI's exit statuses and the precision setting of matrix products.
 
 pub mod build_info;
 pub mod exit;
 pub mod hash;
+pub mod precision;
 pub mod rng;
 pub mod shell;

@@ -64,8 +64,14 @@ pub struct Output {
 
 /// Runs the `surgery` binary.
 pub fn surgery(args: &[&str]) -> Output {
+    surgery_with_env(args, &[])
+}
+
+/// Runs the `surgery` binary with extra environment variables.
+pub fn surgery_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_surgery"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run surgery");
     Output {
