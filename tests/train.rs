@@ -526,8 +526,9 @@ fn label_smoothing_mixes_the_gold_and_the_uniform_cross_entropy() {
     assert!((loss(0.0) - gold / n).abs() < 1e-4);
 }
 
-/// `--precision bf16` (autocast) learns as f32 does, on the kernel this CPU has and on the
-/// portable path that a CPU without AVX512-BF16 takes (forced here), and `eval` runs it too.
+/// `--precision bf16` (autocast) learns as f32 does, on the kernels this CPU has and on the
+/// portable paths that a CPU without AVX512-BF16 and AVX-512 takes (both forced here), and
+/// `eval` runs it too.
 #[test]
 fn bf16_training_learns_on_the_detected_kernel_and_on_the_forced_fallback() {
     let s = setup(1000);
@@ -543,7 +544,10 @@ fn bf16_training_learns_on_the_detected_kernel_and_on_the_forced_fallback() {
     ] {
         let out = root.join(name);
         let env: &[(&str, &str)] = if forced {
-            &[("SURGERY_BF16_KERNEL", "portable")]
+            &[
+                ("SURGERY_BF16_KERNEL", "portable"),
+                ("SURGERY_SIMD", "portable"),
+            ]
         } else {
             &[]
         };

@@ -11,6 +11,7 @@ pub mod loss;
 pub mod ops;
 pub mod params;
 pub mod precision;
+pub mod simd;
 pub mod student;
 
 use candle_core::{DType, Tensor, D};

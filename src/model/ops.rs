@@ -6,6 +6,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::simd;
+
 /// Elements per parallel task: small enough to use both cores, large enough to amortise.
 const CHUNK: usize = 1 << 14;
 
@@ -35,12 +37,90 @@ struct LayerNormOp {
     eps: f32,
 }
 
+/// Rows per parallel task of the row-wise ops.
+const ROWS: usize = 32;
+
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = simd::sum(row) / n;
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let var = (simd::sum(&acc) + tail) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
+
+/// LayerNorm of each row of `x` (rows of `w.len()`) into `dst`.
+#[inline(always)]
+fn norm_rows_base(x: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
+    let h = w.len();
+    for (row, out) in x.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
+        let (mean, rstd) = row_stats(row, eps);
+        for i in 0..h {
+            out[i] = (row[i] - mean) * rstd * w[i] + b[i];
+        }
+    }
+}
+
+simd::twin!(fn norm_rows => norm_rows_base(x: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]));
+
+/// LayerNorm backward for the rows of `x`: writes their dx and adds their share of dw and db.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn norm_rows_backward_base(
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let h = w.len();
+    let (xhat, g) = scratch.split_at_mut(h);
+    for ((row, dy), dst) in x
+        .chunks_exact(h)
+        .zip(dy.chunks_exact(h))
+        .zip(dx.chunks_exact_mut(h))
+    {
+        let (mean, rstd) = row_stats(row, eps);
+        for i in 0..h {
+            xhat[i] = (row[i] - mean) * rstd;
+            g[i] = dy[i] * w[i];
+            dw[i] += dy[i] * xhat[i];
+            db[i] += dy[i];
+        }
+        let (mean_g, mean_gx) = (simd::sum(g) / h as f32, simd::dot(g, xhat) / h as f32);
+        for i in 0..h {
+            dst[i] = rstd * (g[i] - mean_g - xhat[i] * mean_gx);
+        }
+    }
+}
+
+simd::twin!(
+    #[allow(clippy::too_many_arguments)]
+    fn norm_rows_backward => norm_rows_backward_base(
+        x: &[f32],
+        dy: &[f32],
+        w: &[f32],
+        eps: f32,
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        scratch: &mut [f32],
+    )
+);
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
@@ -61,14 +141,9 @@ impl CustomOp3 for LayerNormOp {
         let b = cpu_f32(s3, l3)?;
         let h = w.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .for_each(|(dst, row)| {
-                let (mean, rstd) = row_stats(row, self.eps);
-                for i in 0..h {
-                    dst[i] = (row[i] - mean) * rstd * w[i] + b[i];
-                }
-            });
+        out.par_chunks_mut(h * ROWS)
+            .zip(x.par_chunks(h * ROWS))
+            .for_each(|(dst, rows)| norm_rows(rows, w, b, self.eps, dst));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -81,32 +156,30 @@ impl CustomOp3 for LayerNormOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = w.elem_count();
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let ws = w.to_vec1::<f32>()?;
         let dys = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; xs.len()];
+        // Rows in parallel; each task adds its rows' dw and db into its own partial sums.
+        let (dx, partials) = with_f32(x, |xs| {
+            let mut dx = vec![0f32; xs.len()];
+            let partials: Vec<Vec<f32>> = dx
+                .par_chunks_mut(h * ROWS)
+                .zip(xs.par_chunks(h * ROWS).zip(dys.par_chunks(h * ROWS)))
+                .map(|(dst, (rows, dy))| {
+                    let mut sums = vec![0f32; 4 * h];
+                    let (dwdb, scratch) = sums.split_at_mut(2 * h);
+                    let (dw, db) = dwdb.split_at_mut(h);
+                    norm_rows_backward(rows, dy, &ws, self.eps, dst, dw, db, scratch);
+                    sums.truncate(2 * h);
+                    sums
+                })
+                .collect();
+            (dx, partials)
+        })?;
         let mut dw = vec![0f32; h];
         let mut db = vec![0f32; h];
-        let mut xhat = vec![0f32; h];
-        for ((row, dy), dst) in xs
-            .chunks_exact(h)
-            .zip(dys.chunks_exact(h))
-            .zip(dx.chunks_exact_mut(h))
-        {
-            let (mean, rstd) = row_stats(row, self.eps);
-            let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-            for i in 0..h {
-                xhat[i] = (row[i] - mean) * rstd;
-                let g = dy[i] * ws[i];
-                sum_g += g;
-                sum_gx += g * xhat[i];
-                dw[i] += dy[i] * xhat[i];
-                db[i] += dy[i];
-            }
-            let (mean_g, mean_gx) = (sum_g / h as f32, sum_gx / h as f32);
-            for i in 0..h {
-                dst[i] = rstd * (dy[i] * ws[i] - mean_g - xhat[i] * mean_gx);
-            }
+        for p in &partials {
+            simd::axpy(1.0, &p[..h], &mut dw);
+            simd::axpy(1.0, &p[h..], &mut db);
         }
         let dev = x.device();
         Ok((
@@ -181,20 +254,38 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7): one exp instead of the slow
 /// software erf candle calls, which cost ~10% of a forward pass.
-#[inline]
+#[inline(always)]
 fn erf(x: f32) -> f32 {
-    let sign = x.signum();
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    sign * (1.0 - poly * (-a * a).exp())
+    (1.0 - poly * simd::exp(-a * a)).copysign(x)
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+#[inline(always)]
+fn gelu_slice_base(src: &[f32], dst: &mut [f32]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+    }
+}
+
+simd::twin!(fn gelu_slice => gelu_slice_base(src: &[f32], dst: &mut [f32]));
+
+#[inline(always)]
+fn gelu_grad_slice_base(src: &[f32], dy: &[f32], dst: &mut [f32]) {
+    for ((d, &v), &g) in dst.iter_mut().zip(src).zip(dy) {
+        let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+        *d = g * (cdf + v * INV_SQRT_2PI * simd::exp(-0.5 * v * v));
+    }
+}
+
+simd::twin!(fn gelu_grad_slice => gelu_grad_slice_base(src: &[f32], dy: &[f32], dst: &mut [f32]));
 
 /// The exact (erf) GELU of HF's `gelu`, x·Φ(x), with its derivative Φ(x) + x·φ(x).
 struct GeluOp;
@@ -210,9 +301,7 @@ impl CustomOp1 for GeluOp {
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(dst, src)| {
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
-                }
+                gelu_slice(src, dst);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -223,12 +312,7 @@ impl CustomOp1 for GeluOp {
             let mut dx = vec![0f32; xs.len()];
             dx.par_chunks_mut(CHUNK)
                 .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-                .for_each(|(dst, (src, dy))| {
-                    for ((d, &v), &g) in dst.iter_mut().zip(src).zip(dy) {
-                        let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-                        *d = g * (cdf + v * INV_SQRT_2PI * (-0.5 * v * v).exp());
-                    }
-                });
+                .for_each(|(dst, (src, dy))| gelu_grad_slice(src, dy, dst));
             dx
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
