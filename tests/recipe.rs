@@ -565,3 +565,82 @@ fn the_module_tree_keeps_its_layers_without_cycles() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(" 0 problem(s)"), "{text}");
 }
+
+/// The heads recipe runs unchanged on another CoNLL-format dataset with another label set: the
+/// teacher, the data and the head count come from `--set`, nothing names CoNLL-2003's types.
+#[test]
+fn the_heads_recipe_runs_on_a_dataset_with_another_label_set() {
+    let s = setup(300);
+    let root = s.dir.path();
+    let data = root.join("drugs");
+    std::fs::create_dir_all(&data).unwrap();
+    let (dev, test) = (s.data.dev.clone(), s.data.test.clone().unwrap());
+    for (from, to) in [
+        (&s.data.train, "train.txt"),
+        (&dev, "valid.txt"),
+        (&test, "test.txt"),
+    ] {
+        let text = std::fs::read_to_string(from).unwrap();
+        let relabelled: String = text
+            .lines()
+            .map(|l| {
+                let l = l
+                    .replace("-PER", "-DRUG")
+                    .replace("-LOC", "-DOSE")
+                    .replace("-ORG", "-ROUTE");
+                match l.rsplit_once(' ') {
+                    Some((w, t)) if t.ends_with("-MISC") => format!("{w} O\n"),
+                    _ => format!("{l}\n"),
+                }
+            })
+            .collect();
+        assert!(!relabelled.contains("PER") && relabelled.contains("B-DRUG"));
+        std::fs::write(data.join(to), relabelled).unwrap();
+    }
+    let teacher = root.join("teacher");
+    let d = |f: &str| data.join(f).to_str().unwrap().to_string();
+    let r = surgery(&[
+        "train",
+        "finetune",
+        s.model.to_str().unwrap(),
+        "--train",
+        &d("train.txt"),
+        "--dev",
+        &d("valid.txt"),
+        "--out",
+        teacher.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let runs = root.join("runs");
+    let r = run(
+        &repo().join("recipes/conll2003-minilm-heads.toml"),
+        &runs,
+        &[
+            "--set",
+            &format!("teacher={}", teacher.join("best").display()),
+            "--set",
+            &format!("data={}", data.display()),
+            "--set",
+            &format!("cache={}", root.join("cache").display()),
+            "--set",
+            "heads=4",
+            "--set",
+            "kd_epochs=1",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let last = runs.join("conll2003-minilm-heads/03-heads-gates-kd");
+    let labels = Checkpoint::open(&last.join("best"))
+        .unwrap()
+        .config
+        .labels()
+        .unwrap();
+    let mut types: Vec<&str> = labels.iter().filter_map(|l| l.strip_prefix("B-")).collect();
+    types.sort();
+    assert_eq!(types, ["DOSE", "DRUG", "ROUTE"]);
+    assert!(last.join("test.json").exists());
+}
