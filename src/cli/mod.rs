@@ -95,12 +95,31 @@ fn tune_for_inference() {
     }
 }
 
+/// candle's elementwise pool has one worker besides the calling thread here (2 cores), pinned to
+/// a core, where it spins between ops while rayon's threads run the matrix products. In training
+/// (and recipes, which train) leaving the elementwise ops to the calling thread alone was faster
+/// in every alternating run: +4–5% real tokens/s at f32 and +1.5–12% at bf16 over 100 steps
+/// (docs/results.md, session 5). Inference showed no difference beyond noise, so it keeps the
+/// pool. A setting in the environment wins.
+fn tune_for_training() {
+    const THREADS: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(THREADS).is_none() {
+        std::env::set_var(THREADS, "1");
+    }
+}
+
 fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     if matches!(
         command,
         Command::Eval(_) | Command::Predict(_) | Command::Forward { .. }
     ) {
         tune_for_inference();
+    }
+    if matches!(
+        command,
+        Command::Train(_) | Command::Run(_) | Command::Quickstart { .. }
+    ) {
+        tune_for_training();
     }
     match command {
         Command::Quickstart { out, force } => quickstart(&out, force),
