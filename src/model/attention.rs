@@ -74,14 +74,9 @@ impl CustomOp3 for AttentionOp {
         let (q, k, v) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
         let (l, a) = (self.len, self.width());
         let mut out = vec![0f32; self.batch * l * a];
-        out.par_chunks_mut(l * a).enumerate().for_each(|(b, dst)| {
-            #[cfg(target_arch = "x86_64")]
-            if simd::wide() {
-                // SAFETY: `wide()` checked that the CPU has the twin's features.
-                return unsafe { self.sentence_context_wide(q, k, v, b, dst) };
-            }
-            self.sentence_context(q, k, v, b, dst)
-        });
+        out.par_chunks_mut(l * a)
+            .enumerate()
+            .for_each(|(b, dst)| sentence_context(self, q, k, v, b, dst));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -108,57 +103,6 @@ impl CustomOp3 for AttentionOp {
 }
 
 impl AttentionOp {
-    /// The context of every head of sentence `b` into `dst` ([L, heads·d]).
-    #[inline(always)]
-    fn sentence_context(&self, q: &[f32], k: &[f32], v: &[f32], b: usize, dst: &mut [f32]) {
-        let (l, d, a) = (self.len, self.head_dim, self.width());
-        let mut p = vec![0f32; l * l];
-        for h in 0..self.heads {
-            self.probabilities(q, k, b, h, &mut p);
-            if let Some(m) = self.dropout_of(b, h) {
-                p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
-            }
-            for i in 0..l {
-                let ci = &mut dst[i * a + h * d..][..d];
-                for j in 0..l {
-                    axpy(p[i * l + j], &v[(b * l + j) * a + h * d..][..d], ci);
-                }
-            }
-        }
-    }
-
-    /// [`Self::sentence_context`] compiled with AVX-512 (see `simd`).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
-    unsafe fn sentence_context_wide(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        b: usize,
-        dst: &mut [f32],
-    ) {
-        self.sentence_context(q, k, v, b, dst)
-    }
-
-    /// [`Self::sentence_gradients`] compiled with AVX-512 (see `simd`).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn sentence_gradients_wide(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        dc: &[f32],
-        b: usize,
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-    ) {
-        self.sentence_gradients(q, k, v, dc, b, dq, dk, dv)
-    }
-
     /// dQ, dK and dV from the context gradient `dc`, recomputing the probabilities per head.
     fn gradients(&self, q: &[f32], k: &[f32], v: &[f32], dc: &[f32]) -> [Vec<f32>; 3] {
         let (l, a) = (self.len, self.width());
@@ -168,22 +112,96 @@ impl AttentionOp {
             .zip(dk.par_chunks_mut(l * a))
             .zip(dv.par_chunks_mut(l * a))
             .enumerate()
-            .for_each(|(b, ((dq, dk), dv))| {
-                #[cfg(target_arch = "x86_64")]
-                if simd::wide() {
-                    // SAFETY: `wide()` checked that the CPU has the twin's features.
-                    return unsafe { self.sentence_gradients_wide(q, k, v, dc, b, dq, dk, dv) };
-                }
-                self.sentence_gradients(q, k, v, dc, b, dq, dk, dv)
-            });
+            .for_each(|(b, ((dq, dk), dv))| sentence_gradients(self, q, k, v, dc, b, dq, dk, dv));
         [dq, dk, dv]
     }
+}
 
-    /// dQ, dK and dV of sentence `b` (its rows of each) from the context gradient `dc`.
-    #[inline(always)]
+/// The context of every head of sentence `b` into `dst` ([L, heads·d]).
+#[inline(always)]
+fn sentence_context_base(
+    op: &AttentionOp,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    dst: &mut [f32],
+) {
+    let (l, d, a) = (op.len, op.head_dim, op.width());
+    let mut p = vec![0f32; l * l];
+    for h in 0..op.heads {
+        op.probabilities(q, k, b, h, &mut p);
+        if let Some(m) = op.dropout_of(b, h) {
+            p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
+        }
+        for i in 0..l {
+            let ci = &mut dst[i * a + h * d..][..d];
+            for j in 0..l {
+                axpy(p[i * l + j], &v[(b * l + j) * a + h * d..][..d], ci);
+            }
+        }
+    }
+}
+
+/// dQ, dK and dV of sentence `b` (its rows of each) from the context gradient `dc`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sentence_gradients_base(
+    op: &AttentionOp,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dc: &[f32],
+    b: usize,
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (l, d, a) = (op.len, op.head_dim, op.width());
+    let scale = 1.0 / (d as f32).sqrt();
+    let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
+    // Head h of token i of this sentence in the whole batch.
+    let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
+    for h in 0..op.heads {
+        op.probabilities(q, k, b, h, &mut p);
+        let m = op.dropout_of(b, h);
+        for i in 0..l {
+            let dci = &dc[global(i, h)];
+            for j in 0..l {
+                let keep = m.map_or(1.0, |m| m[i * l + j]);
+                // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
+                axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
+                dp[i * l + j] = dot(dci, &v[global(j, h)]) * keep;
+            }
+            // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
+            let pi = &p[i * l..(i + 1) * l];
+            let dpi = &mut dp[i * l..(i + 1) * l];
+            let total = dot(pi, dpi);
+            for (g, &pij) in dpi.iter_mut().zip(pi) {
+                *g = pij * (*g - total) * scale;
+            }
+            for j in 0..l {
+                let ds = dpi[j];
+                axpy(ds, &k[global(j, h)], &mut dq[i_range(i, h, d, a)]);
+                axpy(ds, &q[global(i, h)], &mut dk[i_range(j, h, d, a)]);
+            }
+        }
+    }
+}
+
+simd::twin!(fn sentence_context => sentence_context_base(
+    op: &AttentionOp,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    dst: &mut [f32],
+));
+
+simd::twin!(
     #[allow(clippy::too_many_arguments)]
-    fn sentence_gradients(
-        &self,
+    fn sentence_gradients => sentence_gradients_base(
+        op: &AttentionOp,
         q: &[f32],
         k: &[f32],
         v: &[f32],
@@ -192,39 +210,8 @@ impl AttentionOp {
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
-    ) {
-        let (l, d, a) = (self.len, self.head_dim, self.width());
-        let scale = 1.0 / (d as f32).sqrt();
-        let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
-        // Head h of token i of this sentence in the whole batch.
-        let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
-        for h in 0..self.heads {
-            self.probabilities(q, k, b, h, &mut p);
-            let m = self.dropout_of(b, h);
-            for i in 0..l {
-                let dci = &dc[global(i, h)];
-                for j in 0..l {
-                    let keep = m.map_or(1.0, |m| m[i * l + j]);
-                    // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
-                    axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
-                    dp[i * l + j] = dot(dci, &v[global(j, h)]) * keep;
-                }
-                // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
-                let pi = &p[i * l..(i + 1) * l];
-                let dpi = &mut dp[i * l..(i + 1) * l];
-                let total = dot(pi, dpi);
-                for (g, &pij) in dpi.iter_mut().zip(pi) {
-                    *g = pij * (*g - total) * scale;
-                }
-                for j in 0..l {
-                    let ds = dpi[j];
-                    axpy(ds, &k[global(j, h)], &mut dq[i_range(i, h, d, a)]);
-                    axpy(ds, &q[global(i, h)], &mut dk[i_range(j, h, d, a)]);
-                }
-            }
-        }
-    }
-}
+    )
+);
 
 /// The columns of head `h` in row `i` of one sentence's [L, heads·d] block.
 #[inline(always)]

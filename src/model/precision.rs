@@ -112,25 +112,13 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::model::ops::tests::max_diff;
 
     /// Rounds to bf16 and back, as the kernel reads its operands.
     fn rounded(t: &Tensor) -> Tensor {
         t.to_dtype(candle_core::DType::BF16)
             .unwrap()
             .to_dtype(candle_core::DType::F32)
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
             .unwrap()
     }
 
