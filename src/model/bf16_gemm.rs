@@ -99,8 +99,9 @@ impl<'a> MatRef<'a> {
 pub fn matmul(a: MatRef, b: MatRef, kernel: Bf16Kernel) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "inner dimensions of a bf16 product");
     match kernel {
+        // The check keeps a caller that names the kernel on a CPU without it safe.
         #[cfg(target_arch = "x86_64")]
-        Bf16Kernel::Avx512Bf16 => avx512::matmul(a, b),
+        Bf16Kernel::Avx512Bf16 if cpu_has_avx512_bf16() => avx512::matmul(a, b),
         _ => portable_matmul(a, b),
     }
 }
