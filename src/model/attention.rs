@@ -117,90 +117,36 @@ impl AttentionOp {
     }
 }
 
-/// The context of every head of sentence `b` into `dst` ([L, heads·d]).
-#[inline(always)]
-fn sentence_context_base(
-    op: &AttentionOp,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    b: usize,
-    dst: &mut [f32],
-) {
-    let (l, d, a) = (op.len, op.head_dim, op.width());
-    let mut p = vec![0f32; l * l];
-    for h in 0..op.heads {
-        op.probabilities(q, k, b, h, &mut p);
-        if let Some(m) = op.dropout_of(b, h) {
-            p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
-        }
-        for i in 0..l {
-            let ci = &mut dst[i * a + h * d..][..d];
-            for j in 0..l {
-                axpy(p[i * l + j], &v[(b * l + j) * a + h * d..][..d], ci);
+simd::twin! {
+    /// The context of every head of sentence `b` into `dst` ([L, heads·d]).
+    fn sentence_context(
+        op: &AttentionOp,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        b: usize,
+        dst: &mut [f32],
+    ) {
+        let (l, d, a) = (op.len, op.head_dim, op.width());
+        let mut p = vec![0f32; l * l];
+        for h in 0..op.heads {
+            op.probabilities(q, k, b, h, &mut p);
+            if let Some(m) = op.dropout_of(b, h) {
+                p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
+            }
+            for i in 0..l {
+                let ci = &mut dst[i * a + h * d..][..d];
+                for j in 0..l {
+                    axpy(p[i * l + j], &v[(b * l + j) * a + h * d..][..d], ci);
+                }
             }
         }
     }
 }
 
-/// dQ, dK and dV of sentence `b` (its rows of each) from the context gradient `dc`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn sentence_gradients_base(
-    op: &AttentionOp,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    dc: &[f32],
-    b: usize,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    let (l, d, a) = (op.len, op.head_dim, op.width());
-    let scale = 1.0 / (d as f32).sqrt();
-    let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
-    // Head h of token i of this sentence in the whole batch.
-    let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
-    for h in 0..op.heads {
-        op.probabilities(q, k, b, h, &mut p);
-        let m = op.dropout_of(b, h);
-        for i in 0..l {
-            let dci = &dc[global(i, h)];
-            for j in 0..l {
-                let keep = m.map_or(1.0, |m| m[i * l + j]);
-                // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
-                axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
-                dp[i * l + j] = dot(dci, &v[global(j, h)]) * keep;
-            }
-            // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
-            let pi = &p[i * l..(i + 1) * l];
-            let dpi = &mut dp[i * l..(i + 1) * l];
-            let total = dot(pi, dpi);
-            for (g, &pij) in dpi.iter_mut().zip(pi) {
-                *g = pij * (*g - total) * scale;
-            }
-            for j in 0..l {
-                let ds = dpi[j];
-                axpy(ds, &k[global(j, h)], &mut dq[i_range(i, h, d, a)]);
-                axpy(ds, &q[global(i, h)], &mut dk[i_range(j, h, d, a)]);
-            }
-        }
-    }
-}
-
-simd::twin!(fn sentence_context => sentence_context_base(
-    op: &AttentionOp,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    b: usize,
-    dst: &mut [f32],
-));
-
-simd::twin!(
-    #[allow(clippy::too_many_arguments)]
-    fn sentence_gradients => sentence_gradients_base(
+simd::twin! {
+    /// dQ, dK and dV of sentence `b` (its rows of each) from the context gradient `dc`.
+    fn sentence_gradients(
         op: &AttentionOp,
         q: &[f32],
         k: &[f32],
@@ -210,8 +156,39 @@ simd::twin!(
         dq: &mut [f32],
         dk: &mut [f32],
         dv: &mut [f32],
-    )
-);
+    ) {
+        let (l, d, a) = (op.len, op.head_dim, op.width());
+        let scale = 1.0 / (d as f32).sqrt();
+        let (mut p, mut dp) = (vec![0f32; l * l], vec![0f32; l * l]);
+        // Head h of token i of this sentence in the whole batch.
+        let global = |i: usize, h: usize| i_range(b * l + i, h, d, a);
+        for h in 0..op.heads {
+            op.probabilities(q, k, b, h, &mut p);
+            let m = op.dropout_of(b, h);
+            for i in 0..l {
+                let dci = &dc[global(i, h)];
+                for j in 0..l {
+                    let keep = m.map_or(1.0, |m| m[i * l + j]);
+                    // dV_j += (P⊙M)_ij · dC_i ; d(P⊙M)_ij = dC_i · V_j, times M.
+                    axpy(p[i * l + j] * keep, dci, &mut dv[i_range(j, h, d, a)]);
+                    dp[i * l + j] = dot(dci, &v[global(j, h)]) * keep;
+                }
+                // Softmax backward: dS = P ⊙ (dP − Σ_j dP·P).
+                let pi = &p[i * l..(i + 1) * l];
+                let dpi = &mut dp[i * l..(i + 1) * l];
+                let total = dot(pi, dpi);
+                for (g, &pij) in dpi.iter_mut().zip(pi) {
+                    *g = pij * (*g - total) * scale;
+                }
+                for j in 0..l {
+                    let ds = dpi[j];
+                    axpy(ds, &k[global(j, h)], &mut dq[i_range(i, h, d, a)]);
+                    axpy(ds, &q[global(i, h)], &mut dk[i_range(j, h, d, a)]);
+                }
+            }
+        }
+    }
+}
 
 /// The columns of head `h` in row `i` of one sentence's [L, heads·d] block.
 #[inline(always)]

@@ -60,57 +60,22 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// LayerNorm of each row of `x` (rows of `w.len()`) into `dst`.
-#[inline(always)]
-fn norm_rows_base(x: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
-    let h = w.len();
-    for (row, out) in x.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
-        let (mean, rstd) = row_stats(row, eps);
-        for i in 0..h {
-            out[i] = (row[i] - mean) * rstd * w[i] + b[i];
+simd::twin! {
+    /// LayerNorm of each row of `x` (rows of `w.len()`) into `dst`.
+    fn norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]) {
+        let h = w.len();
+        for (row, out) in x.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
+            let (mean, rstd) = row_stats(row, eps);
+            for i in 0..h {
+                out[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            }
         }
     }
 }
 
-simd::twin!(fn norm_rows => norm_rows_base(x: &[f32], w: &[f32], b: &[f32], eps: f32, dst: &mut [f32]));
-
-/// LayerNorm backward for the rows of `x`: writes their dx and adds their share of dw and db.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn norm_rows_backward_base(
-    x: &[f32],
-    dy: &[f32],
-    w: &[f32],
-    eps: f32,
-    dx: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let h = w.len();
-    let (xhat, g) = scratch.split_at_mut(h);
-    for ((row, dy), dst) in x
-        .chunks_exact(h)
-        .zip(dy.chunks_exact(h))
-        .zip(dx.chunks_exact_mut(h))
-    {
-        let (mean, rstd) = row_stats(row, eps);
-        for i in 0..h {
-            xhat[i] = (row[i] - mean) * rstd;
-            g[i] = dy[i] * w[i];
-            dw[i] += dy[i] * xhat[i];
-            db[i] += dy[i];
-        }
-        let (mean_g, mean_gx) = (simd::sum(g) / h as f32, simd::dot(g, xhat) / h as f32);
-        for i in 0..h {
-            dst[i] = rstd * (g[i] - mean_g - xhat[i] * mean_gx);
-        }
-    }
-}
-
-simd::twin!(
-    #[allow(clippy::too_many_arguments)]
-    fn norm_rows_backward => norm_rows_backward_base(
+simd::twin! {
+    /// LayerNorm backward for the rows of `x`: writes their dx and adds their share of dw and db.
+    fn norm_rows_backward(
         x: &[f32],
         dy: &[f32],
         w: &[f32],
@@ -119,8 +84,28 @@ simd::twin!(
         dw: &mut [f32],
         db: &mut [f32],
         scratch: &mut [f32],
-    )
-);
+    ) {
+        let h = w.len();
+        let (xhat, g) = scratch.split_at_mut(h);
+        for ((row, dy), dst) in x
+            .chunks_exact(h)
+            .zip(dy.chunks_exact(h))
+            .zip(dx.chunks_exact_mut(h))
+        {
+            let (mean, rstd) = row_stats(row, eps);
+            for i in 0..h {
+                xhat[i] = (row[i] - mean) * rstd;
+                g[i] = dy[i] * w[i];
+                dw[i] += dy[i] * xhat[i];
+                db[i] += dy[i];
+            }
+            let (mean_g, mean_gx) = (simd::sum(g) / h as f32, simd::dot(g, xhat) / h as f32);
+            for i in 0..h {
+                dst[i] = rstd * (g[i] - mean_g - xhat[i] * mean_gx);
+            }
+        }
+    }
+}
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
@@ -268,24 +253,22 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-#[inline(always)]
-fn gelu_slice_base(src: &[f32], dst: &mut [f32]) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+simd::twin! {
+    fn gelu_slice(src: &[f32], dst: &mut [f32]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+        }
     }
 }
 
-simd::twin!(fn gelu_slice => gelu_slice_base(src: &[f32], dst: &mut [f32]));
-
-#[inline(always)]
-fn gelu_grad_slice_base(src: &[f32], dy: &[f32], dst: &mut [f32]) {
-    for ((d, &v), &g) in dst.iter_mut().zip(src).zip(dy) {
-        let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-        *d = g * (cdf + v * INV_SQRT_2PI * simd::exp(-0.5 * v * v));
+simd::twin! {
+    fn gelu_grad_slice(src: &[f32], dy: &[f32], dst: &mut [f32]) {
+        for ((d, &v), &g) in dst.iter_mut().zip(src).zip(dy) {
+            let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+            *d = g * (cdf + v * INV_SQRT_2PI * simd::exp(-0.5 * v * v));
+        }
     }
 }
-
-simd::twin!(fn gelu_grad_slice => gelu_grad_slice_base(src: &[f32], dy: &[f32], dst: &mut [f32]));
 
 /// The exact (erf) GELU of HF's `gelu`, x·Φ(x), with its derivative Φ(x) + x·φ(x).
 struct GeluOp;

@@ -1,11 +1,10 @@
 //! Wider vectors for the fused ops' loops, chosen at run time. The crate is built for baseline
-//! x86-64 (SSE2) so the binary runs on any x86-64 CPU; the hot loops are written once as
-//! `#[inline(always)]` functions, each with a twin
-//! `#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")] unsafe fn …_wide` that only
-//! calls it (so it is compiled again with AVX-512), and callers pick the twin when [`wide`] says
-//! the CPU has AVX-512 (`SURGERY_SIMD=portable` forces the baseline code, for tests and
+//! x86-64 (SSE2) so the binary runs on any x86-64 CPU; each hot loop is written once inside
+//! [`twin!`], which compiles it twice (baseline and AVX-512) and picks the AVX-512 version when
+//! [`wide`] says the CPU has it (`SURGERY_SIMD=portable` forces the baseline code, for tests and
 //! comparisons). A closure handed to a generic wrapper would not be inlined into it and would
-//! keep the baseline instructions, hence the explicit twins. `exp` is a polynomial the compiler can vectorise, unlike the libm
+//! keep the baseline instructions, hence the macro. Helpers called in the loops must be
+//! `#[inline(always)]`. `exp` is a polynomial the compiler can vectorise, unlike the libm
 //! call of `f32::exp`.
 
 use std::sync::OnceLock;
@@ -33,24 +32,30 @@ fn cpu_has_avx512() -> bool {
     }
 }
 
-/// `twin!(fn best => base(a: A, b: B))` defines `best(a, b)`, which runs `base` (an
-/// `#[inline(always)]` function) compiled with AVX-512 when [`wide`] allows it, else as built.
+/// `twin! { fn f(a: A, b: B) { body } }` defines `f`, which runs `body` compiled with AVX-512
+/// when [`wide`] allows it, and as built otherwise (the body becomes an `#[inline(always)]`
+/// inner function, inlined into both versions).
 macro_rules! twin {
-    ($(#[$meta:meta])* fn $best:ident => $base:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
-        fn $best($($arg: $ty),*) {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn base($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn wide($($arg: $ty),*) {
-                    $base($($arg),*)
+                    base($($arg),*)
                 }
                 if $crate::model::simd::wide() {
                     // SAFETY: `wide()` checked that the CPU has these features.
                     return unsafe { wide($($arg),*) };
                 }
             }
-            $base($($arg),*)
+            base($($arg),*)
         }
     };
 }
