@@ -142,24 +142,26 @@ impl CustomOp3 for LayerNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = w.elem_count();
         let ws = w.to_vec1::<f32>()?;
-        let dys = grad.flatten_all()?.to_vec1::<f32>()?;
-        // Rows in parallel; each task adds its rows' dw and db into its own partial sums.
+        // Rows in parallel, reading x and the gradient in place; each task adds its rows' dw and
+        // db into its own partial sums.
         let (dx, partials) = with_f32(x, |xs| {
-            let mut dx = vec![0f32; xs.len()];
-            let partials: Vec<Vec<f32>> = dx
-                .par_chunks_mut(h * ROWS)
-                .zip(xs.par_chunks(h * ROWS).zip(dys.par_chunks(h * ROWS)))
-                .map(|(dst, (rows, dy))| {
-                    let mut sums = vec![0f32; 4 * h];
-                    let (dwdb, scratch) = sums.split_at_mut(2 * h);
-                    let (dw, db) = dwdb.split_at_mut(h);
-                    norm_rows_backward(rows, dy, &ws, self.eps, dst, dw, db, scratch);
-                    sums.truncate(2 * h);
-                    sums
-                })
-                .collect();
-            (dx, partials)
-        })?;
+            with_f32(grad, |dys| {
+                let mut dx = vec![0f32; xs.len()];
+                let partials: Vec<Vec<f32>> = dx
+                    .par_chunks_mut(h * ROWS)
+                    .zip(xs.par_chunks(h * ROWS).zip(dys.par_chunks(h * ROWS)))
+                    .map(|(dst, (rows, dy))| {
+                        let mut sums = vec![0f32; 4 * h];
+                        let (dwdb, scratch) = sums.split_at_mut(2 * h);
+                        let (dw, db) = dwdb.split_at_mut(h);
+                        norm_rows_backward(rows, dy, &ws, self.eps, dst, dw, db, scratch);
+                        sums.truncate(2 * h);
+                        sums
+                    })
+                    .collect();
+                (dx, partials)
+            })
+        })??;
         let mut dw = vec![0f32; h];
         let mut db = vec![0f32; h];
         for p in &partials {
