@@ -46,7 +46,8 @@ fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tens
 /// The three products of a linear's step (forward x·Wᵀ, input gradient dy·W, weight gradient
 /// dyᵀ·x) in bf16 with f32 accumulation, on the kernel this CPU gets, beside f32.
 fn bf16_products(rows: usize) {
-    use surgery::model::bf16_gemm::{matmul, Bf16Kernel, MatRef};
+    use surgery::model::bf16_gemm::{matmul, Bf16Kernel};
+    use surgery::model::matrix::MatRef;
     let kernel = Bf16Kernel::detect();
     println!("linears in bf16 ({}):", kernel.describe());
     for (name, out, inp) in [
@@ -93,7 +94,7 @@ fn random(shape: &[usize]) -> Tensor {
 
 fn main() {
     let rows = 640;
-    println!("linears (x[{rows}, in] · W[out, in]ᵀ), candle matmul:");
+    println!("linears in f32 (candle matmul, {rows} rows):");
     for (name, out, inp) in [
         ("query/key/value/attention-output", 384, 384),
         ("intermediate", 1536, 384),
@@ -102,14 +103,23 @@ fn main() {
     ] {
         let x = random(&[rows, inp]);
         let w = random(&[out, inp]);
-        let s = time(21, || {
-            x.matmul(&w.t().unwrap()).unwrap();
-        });
-        let gflops = 2.0 * (rows * inp * out) as f64 / s / 1e9;
-        println!(
-            "  {name:<34} {out:>5}×{inp:<5} {:>8.3} ms  {gflops:>6.1} GFLOP/s",
-            s * 1e3
-        );
+        let dy = random(&[rows, out]);
+        // The three products as the autograd of `x.matmul(w.t())` forms them.
+        let forms = [
+            ("x·Wᵀ", x.clone(), w.t().unwrap()),
+            ("dy·W", dy.clone(), w.clone()),
+            ("dyᵀ·x", dy.t().unwrap(), x.clone()),
+        ];
+        for (form, a, b) in forms {
+            let s = time(21, || {
+                a.matmul(&b).unwrap();
+            });
+            let gflops = 2.0 * (rows * inp * out) as f64 / s / 1e9;
+            println!(
+                "  {name:<34} {out:>5}×{inp:<5} {form:<6} {:>8.3} ms  {gflops:>6.1} GFLOP/s",
+                s * 1e3
+            );
+        }
     }
     bf16_products(rows);
     let (b, l, heads, d) = (32, 20, 12, 32);

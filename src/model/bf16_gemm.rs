@@ -11,6 +11,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::matrix::MatRef;
+use super::matrix::product_f32;
+
 /// Which implementation runs the bf16 products on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
@@ -57,44 +60,6 @@ fn cpu_has_avx512_bf16() -> bool {
     }
 }
 
-/// A read-only strided view of an f32 matrix: element (i, j) is `data[i·row_stride + j·col_stride]`.
-#[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// A row-major matrix.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose (no copy).
-    pub fn t(self) -> Self {
-        MatRef {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.row_stride + j * self.col_stride]
-    }
-}
-
 /// C = A·B with both operands rounded to bf16 and f32 accumulation; C is row-major [m, n].
 pub fn matmul(a: MatRef, b: MatRef, kernel: Bf16Kernel) -> Vec<f32> {
     assert_eq!(a.cols, b.rows, "inner dimensions of a bf16 product");
@@ -129,35 +94,7 @@ fn portable_matmul(a: MatRef, b: MatRef) -> Vec<f32> {
         out
     };
     let (ra, rb) = (rounded(a), rounded(b));
-    let mut c = vec![0f32; m * n];
-    if m == 0 || n == 0 {
-        return c;
-    }
-    // SAFETY: the three buffers are row-major with the sizes and strides given.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            ra.as_ptr(),
-            1,
-            k as isize,
-            rb.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
-    c
+    product_f32(MatRef::row_major(&ra, m, k), MatRef::row_major(&rb, k, n))
 }
 
 /// The 32-bit pair (x[2p], x[2p+1]) of bf16 values, the even element in the low half.

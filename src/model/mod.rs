@@ -7,10 +7,11 @@ pub mod attention;
 pub mod bf16_gemm;
 pub mod gates;
 pub mod generate;
+pub mod linear;
 pub mod loss;
+pub mod matrix;
 pub mod ops;
 pub mod params;
-pub mod precision;
 pub mod simd;
 pub mod student;
 
@@ -22,7 +23,7 @@ use crate::arch::{
 };
 use crate::util::rng::Rng;
 pub use params::Params;
-pub use precision::Precision;
+pub use linear::Precision;
 
 /// Eval (deterministic) or training (dropout masks drawn from the given generator).
 pub enum Mode<'a> {
@@ -104,12 +105,14 @@ impl Linear {
 
     /// x: [N, in] → [N, out]
     fn forward(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-        let product = |x: &Tensor, w: &Tensor| precision::linear_product(x, w, precision);
-        let y = match &self.weights {
-            LinearWeights::Dense(w) => product(x, w)?,
-            LinearWeights::LowRank { down, up } => product(&product(x, down)?, up)?,
-        };
-        y.broadcast_add(&self.bias)
+        let bias = Some(&self.bias);
+        match &self.weights {
+            LinearWeights::Dense(w) => linear::linear(x, w, bias, precision),
+            LinearWeights::LowRank { down, up } => {
+                let inner = linear::linear(x, down, None, precision)?;
+                linear::linear(&inner, up, bias, precision)
+            }
+        }
     }
 }
 
@@ -353,7 +356,7 @@ impl Bert {
         let ids = batch.input_ids.flatten_all()?;
         let mut x = e.word.index_select(&ids, 0)?;
         if let Some(p) = &e.projection {
-            x = x.matmul(&p.t()?)?;
+            x = linear::linear(&x, p, None, Precision::F32)?;
         }
         let x = x
             .reshape((b, l, self.arch.hidden))?
@@ -455,11 +458,14 @@ impl Bert {
             context_in = Some(context.clone());
             (layer.attention_output.forward(&context, p)?, Some(probs))
         };
-        let attn = dropout(&attn, self.hidden_dropout, mode)?;
-        let x1 = layer.attention_norm.forward(&(attn + &flat)?)?;
+        let x1 = layer
+            .attention_norm
+            .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
         let inter = activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?;
-        let out = dropout(&layer.output.forward(&inter, p)?, self.hidden_dropout, mode)?;
-        let y = layer.output_norm.forward(&(out + &x1)?)?;
+        let out = layer.output.forward(&inter, p)?;
+        let y = layer
+            .output_norm
+            .forward(&dropout_add(&out, &x1, self.hidden_dropout, mode)?)?;
         if let Some(store) = capture {
             store.push(LinearInputs {
                 attention: flat,
@@ -508,6 +514,16 @@ fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
     let mask = dropout_multipliers(x.elem_count(), p, rng);
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
     x * mask
+}
+
+/// dropout(a) + r, the residual connection after a sub-block, in one pass when training.
+fn dropout_add(a: &Tensor, r: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
+    match mode {
+        Mode::Train(rng) if p > 0.0 => {
+            ops::scaled_add(a, dropout_multipliers(a.elem_count(), p, rng), r)
+        }
+        _ => a + r,
+    }
 }
 
 /// `n` inverted-dropout multipliers (0 or 1/(1−p)), drawn in order from the run's generator.

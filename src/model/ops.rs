@@ -3,7 +3,7 @@
 //! dropped (the test that every parameter gets a gradient fails with them); these replace them and
 //! are checked against composite candle ops (which do have gradients) in the tests below.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::simd;
@@ -292,14 +292,15 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dys = grad.flatten_all()?.to_vec1::<f32>()?;
         let dx = with_f32(x, |xs| {
-            let mut dx = vec![0f32; xs.len()];
-            dx.par_chunks_mut(CHUNK)
-                .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-                .for_each(|(dst, (src, dy))| gelu_grad_slice(src, dy, dst));
-            dx
-        })?;
+            with_f32(grad, |dys| {
+                let mut dx = vec![0f32; xs.len()];
+                dx.par_chunks_mut(CHUNK)
+                    .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+                    .for_each(|(dst, (src, dy))| gelu_grad_slice(src, dy, dst));
+                dx
+            })
+        })??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -307,6 +308,86 @@ impl CustomOp1 for GeluOp {
 /// GELU (erf form) with a gradient.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(GeluOp)
+}
+
+simd::twin! {
+    /// dst = a ⊙ mask + r
+    fn scaled_add_slice(a: &[f32], mask: &[f32], r: &[f32], dst: &mut [f32]) {
+        for i in 0..dst.len() {
+            dst[i] = a[i] * mask[i] + r[i];
+        }
+    }
+}
+
+simd::twin! {
+    /// dst = g ⊙ mask
+    fn masked_slice(g: &[f32], mask: &[f32], dst: &mut [f32]) {
+        for i in 0..dst.len() {
+            dst[i] = g[i] * mask[i];
+        }
+    }
+}
+
+/// a ⊙ mask + r (dropout on a sub-block's output, then the residual), as one node.
+struct ScaledAddOp {
+    mask: Vec<f32>,
+}
+
+impl CustomOp2 for ScaledAddOp {
+    fn name(&self) -> &'static str {
+        "fused-dropout-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (a, r) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?);
+        if l1.shape() != l2.shape() || a.len() != self.mask.len() {
+            candle_core::bail!(
+                "dropout-residual: shapes {:?} and {:?} with a mask of {}",
+                l1.shape(),
+                l2.shape(),
+                self.mask.len()
+            );
+        }
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .zip(self.mask.par_chunks(CHUNK).zip(r.par_chunks(CHUNK)))
+            .for_each(|((dst, a), (mask, r))| scaled_add_slice(a, mask, r, dst));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let da = with_f32(grad, |g| {
+            let mut da = vec![0f32; g.len()];
+            da.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(self.mask.par_chunks(CHUNK)))
+                .for_each(|(dst, (g, mask))| masked_slice(g, mask, dst));
+            da
+        })?;
+        Ok((
+            Some(Tensor::from_vec(da, a.shape(), a.device())?),
+            Some(grad.clone()),
+        ))
+    }
+}
+
+/// a ⊙ mask + r with gradients for a and r: one pass and one node instead of a multiply and an
+/// add (the mask holds inverted-dropout multipliers, one per element of a).
+pub fn scaled_add(a: &Tensor, mask: Vec<f32>, r: &Tensor) -> candle_core::Result<Tensor> {
+    a.contiguous()?
+        .apply_op2(&r.contiguous()?, ScaledAddOp { mask })
 }
 
 #[cfg(test)]
@@ -393,6 +474,23 @@ pub(crate) mod tests {
         let g1 = grads(fused, &probe);
         let g2 = grads(reference, &probe);
         assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn scaled_add_matches_composite_forward_and_backward() {
+        let a = Var::from_tensor(&random(&[5, 37], 11)).unwrap();
+        let r = Var::from_tensor(&random(&[5, 37], 12)).unwrap();
+        let mask: Vec<f32> = (0..5 * 37).map(|i| if i % 3 == 0 { 0.0 } else { 1.25 }).collect();
+        let probe = random(&[5, 37], 13);
+        let fused = scaled_add(&a, mask.clone(), &r).unwrap();
+        let m = Tensor::from_vec(mask, (5, 37), &Device::Cpu).unwrap();
+        let reference = ((a.as_tensor() * &m).unwrap() + r.as_tensor()).unwrap();
+        assert_eq!(max_diff(&fused, &reference), 0.0);
+        let (g1, g2) = (grads(fused, &probe), grads(reference, &probe));
+        for v in [&a, &r] {
+            assert_eq!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()), 0.0);
+        }
+        assert!(scaled_add(&a, vec![1.0; 3], &r).is_err());
     }
 
     #[test]

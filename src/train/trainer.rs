@@ -177,7 +177,7 @@ pub fn fit(
         total_steps,
         steps_per_epoch,
         padding * 100.0,
-        crate::model::precision::describe(spec.precision)
+        crate::model::linear::describe(spec.precision)
     );
 
     let evaluate = |model: &Bert, prepared: &Prepared| {
