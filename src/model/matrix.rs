@@ -82,3 +82,29 @@ pub fn product_f32(a: MatRef, b: MatRef) -> Vec<f32> {
     }
     c
 }
+
+/// The matrix as a row-major copy (a transpose when `m` is one), in 32 × 32 tiles so that
+/// both the reads and the writes stay within a few cache lines.
+pub fn to_row_major(m: MatRef) -> Vec<f32> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let (rows, cols) = (m.rows, m.cols);
+    let mut out = vec![0f32; rows * cols];
+    if cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(TILE * cols)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let first = block * TILE;
+            let n = dst.len() / cols;
+            for j0 in (0..cols).step_by(TILE) {
+                for i in 0..n {
+                    for j in j0..(j0 + TILE).min(cols) {
+                        dst[i * cols + j] = m.at(first + i, j);
+                    }
+                }
+            }
+        });
+    out
+}

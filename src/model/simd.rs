@@ -122,6 +122,23 @@ pub fn sum(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest aᵢ (−∞ for none), with 16 partial maxima (see [`dot`]); NaN is not expected.
+#[inline(always)]
+pub fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = a.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    for x in chunks {
+        for i in 0..16 {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |m, &x| if x > m { x } else { m })
+}
+
 /// y += alpha · x
 #[inline(always)]
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -146,5 +163,16 @@ mod tests {
         assert!(worst < 4e-7, "largest relative error {worst}");
         assert_eq!(exp(-1e9), 0.0);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn max_finds_the_largest_value_in_the_body_and_the_tail() {
+        let mut v: Vec<f32> = (0..37).map(|i| -(i as f32)).collect();
+        assert_eq!(max(&v), 0.0);
+        v[20] = 5.0;
+        assert_eq!(max(&v), 5.0);
+        v[36] = 7.0;
+        assert_eq!(max(&v), 7.0);
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 }
