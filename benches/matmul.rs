@@ -105,8 +105,11 @@ fn main() {
         let w = random(&[out, inp]);
         let dy = random(&[rows, out]);
         // The three products as the autograd of `x.matmul(w.t())` forms them.
+        // The linear op multiplies by a row-major copy of Wᵀ when in ≥ 2·out.
+        let wt = w.t().unwrap().contiguous().unwrap();
         let forms = [
             ("x·Wᵀ", x.clone(), w.t().unwrap()),
+            ("x·(Wᵀ)", x.clone(), wt),
             ("dy·W", dy.clone(), w.clone()),
             ("dyᵀ·x", dy.t().unwrap(), x.clone()),
         ];
