@@ -268,21 +268,48 @@ fn head_transposed(x: &[f32], b: usize, h: usize, l: usize, d: usize, a: usize, 
 }
 
 /// out[j] = scale · Σₜ coef[t] · mt[t, j] for the out.len() first columns of mt ([d, padded],
-/// zero past out.len()): sixteen columns at a time, each block summed in one register.
+/// zero past out.len()): sixteen columns at a time, each block summed in one register. The
+/// compiler splits the portable loop's sixteen lanes into odd pieces, so the AVX-512 path is
+/// written with intrinsics.
 #[inline(always)]
 fn times_transposed(coef: &[f32], scale: f32, mt: &[f32], out: &mut [f32]) {
     let lp = padded(out.len());
+    assert!(mt.len() >= coef.len() * lp, "a transposed head of {} values", mt.len());
+    #[cfg(target_arch = "x86_64")]
+    if simd::wide() {
+        // SAFETY: `wide()` checked AVX-512F; the assert above bounds every block read.
+        unsafe { times_transposed_avx512(coef, scale, mt, out) };
+        return;
+    }
     for j0 in (0..lp).step_by(16) {
         let mut acc = [0f32; 16];
         for (t, &c) in coef.iter().enumerate() {
             let c = c * scale;
-            let block: &[f32; 16] = mt[t * lp + j0..][..16].try_into().expect("16 columns");
+            let block = &mt[t * lp + j0..][..16];
             for u in 0..16 {
                 acc[u] += c * block[u];
             }
         }
         let n = (out.len() - j0).min(16);
         out[j0..j0 + n].copy_from_slice(&acc[..n]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn times_transposed_avx512(coef: &[f32], scale: f32, mt: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let lp = padded(out.len());
+    for j0 in (0..lp).step_by(16) {
+        let mut acc = _mm512_setzero_ps();
+        for (t, &c) in coef.iter().enumerate() {
+            let block = _mm512_loadu_ps(mt.as_ptr().add(t * lp + j0));
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(c * scale), block, acc);
+        }
+        let mut sums = [0f32; 16];
+        _mm512_storeu_ps(sums.as_mut_ptr(), acc);
+        let n = (out.len() - j0).min(16);
+        out[j0..j0 + n].copy_from_slice(&sums[..n]);
     }
 }
 
