@@ -11,8 +11,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::matrix::MatRef;
-use super::matrix::product_f32;
+use super::matrix::{product_f32, MatRef};
 
 /// Which implementation runs the bf16 products on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
