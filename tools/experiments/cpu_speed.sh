@@ -5,7 +5,8 @@
 # against Hugging Face + PyTorch in f32 and with bf16 autocast. STUDENTS (checkpoint folders)
 # adds surgery's inference on compressed models. Prints one JSON line per measurement, then the
 # ratios against PyTorch f32 and bf16.
-# Usage: [BASE_BIN=old/surgery] [STUDENTS="a b"] tools/experiments/cpu_speed.sh MODEL_DIR TEACHER_DIR [STEPS]
+# INFER_ONLY=1 skips the fine-tuning runs (an inference-only sitting).
+# Usage: [BASE_BIN=old/surgery] [STUDENTS="a b"] [INFER_ONLY=1] tools/experiments/cpu_speed.sh MODEL_DIR TEACHER_DIR [STEPS]
 set -euo pipefail
 model=${1:?pre-trained model dir}
 teacher=${2:?fine-tuned checkpoint}
@@ -24,7 +25,7 @@ for entry in "${bins[@]}"; do
   for precision in "${precisions[@]}"; do
     flag=(); [ "$precision" = bf16 ] && flag=(--precision bf16)
     who=$name; [ "$precision" = bf16 ] && who=$name-bf16
-    $bin train finetune "$model" --train "$data/train.txt" --dev "$data/valid.txt" --out "$out/$who-train" \
+    [ -z "${INFER_ONLY:-}" ] && $bin train finetune "$model" --train "$data/train.txt" --dev "$data/valid.txt" --out "$out/$who-train" \
       --force --epochs 3 --batch-size 32 --lr 1e-4 --seed 42 --max-steps "$steps" --log-every 50 "${flag[@]}" 2>&1 \
       | python3 -c "import re,sys,json; t=[float(m.group(1)) for l in sys.stdin for m in [re.search(r'training throughput (\d+)', l)] if m]; print(json.dumps({'what': 'train', 'who': '$who', 'tokens_per_s': t[-1]}))"
     for m in "$teacher" ${STUDENTS:-}; do
@@ -35,7 +36,7 @@ for entry in "${bins[@]}"; do
   done
 done
 for cast in none bf16; do
-  python3 tools/hf_reference.py train --model "$model" --train "$data/train.txt" --dev "$data/valid.txt" \
+  [ -z "${INFER_ONLY:-}" ] && python3 tools/hf_reference.py train --model "$model" --train "$data/train.txt" --dev "$data/valid.txt" \
     --batching bucketed --epochs 3 --batch-size 32 --lr 1e-4 --seed 42 --max-steps "$steps" --autocast $cast \
     | tail -1 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'what': 'train', 'who': 'pytorch-$cast', 'tokens_per_s': r['train_tokens_per_s']}))"
   python3 tools/hf_reference.py forward --model "$teacher" --data "$data/test.txt" --batch-size 32 --autocast $cast \
@@ -47,6 +48,8 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for what in ("train", "infer"):
     by = {r["who"]: r["tokens_per_s"] for r in rows if r["what"] == what}
+    if not by:
+        continue
     f32, bf16 = by["pytorch-none"], by["pytorch-bf16"]
     print(what + ": " + ", ".join(f"{who} {tps:,.0f} tok/s ({tps / f32:.2f}× PyTorch f32, {tps / bf16:.2f}× bf16)" for who, tps in by.items()))
 for r in rows:
