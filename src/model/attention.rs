@@ -32,7 +32,15 @@ impl AttentionOp {
     /// transposed copy of the head's keys, sixteen keys per register, instead of one short dot
     /// product (and its horizontal sum) per query–key pair.
     #[inline(always)]
-    fn probabilities(&self, q: &[f32], k: &[f32], b: usize, h: usize, kt: &mut [f32], p: &mut [f32]) {
+    fn probabilities(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        b: usize,
+        h: usize,
+        kt: &mut [f32],
+        p: &mut [f32],
+    ) {
         let (l, d, a) = (self.len, self.head_dim, self.width());
         let scale = 1.0 / (d as f32).sqrt();
         let bias = &self.key_bias[b * l..(b + 1) * l];
@@ -228,7 +236,11 @@ fn weighted_sum(d: usize, w: Weights, x: Rows, n: usize, dst: &mut [f32]) {
         64 => fixed_weighted_sum::<64>(w, x, n, dst),
         _ => {
             for j in 0..n {
-                axpy(w.data[w.first + j * w.stride], &x.data[x.first + j * x.stride..][..d], dst);
+                axpy(
+                    w.data[w.first + j * w.stride],
+                    &x.data[x.first + j * x.stride..][..d],
+                    dst,
+                );
             }
         }
     }
@@ -274,7 +286,11 @@ fn head_transposed(x: &[f32], b: usize, h: usize, l: usize, d: usize, a: usize, 
 #[inline(always)]
 fn times_transposed(coef: &[f32], scale: f32, mt: &[f32], out: &mut [f32]) {
     let lp = padded(out.len());
-    assert!(mt.len() >= coef.len() * lp, "a transposed head of {} values", mt.len());
+    assert!(
+        mt.len() >= coef.len() * lp,
+        "a transposed head of {} values",
+        mt.len()
+    );
     #[cfg(target_arch = "x86_64")]
     if simd::wide() {
         // SAFETY: `wide()` checked AVX-512F; the assert above bounds every block read.
@@ -468,7 +484,11 @@ mod tests {
                     g1.get(v.as_tensor()).unwrap(),
                     g2.get(v.as_tensor()).unwrap(),
                 );
-                assert!(max_diff(a, b) < 1e-4, "gradient (d = {d}, l = {l}) {}", max_diff(a, b));
+                assert!(
+                    max_diff(a, b) < 1e-4,
+                    "gradient (d = {d}, l = {l}) {}",
+                    max_diff(a, b)
+                );
             }
         }
     }

@@ -2,7 +2,7 @@
 //! dw = dyᵀ·x, db = the column sums of dy), at the run's precision. As candle ops the same layer
 //! is a transpose, a matmul, a broadcast and an add, whose backward reduces the bias gradient
 //! with a strided sum and adds every gradient into a fresh zero tensor; one node skips those
-//! passes and gives the same numbers.
+//! passes and gives the same numbers up to the order of the sums.
 //!
 //! `bf16` is autocast as PyTorch does it: weights, activations and gradients stay f32, and only
 //! the three products (forward and both gradients) read bf16-rounded operands and accumulate in
@@ -57,7 +57,9 @@ fn forward(
     let (n, inp) = x.1.shape().dims2()?;
     let (out, w_in) = w.1.shape().dims2()?;
     if inp != w_in {
-        candle_core::bail!("linear: input has {inp} features, the weight [{out}, {w_in}] wants {w_in}");
+        candle_core::bail!(
+            "linear: input has {inp} features, the weight [{out}, {w_in}] wants {w_in}"
+        );
     }
     let x = MatRef::row_major(cpu_f32(x.0, x.1)?, n, inp);
     let w = MatRef::row_major(cpu_f32(w.0, w.1)?, out, inp);
@@ -82,8 +84,12 @@ fn gradients(
     let out = w.dim(0)?;
     let (dx, dw) = with_f32(dy, |dy| {
         let dy = MatRef::row_major(dy, n, out);
-        let dx = with_f32(w, |w| product(dy, MatRef::row_major(w, out, inp), precision))?;
-        let dw = with_f32(x, |x| product(dy.t(), MatRef::row_major(x, n, inp), precision))?;
+        let dx = with_f32(w, |w| {
+            product(dy, MatRef::row_major(w, out, inp), precision)
+        })?;
+        let dw = with_f32(x, |x| {
+            product(dy.t(), MatRef::row_major(x, n, inp), precision)
+        })?;
         candle_core::Result::Ok((dx, dw))
     })??;
     let dev = x.device();
@@ -123,12 +129,17 @@ const ROWS: usize = 64;
 fn column_sums(dy: &[f32], out: usize) -> Vec<f32> {
     const COLUMNS: usize = 128;
     let mut sums = vec![0f32; out];
-    sums.par_chunks_mut(COLUMNS).enumerate().for_each(|(block, dst)| {
-        let first = block * COLUMNS;
-        for row in dy.chunks_exact(out) {
-            add_rows(&row[first..first + dst.len()], dst);
-        }
-    });
+    if out == 0 {
+        return sums;
+    }
+    sums.par_chunks_mut(COLUMNS)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let first = block * COLUMNS;
+            for row in dy.chunks_exact(out) {
+                add_rows(&row[first..first + dst.len()], dst);
+            }
+        });
     sums
 }
 
@@ -191,8 +202,10 @@ impl CustomOp3 for Affine {
         if bias.len() != out {
             candle_core::bail!("linear: a bias of {} for {out} outputs", bias.len());
         }
-        y.par_chunks_mut(out * ROWS)
-            .for_each(|rows| add_bias_rows(rows, bias));
+        if out > 0 {
+            y.par_chunks_mut(out * ROWS)
+                .for_each(|rows| add_bias_rows(rows, bias));
+        }
         let shape = Shape::from((l1.shape().dims()[0], out));
         Ok((CpuStorage::F32(y), shape))
     }
@@ -235,7 +248,11 @@ mod tests {
     fn run(x: &Var, w: &Var, b: Option<&Var>, dy: &Tensor, p: Precision) -> Vec<Tensor> {
         let y = linear(x.as_tensor(), w.as_tensor(), b.map(|b| b.as_tensor()), p).unwrap();
         let grads = (&y * dy).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![y, grads.get(x).unwrap().clone(), grads.get(w).unwrap().clone()];
+        let mut out = vec![
+            y,
+            grads.get(x).unwrap().clone(),
+            grads.get(w).unwrap().clone(),
+        ];
         if let Some(b) = b {
             out.push(grads.get(b).unwrap().clone());
         }
@@ -276,7 +293,10 @@ mod tests {
         let got = run(&x, &w, Some(&b), &dy, Precision::Bf16);
         let (rx, rw, r) = (rounded(x.as_tensor()), rounded(w.as_tensor()), rounded(&dy));
         let want = [
-            rx.matmul(&rw.t().unwrap()).unwrap().broadcast_add(&b).unwrap(),
+            rx.matmul(&rw.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap(),
             r.matmul(&rw).unwrap(),
             r.t().unwrap().matmul(&rx).unwrap(),
             dy.sum(0).unwrap(),
@@ -285,9 +305,31 @@ mod tests {
             assert!(max_diff(g, w) < 1e-4, "output {i}: {}", max_diff(g, w));
         }
         // And the f32 path is untouched: within bf16 rounding of the bf16 one, not equal to it.
-        let y32 = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), Precision::F32).unwrap();
+        let y32 = linear(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(b.as_tensor()),
+            Precision::F32,
+        )
+        .unwrap();
         let gap = max_diff(&got[0], &y32);
         assert!(gap > 0.0 && gap < 0.5, "bf16 vs f32 gap {gap}");
+    }
+
+    /// A layer pruned to no outputs (or no inputs) still runs, forward and backward.
+    #[test]
+    fn empty_layers_run() {
+        for (out, inp) in [(0, 6), (3, 0)] {
+            let (x, w) = (var((4, inp)), var((out, inp)));
+            let b = Var::from_tensor(
+                &Tensor::zeros(out, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let dy = Tensor::ones((4, out), candle_core::DType::F32, &Device::Cpu).unwrap();
+            let got = run(&x, &w, Some(&b), &dy, Precision::F32);
+            assert_eq!(got[0].dims(), &[4, out]);
+            assert_eq!(got[2].dims(), &[out, inp]);
+        }
     }
 
     /// A shape mismatch is an error, not a panic.

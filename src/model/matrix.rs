@@ -14,7 +14,11 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "a {rows}×{cols} view of {} values", data.len());
+        assert!(
+            data.len() >= rows * cols,
+            "a {rows}×{cols} view of {} values",
+            data.len()
+        );
         MatRef {
             data,
             rows,

@@ -22,8 +22,8 @@ use crate::arch::{
     NormPart,
 };
 use crate::util::rng::Rng;
-pub use params::Params;
 pub use linear::Precision;
+pub use params::Params;
 
 /// Eval (deterministic) or training (dropout masks drawn from the given generator).
 pub enum Mode<'a> {
@@ -458,9 +458,10 @@ impl Bert {
             context_in = Some(context.clone());
             (layer.attention_output.forward(&context, p)?, Some(probs))
         };
-        let x1 = layer
-            .attention_norm
-            .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
+        let x1 =
+            layer
+                .attention_norm
+                .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
         let inter = activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?;
         let out = layer.output.forward(&inter, p)?;
         let y = layer

@@ -480,7 +480,9 @@ pub(crate) mod tests {
     fn scaled_add_matches_composite_forward_and_backward() {
         let a = Var::from_tensor(&random(&[5, 37], 11)).unwrap();
         let r = Var::from_tensor(&random(&[5, 37], 12)).unwrap();
-        let mask: Vec<f32> = (0..5 * 37).map(|i| if i % 3 == 0 { 0.0 } else { 1.25 }).collect();
+        let mask: Vec<f32> = (0..5 * 37)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 1.25 })
+            .collect();
         let probe = random(&[5, 37], 13);
         let fused = scaled_add(&a, mask.clone(), &r).unwrap();
         let m = Tensor::from_vec(mask, (5, 37), &Device::Cpu).unwrap();
