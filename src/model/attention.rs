@@ -145,11 +145,11 @@ simd::twin! {
             if let Some(m) = op.dropout_of(b, h) {
                 p.iter_mut().zip(m).for_each(|(x, m)| *x *= m);
             }
-            let heads_of = Rows { data: v, first: b * l * a + h * d, stride: a };
+            let values = Rows { data: v, first: b * l * a + h * d, stride: a };
             for i in 0..l {
                 // C_i = Σ_j P_ij · V_j
                 let weights = Weights { data: &p, first: i * l, stride: 1 };
-                weighted_sum(d, weights, heads_of, l, &mut dst[i_range(i, h, d, a)]);
+                weighted_sum(d, weights, values, l, &mut dst[i_range(i, h, d, a)]);
             }
         }
     }
