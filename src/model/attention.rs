@@ -99,11 +99,13 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dc = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        // Read q, k and v in place (no copies): this runs for every layer of every step.
-        let [dq, dk, dv] = with_f32(q, |q| {
-            with_f32(k, |k| with_f32(v, |v| self.gradients(q, k, v, &dc)))
-        })???;
+        // Read the gradient, q, k and v in place (no copies): this runs for every layer of
+        // every step.
+        let [dq, dk, dv] = with_f32(grad, |dc| {
+            with_f32(q, |q| {
+                with_f32(k, |k| with_f32(v, |v| self.gradients(q, k, v, dc)))
+            })
+        })????;
         let (shape, device) = (q.shape(), q.device());
         Ok((
             Some(Tensor::from_vec(dq, shape, device)?),
