@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::model::bf16_gemm::{self, Bf16Kernel};
 use crate::model::matrix::{product_f32, to_row_major, MatRef};
-use crate::model::ops::{cpu_f32, with_f32};
+use crate::model::ops::{self, cpu_f32, with_f32};
 use crate::model::simd;
 
 pub use crate::util::precision::Precision;
@@ -35,9 +35,37 @@ pub fn linear(
 ) -> candle_core::Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match bias {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, Affine { precision }),
+        Some(b) => x.apply_op3(
+            &w,
+            &b.contiguous()?,
+            Affine {
+                precision,
+                gelu: false,
+            },
+        ),
         None => x.apply_op2(&w, Product { precision }),
     }
+}
+
+/// gelu(x · wᵀ + b) (erf form) for inference: each block of rows gets its bias and activation
+/// in one pass while it is in cache, instead of a second pass over a fresh tensor. It has no
+/// backward (GELU's gradient needs the pre-activation), so training keeps `linear` + GELU; the
+/// values are the same bit for bit.
+pub fn linear_gelu_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: &Tensor,
+    precision: Precision,
+) -> candle_core::Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    x.apply_op3(
+        &w,
+        &bias.contiguous()?,
+        Affine {
+            precision,
+            gelu: true,
+        },
+    )
 }
 
 /// A · B at the given precision, C row-major.
@@ -111,6 +139,17 @@ simd::twin! {
 }
 
 simd::twin! {
+    /// Adds `bias` to every row of `y`, then applies GELU (erf form).
+    fn add_bias_gelu_rows(y: &mut [f32], bias: &[f32]) {
+        for row in y.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = ops::gelu(*v + b);
+            }
+        }
+    }
+}
+
+simd::twin! {
     /// Adds each row of `dy` (rows of `sums.len()`) into `sums`, in row order.
     fn add_rows(dy: &[f32], sums: &mut [f32]) {
         for row in dy.chunks_exact(sums.len()) {
@@ -177,9 +216,10 @@ impl CustomOp2 for Product {
     }
 }
 
-/// x · wᵀ + b.
+/// x · wᵀ + b, or gelu(x · wᵀ + b) for inference.
 struct Affine {
     precision: Precision,
+    gelu: bool,
 }
 
 impl CustomOp3 for Affine {
@@ -203,8 +243,13 @@ impl CustomOp3 for Affine {
             candle_core::bail!("linear: a bias of {} for {out} outputs", bias.len());
         }
         if out > 0 {
-            y.par_chunks_mut(out * ROWS)
-                .for_each(|rows| add_bias_rows(rows, bias));
+            y.par_chunks_mut(out * ROWS).for_each(|rows| {
+                if self.gelu {
+                    add_bias_gelu_rows(rows, bias)
+                } else {
+                    add_bias_rows(rows, bias)
+                }
+            });
         }
         let shape = Shape::from((l1.shape().dims()[0], out));
         Ok((CpuStorage::F32(y), shape))
@@ -218,6 +263,9 @@ impl CustomOp3 for Affine {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.gelu {
+            candle_core::bail!("linear + GELU is inference only: it has no backward");
+        }
         let (dx, dw) = gradients(x, w, grad, self.precision)?;
         let out = w.dim(0)?;
         let db = with_f32(grad, |dy| column_sums(dy, out))?;
@@ -314,6 +362,21 @@ mod tests {
         .unwrap();
         let gap = max_diff(&got[0], &y32);
         assert!(gap > 0.0 && gap < 0.5, "bf16 vs f32 gap {gap}");
+    }
+
+    /// The inference-only linear + GELU gives the two nodes' values bit for bit (130 rows: two
+    /// parallel blocks and a partial one), at both precisions, and refuses a backward.
+    #[test]
+    fn linear_gelu_inference_equals_linear_then_gelu() {
+        let (x, w) = (var((130, 70)), var((51, 70)));
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 51, &Device::Cpu).unwrap()).unwrap();
+        for p in [Precision::F32, Precision::Bf16] {
+            let (x, w, b) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let want = ops::gelu_erf(&linear(x, w, Some(b), p).unwrap()).unwrap();
+            let got = linear_gelu_inference(x, w, b, p).unwrap();
+            assert_eq!(max_diff(&got, &want), 0.0, "{p:?}");
+            assert!(got.sum_all().unwrap().backward().is_err());
+        }
     }
 
     /// A layer pruned to no outputs (or no inputs) still runs, forward and backward.

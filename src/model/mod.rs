@@ -114,6 +114,21 @@ impl Linear {
             }
         }
     }
+
+    /// gelu(forward(x)) for inference (no backward), in one pass after the last product.
+    fn forward_gelu_inference(
+        &self,
+        x: &Tensor,
+        precision: Precision,
+    ) -> candle_core::Result<Tensor> {
+        match &self.weights {
+            LinearWeights::Dense(w) => linear::linear_gelu_inference(x, w, &self.bias, precision),
+            LinearWeights::LowRank { down, up } => {
+                let inner = linear::linear(x, down, None, precision)?;
+                linear::linear_gelu_inference(&inner, up, &self.bias, precision)
+            }
+        }
+    }
 }
 
 struct Norm {
@@ -462,7 +477,12 @@ impl Bert {
             layer
                 .attention_norm
                 .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
-        let inter = activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?;
+        let inter = match (&mode, self.arch.activation) {
+            (Mode::Eval, Activation::GeluErf) => {
+                layer.intermediate.forward_gelu_inference(&x1, p)?
+            }
+            _ => activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?,
+        };
         let out = layer.output.forward(&inter, p)?;
         let y = layer
             .output_norm

@@ -255,10 +255,16 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / √(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
+/// GELU, erf form: x·Φ(x).
+#[inline(always)]
+pub(crate) fn gelu(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2))
+}
+
 simd::twin! {
     fn gelu_slice(src: &[f32], dst: &mut [f32]) {
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            *d = gelu(v);
         }
     }
 }

@@ -71,7 +71,10 @@ pub fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer in the default mode.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    // n + 1.5·2²³ is exact and its bits are ROUND's plus n: the integer n comes from them
+    // without a float-to-int cast, which Rust saturates and the compiler then runs lane by lane.
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -80,7 +83,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(exponent << 23);
     if x < -87.0 {
         0.0
     } else {
@@ -163,6 +170,9 @@ mod tests {
         assert!(worst < 4e-7, "largest relative error {worst}");
         assert_eq!(exp(-1e9), 0.0);
         assert_eq!(exp(0.0), 1.0);
+        // The ends of the clamped range keep a normal exponent (n from −126 to 127).
+        assert!((exp(88.0) / 88f32.exp() - 1.0).abs() < 4e-7);
+        assert!((exp(-87.0) / (-87f32).exp() - 1.0).abs() < 4e-7);
     }
 
     #[test]
