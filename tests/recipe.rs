@@ -397,7 +397,6 @@ fn each_surgery_plan_matches_what_it_does() {
             rank,
             energy: None,
             params_target: target,
-            allocate: Default::default(),
             modules: [
                 "query",
                 "key",

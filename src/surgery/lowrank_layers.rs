@@ -30,18 +30,6 @@ pub enum Method {
     Whiten,
 }
 
-/// How `--params-target` shares the parameters among the linears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Allocate {
-    /// One rank ratio (of each linear's break-even rank) for all: known before the weights.
-    #[default]
-    Uniform,
-    /// Rank by rank, to whichever linear gains the most retained energy (share of its own
-    /// spectrum) per parameter, until the target is spent: ranks follow the spectra.
-    Energy,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
@@ -51,13 +39,9 @@ pub struct Spec {
     /// Per linear, the smallest rank keeping this share of the (weighted) spectrum's energy.
     #[arg(long, conflicts_with = "params_target")]
     pub energy: Option<f64>,
-    /// A unique-parameter target for the whole model (e.g. 15M), shared as `--allocate` says.
+    /// A unique-parameter target for the whole model (e.g. 15M); one rank ratio for all linears.
     #[arg(long)]
     pub params_target: Option<String>,
-    /// How `--params-target` is shared: one rank ratio for all, or by the spectra.
-    #[arg(long, value_enum, default_value_t = Allocate::Uniform, requires = "params_target")]
-    #[serde(default)]
-    pub allocate: Allocate,
     /// Linears to factorize.
     #[arg(
         long,
@@ -250,9 +234,6 @@ fn structural_ranks(
         }
         return Ok(None);
     }
-    if spec.allocate == Allocate::Energy {
-        return Ok(None);
-    }
     let text = spec
         .params_target
         .as_deref()
@@ -288,69 +269,6 @@ fn structural_ranks(
     }))
 }
 
-/// `--params-target` with `--allocate energy`: every linear starts at rank 1, then the rank
-/// that adds the most retained energy (σᵢ² over the linear's Σσ²) per parameter it costs
-/// (out + in) goes next, while it fits the target and stays below break-even. Singular values
-/// fall, so each linear's next gain is its best, and the greedy order is the best ratio first.
-fn energy_allocation(arch: &Arch, targets: &[Target], text: &str) -> Result<Vec<Option<usize>>> {
-    let goal = parse_count(text).map_err(Error::Spec)?;
-    let shapes: Vec<Shape> = targets.iter().map(|t| t.shape).collect();
-    let count = |ranks: &[Option<usize>]| Budget::of_arch(&with_ranks(arch, &shapes, ranks)).unique;
-    let mut ranks: Vec<usize> = vec![1; targets.len()];
-    let smallest = count(&ranks.iter().map(|&r| Some(r)).collect::<Vec<_>>());
-    if smallest > goal {
-        return Err(Error::Spec(format!(
-            "--params-target {text}: even rank 1 everywhere leaves {smallest} unique parameters"
-        )));
-    }
-    let mut left = goal - smallest;
-    let gain = |i: usize, rank: usize| -> Option<f64> {
-        let t = &targets[i];
-        let next = *t.singular.get(rank)?;
-        let total: f64 = t.singular.iter().map(|s| s * s).sum();
-        (rank + 1 < t.shape.break_even()).then(|| {
-            next * next / total.max(f64::MIN_POSITIVE) / (t.shape.out + t.shape.inp) as f64
-        })
-    };
-    let mut heap: std::collections::BinaryHeap<Candidate> = (0..targets.len())
-        .filter_map(|i| gain(i, 1).map(|g| Candidate(g, i)))
-        .collect();
-    while let Some(Candidate(_, i)) = heap.pop() {
-        let cost = (targets[i].shape.out + targets[i].shape.inp) as u64;
-        if cost > left {
-            continue; // this linear's next rank no longer fits; cheaper ones may
-        }
-        left -= cost;
-        ranks[i] += 1;
-        if let Some(g) = gain(i, ranks[i]) {
-            heap.push(Candidate(g, i));
-        }
-    }
-    let ranks: Vec<Option<usize>> = ranks.into_iter().map(Some).collect();
-    debug_assert!(count(&ranks) <= goal);
-    Ok(ranks)
-}
-
-/// A linear's next rank and its energy gain per parameter, ordered by gain (then index).
-struct Candidate(f64, usize);
-
-impl PartialEq for Candidate {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other).is_eq()
-    }
-}
-impl Eq for Candidate {}
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Candidate {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
-    }
-}
-
 /// The smallest rank per target that keeps `--energy` of its spectrum (dense if none saves).
 fn energy_ranks(targets: &[Target], e: f64) -> Vec<Option<usize>> {
     targets
@@ -372,12 +290,7 @@ pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
     }
     Ok(match structural_ranks(arch, &shapes, spec)? {
         Some(ranks) => Planned::Exact(with_ranks(arch, &shapes, &ranks)),
-        None if spec.energy.is_some() => {
-            Planned::Unknown("--energy: the ranks depend on the weights' spectra".into())
-        }
-        None => Planned::Unknown(
-            "--allocate energy: the ranks depend on the weights' spectra (the total stays within --params-target)".into(),
-        ),
+        None => Planned::Unknown("--energy: the ranks depend on the weights' spectra".into()),
     })
 }
 
@@ -410,16 +323,12 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         .iter()
         .map(|&shape| decompose(ckpt, spec, calib.as_ref(), shape))
         .collect::<Result<Vec<_>>>()?;
-    let ranks = match (structural_ranks(&ckpt.arch, &selection, spec)?, spec.energy) {
-        (Some(ranks), _) => ranks,
-        (None, Some(e)) => energy_ranks(&targets, e),
-        (None, None) => energy_allocation(
-            &ckpt.arch,
+    let ranks = match structural_ranks(&ckpt.arch, &selection, spec)? {
+        Some(ranks) => ranks,
+        None => energy_ranks(
             &targets,
-            spec.params_target
-                .as_deref()
-                .expect("only --energy and --allocate energy have no structural rank"),
-        )?,
+            spec.energy.expect("only --energy has no structural rank"),
+        ),
     };
     let mut out = ckpt.clone();
     let mut details = vec![];
