@@ -48,10 +48,11 @@ pub fn linear(
 }
 
 /// gelu(x · wᵀ + b) (erf form) for inference: each block of rows gets its bias and activation
-/// in one pass while it is in cache, instead of a second pass over a fresh tensor. It has no
-/// backward (GELU's gradient needs the pre-activation), so training keeps `linear` + GELU; the
-/// values are the same bit for bit.
-pub fn linear_gelu_inference(
+/// in one pass while it is in cache, instead of a second pass over a fresh tensor; the values
+/// are the same bit for bit. GELU's gradient needs the pre-activation, which this op does not
+/// keep: its backward (for gradients taken in eval mode, such as head importance) recomputes
+/// it with one more product, so training keeps `linear` + GELU.
+pub fn linear_gelu(
     x: &Tensor,
     w: &Tensor,
     bias: &Tensor,
@@ -259,20 +260,25 @@ impl CustomOp3 for Affine {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if self.gelu {
-            candle_core::bail!("linear + GELU is inference only: it has no backward");
-        }
-        let (dx, dw) = gradients(x, w, grad, self.precision)?;
+        // With GELU, the gradient at the pre-activation (recomputed: the op does not keep it).
+        let dz = if self.gelu {
+            let before = linear(x, w, Some(b), self.precision)?.detach();
+            ops::gelu_backward(&before, grad)?
+        } else {
+            grad.clone()
+        };
+        let (dx, dw) = gradients(x, w, &dz, self.precision)?;
         let out = w.dim(0)?;
-        let db = with_f32(grad, |dy| column_sums(dy, out))?;
+        let db = with_f32(&dz, |dy| column_sums(dy, out))?;
         let db = Tensor::from_vec(db, out, x.device())?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
 }
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Var};
@@ -364,18 +370,24 @@ mod tests {
         assert!(gap > 0.0 && gap < 0.5, "bf16 vs f32 gap {gap}");
     }
 
-    /// The inference-only linear + GELU gives the two nodes' values bit for bit (130 rows: two
-    /// parallel blocks and a partial one), at both precisions, and refuses a backward.
+    /// The fused linear + GELU gives the two nodes' values bit for bit (130 rows: two parallel
+    /// blocks and a partial one) and their gradients, at both precisions.
     #[test]
-    fn linear_gelu_inference_equals_linear_then_gelu() {
+    fn linear_gelu_equals_linear_then_gelu() {
         let (x, w) = (var((130, 70)), var((51, 70)));
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 51, &Device::Cpu).unwrap()).unwrap();
+        let dy = Tensor::randn(0f32, 1.0, (130, 51), &Device::Cpu).unwrap();
         for p in [Precision::F32, Precision::Bf16] {
-            let (x, w, b) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-            let want = ops::gelu_erf(&linear(x, w, Some(b), p).unwrap()).unwrap();
-            let got = linear_gelu_inference(x, w, b, p).unwrap();
+            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let want = ops::gelu_erf(&linear(xt, wt, Some(bt), p).unwrap()).unwrap();
+            let got = linear_gelu(xt, wt, bt, p).unwrap();
             assert_eq!(max_diff(&got, &want), 0.0, "{p:?}");
-            assert!(got.sum_all().unwrap().backward().is_err());
+            let grads = |y: &Tensor| (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g_want, g_got) = (grads(&want), grads(&got));
+            for v in [&x, &w, &b] {
+                let (a, e) = (g_got.get(v).unwrap(), g_want.get(v).unwrap());
+                assert!(max_diff(a, e) < 1e-4, "{p:?}: {}", max_diff(a, e));
+            }
         }
     }
 

@@ -115,17 +115,14 @@ impl Linear {
         }
     }
 
-    /// gelu(forward(x)) for inference (no backward), in one pass after the last product.
-    fn forward_gelu_inference(
-        &self,
-        x: &Tensor,
-        precision: Precision,
-    ) -> candle_core::Result<Tensor> {
+    /// gelu(forward(x)), the activation applied in the last product's own pass (inference:
+    /// its backward recomputes the pre-activation, which training would pay on every step).
+    fn forward_gelu(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
         match &self.weights {
-            LinearWeights::Dense(w) => linear::linear_gelu_inference(x, w, &self.bias, precision),
+            LinearWeights::Dense(w) => linear::linear_gelu(x, w, &self.bias, precision),
             LinearWeights::LowRank { down, up } => {
                 let inner = linear::linear(x, down, None, precision)?;
-                linear::linear_gelu_inference(&inner, up, &self.bias, precision)
+                linear::linear_gelu(&inner, up, &self.bias, precision)
             }
         }
     }
@@ -478,9 +475,7 @@ impl Bert {
                 .attention_norm
                 .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
         let inter = match (&mode, self.arch.activation) {
-            (Mode::Eval, Activation::GeluErf) => {
-                layer.intermediate.forward_gelu_inference(&x1, p)?
-            }
+            (Mode::Eval, Activation::GeluErf) => layer.intermediate.forward_gelu(&x1, p)?,
             _ => activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?,
         };
         let out = layer.output.forward(&inter, p)?;

@@ -298,17 +298,22 @@ impl CustomOp1 for GeluOp {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dx = with_f32(x, |xs| {
-            with_f32(grad, |dys| {
-                let mut dx = vec![0f32; xs.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-                    .for_each(|(dst, (src, dy))| gelu_grad_slice(src, dy, dst));
-                dx
-            })
-        })??;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        Ok(Some(gelu_backward(x, grad)?))
     }
+}
+
+/// The gradient of GELU (erf form) at `x`, given the output's gradient.
+pub(crate) fn gelu_backward(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    let dx = with_f32(x, |xs| {
+        with_f32(grad, |dys| {
+            let mut dx = vec![0f32; xs.len()];
+            dx.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+                .for_each(|(dst, (src, dy))| gelu_grad_slice(src, dy, dst));
+            dx
+        })
+    })??;
+    Tensor::from_vec(dx, x.shape(), x.device())
 }
 
 /// GELU (erf form) with a gradient.
