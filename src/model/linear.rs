@@ -33,17 +33,19 @@ pub fn linear(
     bias: Option<&Tensor>,
     precision: Precision,
 ) -> candle_core::Result<Tensor> {
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
     match bias {
-        Some(b) => x.apply_op3(
-            &w,
-            &b.contiguous()?,
+        Some(b) => affine(
+            x,
+            w,
+            b,
             Affine {
                 precision,
                 gelu: false,
             },
         ),
-        None => x.apply_op2(&w, Product { precision }),
+        None => x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, Product { precision }),
     }
 }
 
@@ -58,15 +60,20 @@ pub fn linear_gelu(
     bias: &Tensor,
     precision: Precision,
 ) -> candle_core::Result<Tensor> {
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    x.apply_op3(
-        &w,
-        &bias.contiguous()?,
+    affine(
+        x,
+        w,
+        bias,
         Affine {
             precision,
             gelu: true,
         },
     )
+}
+
+fn affine(x: &Tensor, w: &Tensor, b: &Tensor, op: Affine) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
 /// A · B at the given precision, C row-major.

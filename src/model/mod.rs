@@ -105,26 +105,28 @@ impl Linear {
 
     /// x: [N, in] → [N, out]
     fn forward(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-        let bias = Some(&self.bias);
-        match &self.weights {
-            LinearWeights::Dense(w) => linear::linear(x, w, bias, precision),
-            LinearWeights::LowRank { down, up } => {
-                let inner = linear::linear(x, down, None, precision)?;
-                linear::linear(&inner, up, bias, precision)
-            }
-        }
+        let (input, w) = self.last_product(x, precision)?;
+        linear::linear(&input, w, Some(&self.bias), precision)
     }
 
     /// gelu(forward(x)), the activation applied in the last product's own pass (inference:
     /// its backward recomputes the pre-activation, which training would pay on every step).
     fn forward_gelu(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-        match &self.weights {
-            LinearWeights::Dense(w) => linear::linear_gelu(x, w, &self.bias, precision),
-            LinearWeights::LowRank { down, up } => {
-                let inner = linear::linear(x, down, None, precision)?;
-                linear::linear_gelu(&inner, up, &self.bias, precision)
-            }
-        }
+        let (input, w) = self.last_product(x, precision)?;
+        linear::linear_gelu(&input, w, &self.bias, precision)
+    }
+
+    /// The input and weight of the product that gets the bias: x and the weight, or for a
+    /// low-rank linear x through its first factor and the second.
+    fn last_product(
+        &self,
+        x: &Tensor,
+        precision: Precision,
+    ) -> candle_core::Result<(Tensor, &Tensor)> {
+        Ok(match &self.weights {
+            LinearWeights::Dense(w) => (x.clone(), w),
+            LinearWeights::LowRank { down, up } => (linear::linear(x, down, None, precision)?, up),
+        })
     }
 }
 
