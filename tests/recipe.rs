@@ -171,6 +171,35 @@ fn a_recipe_runs_resumes_and_reruns_what_changed() {
         let svg = std::fs::read_to_string(report_dir.join(plot)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("polyline") || svg.contains("circle"));
     }
+    assert!(!md.contains("Over seeds"), "one seed per setting: {md}");
+
+    // The recover step again by hand with another seed: the report gives the pair as mean ± sd.
+    let step: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("03-recover/step.json")).unwrap())
+            .unwrap();
+    let seeds_dir = s.dir.path().join("seeds");
+    let out = seeds_dir.join("recover-s7");
+    let mut argv: Vec<String> = step["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let at = argv.iter().position(|a| a == "--out").unwrap();
+    argv[at + 1] = out.to_str().unwrap().to_string();
+    argv.extend(["--seed".to_string(), "7".to_string()]);
+    let r = surgery(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = surgery(&[
+        "report",
+        root.to_str().unwrap(),
+        seeds_dir.to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let md = std::fs::read_to_string(report_dir.join("README.md")).unwrap();
+    assert!(md.contains("| recover, recover-s7 | 42, 7 |"), "{md}");
 }
 
 #[test]

@@ -6,3 +6,4 @@ pub mod provenance;
 pub mod quickstart;
 pub mod recipe;
 pub mod report;
+pub mod seeds;

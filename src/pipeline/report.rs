@@ -13,6 +13,7 @@ use crate::io::artefacts::{
     StepRecord,
 };
 use crate::pipeline::plot::{Chart, Series, Style};
+use crate::pipeline::seeds::{config_key, seed_groups, MeanSd, SeededRun};
 
 /// One finished step of a recipe, or one training run outside recipes.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Entry {
     pub eval_f1: Option<f64>,
     pub tokens_per_s: Option<f64>,
     pub seconds: Option<f64>,
+    /// For training runs: the configuration without the seed (`seeds::config_key`), and the seed.
+    pub seeded: Option<(String, u64)>,
 }
 
 /// A model in the comparison: a training run's best checkpoint (or an evaluated surgery output).
@@ -43,6 +46,9 @@ pub struct Model {
     pub tokens_per_s: Option<f64>,
     /// Seconds of the steps that made it (for the teacher: its own training), when recorded.
     pub seconds: Option<f64>,
+    pub best_dev_f1: Option<f64>,
+    /// The configuration without the seed, and the seed (training runs only).
+    pub seeded: Option<(String, u64)>,
 }
 
 /// Reads every entry under the given folders (recipe run folders, run folders, or folders of
@@ -67,7 +73,7 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
         let is_recipe = subdirs.iter().any(|s| s.join("step.json").exists());
         for sub in &subdirs {
             if let Some(step) = read_optional::<StepRecord>(&sub.join("step.json"))? {
-                entries.push(step_entry(sub, step));
+                entries.push(step_entry(sub, step)?);
             } else if !is_recipe && sub.join("run.json").exists() {
                 entries.push(run_entry(sub)?);
             }
@@ -82,8 +88,11 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-fn step_entry(dir: &Path, step: StepRecord) -> Entry {
-    Entry {
+fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
+    // A training step's folder also holds the run's own run.json, which records the seed.
+    let seed = read_optional::<RunRecord>(&dir.join("run.json"))?.and_then(|r| run_seed(&r));
+    let seeded = seed.map(|seed| (config_key(&step.argv), seed));
+    Ok(Entry {
         label: format!(
             "{}/{}",
             step.recipe,
@@ -100,12 +109,19 @@ fn step_entry(dir: &Path, step: StepRecord) -> Entry {
         eval_f1: step.eval_f1,
         tokens_per_s: step.tokens_per_s,
         seconds: Some(step.seconds),
-    }
+        seeded,
+    })
+}
+
+fn run_seed(run: &RunRecord) -> Option<u64> {
+    run.spec.get("seed")?.as_u64()
 }
 
 fn run_entry(dir: &Path) -> Result<Entry> {
     let run: RunRecord = read_json(&dir.join("run.json"))?;
     let test = read_eval(&dir.join("test.json"))?;
+    // The command without the binary's path, which differs between builds.
+    let seeded = run_seed(&run).map(|seed| (config_key(run.command.get(1..).unwrap_or(&[])), seed));
     let name = dir
         .file_name()
         .unwrap_or_default()
@@ -125,6 +141,7 @@ fn run_entry(dir: &Path) -> Result<Entry> {
         tokens_per_s: None,
         // Only recipe steps record their wall time (step.json).
         seconds: None,
+        seeded,
     })
 }
 
@@ -165,6 +182,8 @@ pub fn models(entries: &[Entry]) -> Vec<Model> {
             test_f1: e.test_f1.or_else(|| evals.iter().find_map(|v| v.eval_f1)),
             tokens_per_s: evals.iter().find_map(|v| v.tokens_per_s),
             seconds,
+            best_dev_f1: e.best_dev_f1,
+            seeded: e.seeded.clone().filter(|_| trained),
         });
     }
     models
@@ -281,6 +300,7 @@ pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<
         );
     }
     table.push_str("\n★ on the Pareto front (no model with fewer or equal parameters has a higher test F1). Time: the seconds of the steps that made the model after the reference (for the reference, its own training).\n");
+    table.push_str(&seeds_table(&models, reference.test_f1));
 
     let mut files = vec![];
     files.push((
@@ -340,6 +360,47 @@ pub fn build(entries: &[Entry], teacher: Option<&str>, command: &str) -> Result<
         files,
         table,
     })
+}
+
+/// The runs that differ only in their seed, as mean ± sd; empty when there are none.
+fn seeds_table(models: &[Model], reference_f1: Option<f64>) -> String {
+    let runs: Vec<SeededRun> = models
+        .iter()
+        .filter_map(|m| {
+            let (config, seed) = m.seeded.clone()?;
+            Some(SeededRun {
+                name: m.name.clone(),
+                config,
+                seed,
+                best_dev_f1: m.best_dev_f1,
+                test_f1: m.test_f1?,
+            })
+        })
+        .collect();
+    let groups = seed_groups(&runs);
+    if groups.is_empty() {
+        return String::new();
+    }
+    let show = |v: MeanSd| format!("{:.4} ± {:.4}", v.mean, v.sd);
+    let mut out = String::from(
+        "\n**Over seeds** (runs whose settings differ only in the seed; sample sd):\n\n\
+         | runs | seeds | best dev F1 | test F1 | % of reference F1 |\n|---|---|---:|---:|---:|\n",
+    );
+    for g in groups {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            g.names.join(", "),
+            g.seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            g.best_dev_f1.map_or("—".into(), show),
+            show(g.test_f1),
+            reference_f1.map_or("—".into(), |r| pct(g.test_f1.mean, r)),
+        ));
+    }
+    out
 }
 
 fn f1_chart(models: &[Model], front: &[usize]) -> Chart {
@@ -467,6 +528,8 @@ mod tests {
             test_f1: f1,
             tokens_per_s: None,
             seconds: None,
+            best_dev_f1: None,
+            seeded: None,
         }
     }
 
