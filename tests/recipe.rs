@@ -673,3 +673,28 @@ fn the_heads_recipe_runs_on_a_dataset_with_another_label_set() {
     assert_eq!(types, ["DOSE", "DRUG", "ROUTE"]);
     assert!(last.join("test.json").exists());
 }
+
+/// The report's seed grouping must know which training flags take no value; the list has to
+/// follow the CLI.
+#[test]
+fn the_seed_grouping_knows_every_training_flag_without_a_value() {
+    let mut bare = std::collections::BTreeSet::new();
+    for command in ["finetune", "distill", "gates"] {
+        let help = surgery(&["train", command, "--help"]).stdout;
+        for line in help.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            // A flag with a value is printed as `--flag <VALUE>`; `--help` is clap's own.
+            if let [flag] = words.as_slice() {
+                if flag.starts_with("--") && *flag != "--help" {
+                    bare.insert(flag.to_string());
+                }
+            }
+        }
+    }
+    assert!(bare.contains("--force"), "help parsing found {bare:?}");
+    let known: std::collections::BTreeSet<String> = surgery::pipeline::seeds::FLAGS_WITHOUT_VALUE
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(bare, known);
+}

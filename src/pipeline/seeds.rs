@@ -4,13 +4,27 @@
 use std::collections::BTreeMap;
 
 /// Flags that do not change the trained model (where it is written, whether an old output of
-/// this tool may be replaced, where teacher logits are cached) or that are the seed itself.
-const IGNORED_FLAGS: [&str; 5] = [
+/// this tool may be replaced, resuming, logging, where teacher logits are cached) or that are
+/// the seed itself.
+const IGNORED_FLAGS: [&str; 7] = [
     "--seed",
     "--augment-seed",
     "--out",
     "--force",
+    "--resume",
+    "--tensorboard",
     "--cache-teacher",
+];
+
+/// The training commands' flags that take no value, so the word after one is a positional
+/// argument (a test keeps this list equal to the CLI's).
+pub const FLAGS_WITHOUT_VALUE: [&str; 6] = [
+    "--force",
+    "--iob1",
+    "--label-all-subtokens",
+    "--reinit-classifier",
+    "--resume",
+    "--tensorboard",
 ];
 
 /// The run's configuration as a comparable string: its arguments with the seed and the flags
@@ -25,7 +39,11 @@ pub fn config_key(argv: &[String]) -> String {
         if let Some((flag, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
             flags.push((flag.to_string(), Some(value.to_string())));
         } else if arg.starts_with("--") {
-            let value = argv.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
+            let takes_value = !FLAGS_WITHOUT_VALUE.contains(&arg.as_str());
+            let value = argv
+                .get(i + 1)
+                .filter(|v| takes_value && !v.starts_with("--"))
+                .cloned();
             i += usize::from(value.is_some());
             flags.push((arg.clone(), value));
         } else {
@@ -153,6 +171,13 @@ mod tests {
         assert_ne!(recipe, other_lr);
         let other_student = config_key(&argv("train distill T --lr 3e-4 --alpha 0.5"));
         assert_ne!(recipe, other_student);
+        // A flag without a value does not swallow the positional argument after it.
+        let flag_first = |input: &str| {
+            config_key(&argv(&format!(
+                "train distill --force --reinit-classifier {input} --lr 3e-4"
+            )))
+        };
+        assert_ne!(flag_first("S"), flag_first("T"));
     }
 
     #[test]
