@@ -92,7 +92,7 @@ fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
     // A training step's folder also holds the run's own run.json, which records the seed. Read
     // loosely: a run.json of an older layout still gives its seed and never fails the report.
     let seed = read_optional::<serde_json::Value>(&dir.join("run.json"))?
-        .and_then(|run| run.get("spec")?.get("seed")?.as_u64());
+        .and_then(|run| spec_seed(run.get("spec")?));
     let seeded = seed.map(|seed| (config_key(&step.argv), seed));
     Ok(Entry {
         label: format!(
@@ -115,12 +115,17 @@ fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
     })
 }
 
+/// The seed a training run recorded in its spec (`TrainSpec::seed`).
+fn spec_seed(spec: &serde_json::Value) -> Option<u64> {
+    spec.get("seed")?.as_u64()
+}
+
 fn run_entry(dir: &Path) -> Result<Entry> {
     let run: RunRecord = read_json(&dir.join("run.json"))?;
     let test = read_eval(&dir.join("test.json"))?;
     // The command without the binary's path, which differs between builds.
-    let seeded = (run.spec.get("seed").and_then(|s| s.as_u64()))
-        .map(|seed| (config_key(run.command.get(1..).unwrap_or(&[])), seed));
+    let seeded =
+        spec_seed(&run.spec).map(|seed| (config_key(run.command.get(1..).unwrap_or(&[])), seed));
     let name = dir
         .file_name()
         .unwrap_or_default()
