@@ -90,7 +90,7 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
 
 fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
     // A training step's folder also holds the run's own run.json, which records the seed. Read
-    // loosely: a run.json of an older layout still gives its seed and never fails the report.
+    // loosely: an older layout still gives its seed; only unreadable JSON is an error.
     let seed = read_optional::<serde_json::Value>(&dir.join("run.json"))?
         .and_then(|run| spec_seed(run.get("spec")?));
     let seeded = seed.map(|seed| (config_key(&step.argv), seed));

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Session 9, last run: recipe step tie's three tied pairs distilled like e64.sh (augmented data +
+# hidden-state MSE, bf16, 6 epochs, lr 1e-4), seed 42 only. runs/s9-bin = session-start binary.
 set -euo pipefail
 d=../shared/data/conll2003
 runs/s9-bin train distill runs/conll2003-minilm-recovery/04-tie --teacher runs/conll2003-minilm-recovery/01-teacher/best \
