@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use surgery::model::attention::self_attention;
+use surgery::kernels::cpu::attention::self_attention;
 
 /// Median seconds of `f` over `runs` runs after one warm-up.
 fn time(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -34,7 +34,7 @@ fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tens
     };
     let (q, k, v) = (split(q), split(k), split(v));
     let s = q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
-    let p = surgery::model::ops::softmax_last_dim(&s).unwrap();
+    let p = surgery::kernels::cpu::ops::softmax_last_dim(&s).unwrap();
     p.matmul(&v)
         .unwrap()
         .transpose(1, 2)
@@ -46,8 +46,8 @@ fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tens
 /// The three products of a linear's step (forward x·Wᵀ, input gradient dy·W, weight gradient
 /// dyᵀ·x) in bf16 with f32 accumulation, on the kernel this CPU gets, beside f32.
 fn bf16_products(rows: usize) {
-    use surgery::model::bf16_gemm::{matmul, Bf16Kernel};
-    use surgery::model::matrix::MatRef;
+    use surgery::kernels::cpu::bf16_gemm::{matmul, Bf16Kernel};
+    use surgery::kernels::cpu::matrix::MatRef;
     let kernel = Bf16Kernel::detect();
     println!("linears in bf16 ({}):", kernel.describe());
     for (name, out, inp) in [

@@ -74,12 +74,18 @@ pub enum Error {
     Spec(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A fault of the tool itself (an invariant broken, a device that misbehaves): exit 1.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
     /// True when the error is caused by the user's input (exit code 2), false for internal failures.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Candle(_) | Error::Diverged(_))
+        !matches!(
+            self,
+            Error::Candle(_) | Error::Diverged(_) | Error::Internal(_)
+        )
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -2,7 +2,7 @@
 //! with independent surgeries, counts their parameter budget, and runs them with candle.
 //!
 //! The modules are layers; each imports only the ones listed before it:
-//! `util` → `arch` → `io` → `budget` → `data` → `metrics` → `model` → `eval` →
+//! `util` → `arch` → `io` → `budget` → `data` → `metrics` → `kernels` → `model` → `eval` →
 //! (`train`, `surgery`, `export`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
 
 pub mod error;
@@ -14,6 +14,8 @@ pub mod io;
 pub mod budget;
 pub mod data;
 pub mod metrics;
+
+pub mod kernels;
 pub mod model;
 
 pub mod eval;

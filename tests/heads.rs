@@ -10,6 +10,7 @@ use crate::util::{max_abs_diff, tempdir, tiny_checkpoint, tiny_config};
 
 fn spec() -> Spec {
     Spec {
+        compute: Default::default(),
         heads: None,
         gates: None,
         threshold: 0.5,

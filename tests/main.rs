@@ -9,6 +9,8 @@ mod export;
 mod fuzz;
 mod golden;
 mod heads;
+mod kernels;
+mod layers;
 mod metrics;
 mod model;
 mod parity;

@@ -11,6 +11,7 @@ use surgery::arch::{
 };
 use surgery::eval::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
+use surgery::kernels::Kernels;
 use surgery::model::{dropouts_of, Bert, ForwardOutput, Mode, Outputs, Params};
 use surgery::util::rng::Rng;
 
@@ -329,10 +330,17 @@ fn dropout_drops_in_training_only_and_follows_the_seed() {
     assert_eq!(max_abs_diff(&eval, &logits(&mut Mode::Eval)), 0.0);
 }
 
-/// One backward pass; every non-empty parameter must receive a non-zero gradient.
+/// One backward pass with each kernel implementation; every non-empty parameter must receive a
+/// non-zero gradient (an op without a backward would leave some without one).
 fn assert_every_parameter_gets_a_gradient(ckpt: &Checkpoint) {
+    for kernels in [Kernels::Fused, Kernels::Generic] {
+        assert_every_parameter_gets_a_gradient_with(ckpt, kernels);
+    }
+}
+
+fn assert_every_parameter_gets_a_gradient_with(ckpt: &Checkpoint, kernels: Kernels) {
     let params = Params::from_checkpoint(ckpt, &CPU).unwrap();
-    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)).with_kernels(kernels);
     let mut rng = Rng::new(5);
     let out = model
         .forward(&batch(), &mut Mode::Train(&mut rng), Outputs::default())
@@ -349,7 +357,7 @@ fn assert_every_parameter_gets_a_gradient(ckpt: &Checkpoint) {
         }
         let g = grads
             .get(var)
-            .unwrap_or_else(|| panic!("no gradient for {key}"));
+            .unwrap_or_else(|| panic!("{kernels:?}: no gradient for {key}"));
         let norm = g
             .sqr()
             .unwrap()
@@ -357,7 +365,10 @@ fn assert_every_parameter_gets_a_gradient(ckpt: &Checkpoint) {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(norm > 0.0 && norm.is_finite(), "zero gradient for {key}");
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{kernels:?}: zero gradient for {key}"
+        );
         checked += 1;
     }
     assert!(checked > 20);

@@ -423,6 +423,7 @@ fn each_surgery_plan_matches_what_it_does() {
     );
     for (rank, target) in [(Some(3), None), (None, Some("5000".to_string()))] {
         let spec = lowrank_layers::Spec {
+            compute: Default::default(),
             rank,
             energy: None,
             params_target: target,
@@ -452,6 +453,7 @@ fn each_surgery_plan_matches_what_it_does() {
         );
     }
     let spec = remove_heads::Spec {
+        compute: Default::default(),
         heads: Some("0:1,3;2:0".into()),
         gates: None,
         threshold: 0.5,
@@ -487,6 +489,7 @@ fn each_surgery_plan_matches_what_it_does() {
         7
     );
     let sparse = sparsegpt::Spec {
+        compute: Default::default(),
         sparsity: Some(0.5),
         pattern: None,
         calib: calib.clone(),
@@ -578,21 +581,6 @@ fn every_registered_surgery_plans_what_it_applies() {
         surgery::pipeline::recipe::Recipe::load(&recipe, &[])
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-}
-
-/// The library keeps its layering and has no import cycles (`tools/layers.py`).
-#[test]
-fn the_module_tree_keeps_its_layers_without_cycles() {
-    let Ok(out) = std::process::Command::new("python3")
-        .arg(repo().join("tools/layers.py"))
-        .output()
-    else {
-        eprintln!("skipped: python3 not found");
-        return;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains(" 0 problem(s)"), "{text}");
 }
 
 /// The heads recipe runs unchanged on another CoNLL-format dataset with another label set: the
@@ -697,4 +685,36 @@ fn the_seed_grouping_knows_every_training_flag_without_a_value() {
         .map(|f| f.to_string())
         .collect();
     assert_eq!(bare, known);
+}
+
+/// `--set kernels=…` (like `--set device=…`) reaches every step that runs the model and no
+/// other, and is not part of a step's hash: changing it re-runs nothing.
+#[test]
+fn the_device_and_kernels_variables_reach_the_steps_that_run_the_model_outside_the_hash() {
+    let s = setup(80);
+    let recipe = s.dir.path().join("t.toml");
+    std::fs::write(&recipe, recipe_text(s.dir.path(), 8)).unwrap();
+    let runs = s.dir.path().join("runs");
+    let first = run(&recipe, &runs, &["--set", "kernels=generic"]);
+    assert_eq!(first.code, 0, "{}\n{}", first.stdout, first.stderr);
+    let root = runs.join("t");
+    for (step, takes_it) in [
+        ("01-base", true),
+        ("02-emb", false),
+        ("03-recover", true),
+        ("04-test-eval", true),
+        ("05-assert-budget", false),
+    ] {
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(step).join("step.json")).unwrap(),
+        )
+        .unwrap();
+        let argv = record["argv"].to_string();
+        assert_eq!(argv.contains(r#""--kernels","generic""#), takes_it, "{step}: {argv}");
+    }
+    let run_json = std::fs::read_to_string(root.join("01-base/run.json")).unwrap();
+    assert!(run_json.contains(r#""kernels": "generic""#), "{run_json}");
+    let again = run(&recipe, &runs, &["--set", "kernels=fused"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.stdout.matches("done, skipped").count(), 5, "{}", again.stdout);
 }

@@ -78,6 +78,7 @@ fn calib(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn spec(calib: std::path::PathBuf, method: Method) -> Spec {
     Spec {
+        compute: Default::default(),
         sparsity: Some(0.5),
         pattern: None,
         calib,

@@ -370,6 +370,7 @@ mod lowrank {
 
     fn spec(rank: Option<usize>, method: Method, calib: Option<std::path::PathBuf>) -> Spec {
         Spec {
+            compute: Default::default(),
             rank,
             energy: None,
             params_target: None,
@@ -440,7 +441,8 @@ mod lowrank {
         let dir = tempdir();
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
-        let stats = surgery::surgery::calibrate::collect(&ckpt, &calib, 256).unwrap();
+        let stats =
+            surgery::surgery::calibrate::collect(&ckpt, &calib, 256, Default::default()).unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;

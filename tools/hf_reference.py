@@ -98,7 +98,13 @@ def autocast():
     import contextlib
     if AUTOCAST is None:
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=AUTOCAST)
+    return torch.autocast("cuda" if DEVICE.startswith("cuda") else "cpu", dtype=AUTOCAST)
+
+
+def sync():
+    """Waits for the GPU's queued work, so a step's time includes it (no-op on the CPU)."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def evaluate(model, tokenizer, sentences, labels, batch_size, max_len):
@@ -174,6 +180,7 @@ def cmd_train(args):
         for idx in batches(examples, args.batch_size, args.batching, rng):
             ids, mask, lab = collate(examples, idx, tokenizer.pad_token_id)
             ids, mask, lab = ids.to(DEVICE), mask.to(DEVICE), lab.to(DEVICE)
+            sync()
             start = time.perf_counter()
             with autocast():
                 loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
@@ -182,6 +189,7 @@ def cmd_train(args):
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
+            sync()
             train_seconds += time.perf_counter() - start
             tokens += int(mask.sum())
             padded += mask.numel()
@@ -199,7 +207,11 @@ def cmd_train(args):
         if dev_f1 > best_dev and args.test:
             best_dev = dev_f1
             best_test, _, _ = evaluate(model, tokenizer, read_conll(args.test), labels, 64, args.max_len)
-    result = {"what": "hf-train", "autocast": str(AUTOCAST), "batching": args.batching, "steps": step, "device": DEVICE,
+    if DEVICE.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = 0
+    result = {"what": "hf-train", "peak_allocated_mib": peak, "autocast": str(AUTOCAST), "batching": args.batching, "steps": step, "device": DEVICE,
               "train_tokens_per_s": tokens / train_seconds, "padding_ratio": 1 - tokens / padded,
               "threads": torch.get_num_threads(), "epochs": log}
     if args.test and log:
@@ -231,7 +243,9 @@ def main():
     t.add_argument("--max-len", type=int, default=128)
     t.add_argument("--max-steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--device", default="cpu", help="cpu (the comparison) or cuda (a reference F1 only)")
+    t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--tf32", type=int, choices=[0, 1], default=0,
+                   help="1: f32 products on TF32 tensor cores (cuda)")
     for p in (f, t):
         p.add_argument("--autocast", choices=["none", "bf16"], default="none")
     args = parser.parse_args()
@@ -239,8 +253,9 @@ def main():
         AUTOCAST = torch.bfloat16
     if getattr(args, "device", "cpu") != "cpu":
         DEVICE = args.device
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        tf32 = bool(getattr(args, "tf32", 0))
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     cmd_forward(args) if args.cmd == "forward" else cmd_train(args)
 
 

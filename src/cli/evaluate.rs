@@ -5,19 +5,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 
 use surgery::data::labels::UnknownLabels;
 use surgery::data::tags::check_tag;
 use surgery::data::tokenize::WordTokenizer;
 use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
-use surgery::eval::infer::load_model;
 use surgery::eval::{evaluate_model, Prepared};
 use surgery::io::output::check_output_with;
 use surgery::io::Checkpoint;
+use surgery::kernels::Compute;
 use surgery::metrics::{format_report, Matching};
-use surgery::model::Precision;
+use surgery::model::{Bert, Precision};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -57,6 +56,8 @@ pub struct EvalArgs {
     /// Precision of the encoder linears' products (bf16: autocast with f32 accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    #[command(flatten)]
+    compute: Compute,
 }
 
 fn mode(strict: bool) -> Matching {
@@ -110,8 +111,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         Alignment::FirstSubtoken,
         max_len,
     )?;
-    let device = Device::Cpu;
-    let model = load_model(&ckpt, &device)?.with_precision(args.precision);
+    let (device, kernels) = args.compute.open()?;
+    let model = Bert::load(&ckpt, &device)?
+        .with_precision(args.precision)
+        .with_kernels(kernels);
     let e = evaluate_model(
         &model,
         &prepared,
@@ -194,6 +197,8 @@ pub struct PredictArgs {
     /// Precision of the encoder linears' products (bf16: autocast with f32 accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    #[command(flatten)]
+    compute: Compute,
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
@@ -213,7 +218,10 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
             .collect::<Result<_, _>>()
             .context("reading standard input")?,
     };
-    let model = load_model(&ckpt, &Device::Cpu)?.with_precision(args.precision);
+    let (device, kernels) = args.compute.open()?;
+    let model = Bert::load(&ckpt, &device)?
+        .with_precision(args.precision)
+        .with_kernels(kernels);
     let predictions =
         surgery::eval::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
     let mut out = std::io::stdout().lock();

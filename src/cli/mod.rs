@@ -61,6 +61,18 @@ enum Command {
     InitStudent(students::InitStudentArgs),
     /// List student shapes that fit a parameter budget.
     Plan(students::PlanArgs),
+    /// Check that a device (and its kernels) computes what the CPU computes: logits, every
+    /// gradient and a fine-tuning loss curve of tiny models of every structure (exit 1 if not).
+    CheckDevice {
+        #[command(flatten)]
+        compute: surgery::kernels::Compute,
+        /// Fine-tuning steps compared.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a checkpoint on pre-tokenised sentences and write ids, mask, hidden states and logits.
     Forward {
         /// Checkpoint folder.
@@ -77,6 +89,8 @@ enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        compute: surgery::kernels::Compute,
     },
 }
 
@@ -135,20 +149,60 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => evaluate::eval(args),
         Command::Score(args) => evaluate::score(args),
         Command::Predict(args) => evaluate::predict(args),
+        Command::CheckDevice {
+            compute,
+            steps,
+            json,
+        } => check_device(compute, steps, json),
         Command::Forward {
             checkpoint,
             input,
             out,
             batch_size,
             force,
+            compute,
         } => {
             let ckpt = open(&checkpoint)?;
-            surgery::eval::infer::forward_to_file(&ckpt, &input, &out, force, batch_size)
+            surgery::eval::infer::forward_to_file(&ckpt, &input, &out, force, batch_size, compute)
                 .with_context(|| format!("forward {}", checkpoint.display()))?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn check_device(
+    compute: surgery::kernels::Compute,
+    steps: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let check = surgery::pipeline::device_check::check(compute, steps.max(1))
+        .context("check-device")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&check)?);
+    } else {
+        println!(
+            "{} ({:?} kernels) against the CPU's fused kernels; relative differences:",
+            check.device, check.kernels
+        );
+        println!("structure      logits  gradients  losses  ok   worst gradient");
+        for s in &check.structures {
+            println!(
+                "{:<12} {:>8.1e} {:>10.1e} {:>7.1e}  {:<4} {}",
+                s.structure,
+                s.logits,
+                s.gradients,
+                s.losses,
+                if s.ok { "yes" } else { "NO" },
+                s.worst_gradient
+            );
+        }
+    }
+    Ok(if check.ok {
+        ExitCode::SUCCESS
+    } else {
+        surgery::util::exit::ExitStatus::Failure.into()
+    })
 }
 
 fn quickstart(out: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {

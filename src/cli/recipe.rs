@@ -15,7 +15,7 @@ use surgery::data::{read_dataset, LabelSet};
 use surgery::io::artefacts::{read_json, StepRecord};
 use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
-use surgery::pipeline::recipe::{did_you_mean, Arg, Recipe, Step};
+use surgery::pipeline::recipe::{did_you_mean, Arg, Recipe, Step, PLACEMENT_OPTIONS};
 use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
 use surgery::util::shell::shell_words;
@@ -142,20 +142,26 @@ impl Plan {
         }
     }
 
+    /// The step's command line; the `device` and `kernels` variables, when the recipe has them,
+    /// go to every step whose command takes them (and that does not set them itself).
     pub fn argv(&self, step: &Step) -> Vec<String> {
-        step.argv(&self.dir(step.index), &|a| self.resolve(a))
+        let mut argv = step.argv(&self.dir(step.index), &|a| self.resolve(a));
+        for key in PLACEMENT_OPTIONS {
+            let Some(value) = self.recipe.vars.get(key) else {
+                continue;
+            };
+            let set_by_step = step.options.iter().any(|o| o.key == key);
+            if !set_by_step && takes_option(step, key) {
+                argv.extend([format!("--{key}"), value.clone()]);
+            }
+        }
+        argv
     }
 
     /// The step's literal path arguments that it reads (its input and every path option but the
     /// ones it writes); paths from earlier steps are not checked, they do not exist yet.
     fn read_paths(&self, step: &Step) -> Vec<(String, String)> {
-        let mut command = Cli::command();
-        let mut sub = &mut command;
-        for word in step.kind.name().split(' ') {
-            sub = sub
-                .find_subcommand_mut(word)
-                .expect("every kind is a subcommand");
-        }
+        let sub = kind_command(step);
         let is_path = |key: &str| {
             sub.get_arguments().any(|a| {
                 a.get_long() == Some(key) && a.get_value_hint() == clap::ValueHint::AnyPath
@@ -211,6 +217,25 @@ impl Plan {
 }
 
 /// One line for a clap error: unknown options with the closest known one, else clap's message.
+/// The CLI's definition of a step's command.
+fn kind_command(step: &Step) -> clap::Command {
+    let mut command = Cli::command();
+    for word in step.kind.name().split(' ') {
+        command = command
+            .find_subcommand(word)
+            .expect("every kind is a subcommand")
+            .clone();
+    }
+    command
+}
+
+/// Whether a step's command has the option `--key`.
+fn takes_option(step: &Step, key: &str) -> bool {
+    kind_command(step)
+        .get_arguments()
+        .any(|a| a.get_long() == Some(key))
+}
+
 fn clap_problem(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let text = |kind| match e.get(kind) {

@@ -76,6 +76,8 @@ pub struct RunArgs {
     /// Set by the recipe runner: continue the run the folder holds, if any.
     #[arg(skip)]
     resume_if_present: bool,
+    #[command(flatten)]
+    compute: surgery::kernels::Compute,
 }
 
 impl RunArgs {
@@ -89,6 +91,7 @@ impl RunArgs {
             force: self.force,
             stop_after: self.stop_after,
             tensorboard: self.tensorboard,
+            compute: self.compute,
         }
     }
 }

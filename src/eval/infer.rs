@@ -9,7 +9,8 @@ use crate::data::tokenize::WordTokenizer;
 use crate::error::{Error, Result};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{atomic, Checkpoint};
-use crate::model::{dropouts_of, Batch, Bert, Mode, Outputs, Params};
+use crate::kernels::Compute;
+use crate::model::{Batch, Bert, Mode, Outputs};
 
 /// Sentences tokenised and padded to the longest one.
 pub struct PaddedInputs {
@@ -85,10 +86,9 @@ pub fn pad_sentences(
     Ok(PaddedInputs { ids, mask, max_len })
 }
 
-/// Builds the inference model of a checkpoint.
+/// The inference model of a checkpoint on `device` ([`Bert::load`]).
 pub fn load_model(ckpt: &Checkpoint, device: &Device) -> Result<Bert> {
-    let params = Params::from_checkpoint(ckpt, device)?;
-    Ok(Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)))
+    Bert::load(ckpt, device)
 }
 
 /// A batch tensor from rows of ids and masks.
@@ -130,20 +130,22 @@ pub fn forward_padded(
     Ok((hidden, logits))
 }
 
-/// The `forward` command: tokenise, run, and write ids, mask, hidden states and logits.
+/// The `forward` command: tokenise, run on `compute`'s device, and write ids, mask, hidden
+/// states and logits.
 pub fn forward_to_file(
     ckpt: &Checkpoint,
     input: &Path,
     out: &Path,
     force: bool,
     batch_size: usize,
+    compute: Compute,
 ) -> Result<()> {
     crate::io::output::check_output(out, &[input, &ckpt.source()], force)?;
-    let device = Device::Cpu;
+    let (device, kernels) = compute.open()?;
     let sentences = read_sentences(input)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
     let inputs = pad_sentences(&tokenizer, &sentences, ckpt.arch.max_positions)?;
-    let model = load_model(ckpt, &device)?;
+    let model = Bert::load(ckpt, &device)?.with_kernels(kernels);
     let (hidden, logits) = forward_padded(&model, &inputs, batch_size, &device)?;
     let (n, l) = (inputs.ids.len(), inputs.max_len);
     let as_i64 =

@@ -1,7 +1,6 @@
 //! Plain text in, entities out: raw text is split into words (whitespace and punctuation, as
 //! BERT's basic tokenizer does), tagged word by word, and entities are read from the tags.
 
-use candle_core::Device;
 use serde::Serialize;
 
 use crate::data::tokenize::WordTokenizer;
@@ -119,7 +118,7 @@ pub fn predict_lines(
         &prepared,
         tokenizer.pad_id(),
         batch_size,
-        &Device::Cpu,
+        model.device(),
     )?;
     for (k, &line) in non_empty.iter().enumerate() {
         let tags: Vec<&str> = words.ids[k].iter().map(|&i| labels.name(i)).collect();

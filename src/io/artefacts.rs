@@ -33,6 +33,12 @@ pub struct RunRecord {
     pub train_tokens: usize,
     pub padding_ratio: f64,
     pub steps: usize,
+    /// Where the run trained (`cpu`, `cuda:0`) and with which kernels; not part of the spec:
+    /// a run may resume on another device (empty in runs made before they were recorded).
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub kernels: String,
     /// Inputs, data files with hashes, and objective-specific settings.
     pub provenance: serde_json::Value,
 }

@@ -25,14 +25,16 @@ fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl HeadGates {
-    /// Gates that start open: log α = `init` (3 gives P(open) ≈ 0.99).
-    pub fn new(heads_per_layer: &[usize], init: f64) -> candle_core::Result<Self> {
+    /// Gates that start open: log α = `init` (3 gives P(open) ≈ 0.99), on `device`.
+    pub fn new(
+        heads_per_layer: &[usize],
+        init: f64,
+        device: &candle_core::Device,
+    ) -> candle_core::Result<Self> {
         let log_alpha = heads_per_layer
             .iter()
             .map(|&h| {
-                Var::from_tensor(
-                    &(Tensor::ones(h, candle_core::DType::F32, &candle_core::Device::Cpu)? * init)?,
-                )
+                Var::from_tensor(&(Tensor::ones(h, candle_core::DType::F32, device)? * init)?)
             })
             .collect::<candle_core::Result<_>>()?;
         Ok(HeadGates { log_alpha })

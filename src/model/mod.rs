@@ -2,27 +2,24 @@
 //! describes: dense or factorized word embeddings, dense / low-rank / sparse linears, per-layer
 //! head counts (0 allowed), and cross-layer sharing through the layer map. Mirrors HF
 //! `BertForTokenClassification` (modeling_bert.py); dropout really drops in training mode.
+//! Every op runs through `kernels`, so the model runs on any device the kernels support.
 
-pub mod attention;
-pub mod bf16_gemm;
 pub mod gates;
 pub mod generate;
-pub mod linear;
+pub mod layer;
 pub mod loss;
-pub mod matrix;
-pub mod ops;
 pub mod params;
-pub mod simd;
 pub mod student;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
-use crate::arch::{
-    Activation, Arch, EmbeddingKind, Key, LayerNormSlot, LinearKind, LinearPart, LinearSlot,
-    NormPart,
-};
+use crate::arch::{Arch, EmbeddingKind, Key, LayerNormSlot, LinearSlot, NormPart};
+use crate::error::Result;
+use crate::io::Checkpoint;
+pub use crate::kernels::Precision;
+use crate::kernels::{self, Kernels, KeyMask, Multipliers};
 use crate::util::rng::Rng;
-pub use linear::Precision;
+use layer::{EncoderLayer, LayerContext, Linear, LinearWeights, Norm};
 pub use params::Params;
 
 /// Eval (deterministic) or training (dropout masks drawn from the given generator).
@@ -74,74 +71,6 @@ pub struct Batch {
     pub attention_mask: Tensor,
 }
 
-struct Linear {
-    /// Dense: [out, in]; low-rank: `down` [r, in] then `up` [out, r].
-    weights: LinearWeights,
-    bias: Tensor,
-}
-
-enum LinearWeights {
-    Dense(Tensor),
-    LowRank { down: Tensor, up: Tensor },
-}
-
-impl Linear {
-    fn load(params: &Params, layer: usize, slot: LinearSlot, kind: LinearKind) -> Self {
-        let key = |part| Key::Linear { layer, slot, part };
-        let weights = match kind {
-            LinearKind::Dense | LinearKind::Sparse { .. } => {
-                LinearWeights::Dense(params.get(key(LinearPart::Weight)))
-            }
-            LinearKind::LowRank { .. } => LinearWeights::LowRank {
-                down: params.get(key(LinearPart::Down)),
-                up: params.get(key(LinearPart::Up)),
-            },
-        };
-        Linear {
-            weights,
-            bias: params.get(key(LinearPart::Bias)),
-        }
-    }
-
-    /// x: [N, in] → [N, out]
-    fn forward(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-        let (input, w) = self.last_product(x, precision)?;
-        linear::linear(&input, w, Some(&self.bias), precision)
-    }
-
-    /// gelu(forward(x)), the activation applied in the last product's own pass (inference:
-    /// its backward recomputes the pre-activation, which training would pay on every step).
-    fn forward_gelu(&self, x: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-        let (input, w) = self.last_product(x, precision)?;
-        linear::linear_gelu(&input, w, &self.bias, precision)
-    }
-
-    /// The input and weight of the product that gets the bias: x and the weight, or for a
-    /// low-rank linear x through its first factor and the second.
-    fn last_product(
-        &self,
-        x: &Tensor,
-        precision: Precision,
-    ) -> candle_core::Result<(Tensor, &Tensor)> {
-        Ok(match &self.weights {
-            LinearWeights::Dense(w) => (x.clone(), w),
-            LinearWeights::LowRank { down, up } => (linear::linear(x, down, None, precision)?, up),
-        })
-    }
-}
-
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
-
 /// HF `BertEmbeddings` (+ an optional E→H projection for factorized word embeddings).
 struct Embeddings {
     word: Tensor,
@@ -149,19 +78,6 @@ struct Embeddings {
     position: Tensor,
     token_type: Tensor,
     norm: Norm,
-}
-
-/// HF `BertLayer`.
-struct EncoderLayer {
-    num_heads: usize,
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attention_output: Linear,
-    attention_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: Norm,
 }
 
 /// HF `BertForTokenClassification` (or `BertModel` without a classifier; the pooler is unused).
@@ -177,6 +93,8 @@ pub struct Bert {
     gates: Option<gates::HeadGates>,
     /// Precision of the encoder linears' products (the classifier stays f32).
     precision: Precision,
+    /// Which implementation runs the ops (fused on the CPU unless asked otherwise).
+    kernels: Kernels,
 }
 
 /// Dropout probabilities (from config.json).
@@ -188,14 +106,17 @@ pub struct Dropouts {
 }
 
 impl Bert {
+    /// The model over `params`, on their device, with the device's default kernels.
     pub fn new(arch: &Arch, params: &Params, dropouts: Dropouts) -> Bert {
         let norm = |weight, bias| Norm {
             weight: params.get(weight),
             bias: params.get(bias),
             eps: arch.layer_norm_eps,
         };
+        let word = params.get(Key::WordEmbeddings);
+        let kernels = Kernels::for_device(word.device());
         let embeddings = Embeddings {
-            word: params.get(Key::WordEmbeddings),
+            word,
             projection: match arch.embeddings {
                 EmbeddingKind::Dense => None,
                 EmbeddingKind::Factorized { .. } => Some(params.get(Key::WordProjection)),
@@ -254,12 +175,26 @@ impl Bert {
             classifier_dropout: dropouts.classifier,
             gates: None,
             precision: Precision::F32,
+            kernels,
         }
+    }
+
+    /// The inference model of a checkpoint on `device`: its weights are plain tensors, not
+    /// autograd variables (a teacher, an evaluation copy), with the device's default kernels.
+    pub fn load(ckpt: &Checkpoint, device: &Device) -> Result<Bert> {
+        let params = Params::frozen(ckpt, device)?;
+        Ok(Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)))
     }
 
     /// Runs the encoder linears' products in `precision` (bf16: autocast, f32 accumulation).
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// Runs the ops with `kernels` (resolved against the model's device by the caller).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
         self
     }
 
@@ -271,6 +206,15 @@ impl Bert {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embeddings.word.device()
     }
 
     pub fn gates(&self) -> Option<&gates::HeadGates> {
@@ -302,7 +246,7 @@ impl Bert {
         let (b, l) = batch.input_ids.dims2()?;
         let h = self.arch.hidden;
         let mut x = self.embed(batch, mode)?;
-        let mask = AttentionMask::of(batch)?;
+        let mask = KeyMask::new(self.kernels, &batch.attention_mask)?;
         let mut hidden_states = vec![];
         let mut attentions = vec![];
         let mut linear_inputs = vec![];
@@ -310,39 +254,37 @@ impl Bert {
             hidden_states.push(x.clone());
         }
         for (logical, &stored) in self.arch.layer_map.iter().enumerate() {
-            let capture = outputs.linear_inputs.then_some(&mut linear_inputs);
             let gate = match (gates, &self.gates) {
                 (Some(g), _) => Some(g[logical].clone()),
                 (None, Some(hg)) => Some(hg.sample(logical, mode)?),
                 (None, None) => None,
             };
-            let (next, probs) = self.layer_forward(
-                &self.layers[stored],
-                &x,
-                &mask,
-                mode,
-                capture,
-                gate.as_ref(),
-                outputs.attentions,
-            )?;
-            x = next;
+            let ctx = LayerContext {
+                model: self,
+                mask: &mask,
+                gate: gate.as_ref(),
+                want_probs: outputs.attentions,
+                capture: outputs.linear_inputs,
+            };
+            let out = self.layers[stored].forward(&x, &ctx, mode)?;
+            x = out.hidden;
             if outputs.hidden_states {
                 hidden_states.push(x.clone());
             }
             if outputs.attentions {
-                if let Some(p) = probs {
-                    attentions.push(p);
-                } else {
-                    attentions.push(Tensor::zeros((b, 0, l, l), DType::F32, x.device())?);
-                }
+                attentions.push(match out.probs {
+                    Some(p) => p,
+                    None => Tensor::zeros((b, 0, l, l), DType::F32, x.device())?,
+                });
             }
+            linear_inputs.extend(out.linear_inputs);
         }
         let logits = match &self.classifier {
             Some(c) => {
-                let z = dropout(&x, self.classifier_dropout, mode)?;
+                let z = self.dropout(&x, self.classifier_dropout, mode)?;
                 let n = c.bias.dim(0)?;
                 Some(
-                    c.forward(&z.reshape((b * l, h))?, Precision::F32)?
+                    c.forward(self.kernels, &z.reshape((b * l, h))?, Precision::F32)?
                         .reshape((b, l, n))?,
                 )
             }
@@ -370,13 +312,17 @@ impl Bert {
         let ids = batch.input_ids.flatten_all()?;
         let mut x = e.word.index_select(&ids, 0)?;
         if let Some(p) = &e.projection {
-            x = linear::linear(&x, p, None, Precision::F32)?;
+            x = kernels::linear(self.kernels, &x, p, None, Precision::F32)?;
         }
         let x = x
             .reshape((b, l, self.arch.hidden))?
             .broadcast_add(&e.position.narrow(0, 0, l)?)?
             .broadcast_add(&e.token_type.narrow(0, 0, 1)?)?;
-        dropout(&e.norm.forward(&x)?, self.hidden_dropout, mode)
+        self.dropout(
+            &e.norm.forward(self.kernels, &x)?,
+            self.hidden_dropout,
+            mode,
+        )
     }
 
     /// Runs logical layer `layer` in eval mode on `x` [B, L, H]; with `capture`, also returns
@@ -388,168 +334,59 @@ impl Bert {
         batch: &Batch,
         capture: bool,
     ) -> candle_core::Result<(Tensor, Option<LinearInputs>)> {
-        let mut inputs = vec![];
         let stored = &self.layers[self.arch.layer_map[layer]];
-        let mask = AttentionMask::of(batch)?;
-        let (y, _) = self.layer_forward(
-            stored,
-            x,
-            &mask,
-            &mut Mode::Eval,
-            capture.then_some(&mut inputs),
-            None,
-            false,
-        )?;
-        Ok((y, inputs.pop()))
+        let mask = KeyMask::new(self.kernels, &batch.attention_mask)?;
+        let ctx = LayerContext {
+            model: self,
+            mask: &mask,
+            gate: None,
+            want_probs: false,
+            capture,
+        };
+        let out = stored.forward(x, &ctx, &mut Mode::Eval)?;
+        Ok((out.hidden, out.linear_inputs))
     }
 
-    /// One encoder layer; returns the output and, when `want_probs`, the attention probabilities
-    /// (None without heads). Without gates or probabilities the fused attention op runs.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
-        &self,
-        layer: &EncoderLayer,
-        x: &Tensor,
-        mask: &AttentionMask,
-        mode: &mut Mode,
-        capture: Option<&mut Vec<LinearInputs>>,
-        gate: Option<&Tensor>,
-        want_probs: bool,
-    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        let (b, l, h) = x.dims3()?;
-        let p = self.precision;
-        let flat = x.reshape((b * l, h))?;
-        let mut context_in = None;
-        let (attn, probs) = if layer.num_heads == 0 {
-            // No heads left: the sub-block contributes only the output bias; the residual stays.
-            (
-                layer
-                    .attention_output
-                    .bias
-                    .broadcast_as((b * l, h))?
-                    .contiguous()?,
-                None,
-            )
-        } else if gate.is_none() && !want_probs {
-            let heads = layer.num_heads;
-            let width = heads * self.arch.head_dim;
-            let shaped = |t: Tensor| t.reshape((b, l, width));
-            let q = shaped(layer.query.forward(&flat, p)?)?;
-            let k = shaped(layer.key.forward(&flat, p)?)?;
-            let v = shaped(layer.value.forward(&flat, p)?)?;
-            let dropout = match mode {
-                Mode::Train(rng) if self.attention_dropout > 0.0 => Some(dropout_multipliers(
-                    b * heads * l * l,
-                    self.attention_dropout,
-                    rng,
-                )),
-                _ => None,
-            };
-            let context = attention::self_attention(&q, &k, &v, heads, &mask.keys, dropout)?
-                .reshape((b * l, width))?;
-            context_in = Some(context.clone());
-            (layer.attention_output.forward(&context, p)?, None)
-        } else {
-            let mask_bias = &mask.bias;
-            let (heads, d) = (layer.num_heads, self.arch.head_dim);
-            let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
-            };
-            let q = split(layer.query.forward(&flat, p)?)?;
-            let k = split(layer.key.forward(&flat, p)?)?;
-            let v = split(layer.value.forward(&flat, p)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?
-                .broadcast_add(mask_bias)?;
-            let probs = ops::softmax_last_dim(&scores)?;
-            let mut context = dropout(&probs, self.attention_dropout, mode)?.matmul(&v)?;
-            if let Some(g) = gate {
-                context = context.broadcast_mul(&g.reshape((1, heads, 1, 1))?)?;
-            }
-            let context = context
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b * l, heads * d))?;
-            context_in = Some(context.clone());
-            (layer.attention_output.forward(&context, p)?, Some(probs))
-        };
-        let x1 =
-            layer
-                .attention_norm
-                .forward(&dropout_add(&attn, &flat, self.hidden_dropout, mode)?)?;
-        let inter = match (&mode, self.arch.activation) {
-            (Mode::Eval, Activation::GeluErf) => layer.intermediate.forward_gelu(&x1, p)?,
-            _ => activation(&layer.intermediate.forward(&x1, p)?, self.arch.activation)?,
-        };
-        let out = layer.output.forward(&inter, p)?;
-        let y = layer
-            .output_norm
-            .forward(&dropout_add(&out, &x1, self.hidden_dropout, mode)?)?;
-        if let Some(store) = capture {
-            store.push(LinearInputs {
-                attention: flat,
-                context: context_in,
-                ffn: x1,
-                ffn_activation: inter,
-            });
+    /// Inverted dropout (identity in eval mode or at p = 0).
+    fn dropout(&self, x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
+        match dropout_mask(x, p, mode)? {
+            Some(mask) => x * mask.tensor(x)?,
+            None => Ok(x.clone()),
         }
-        Ok((y.reshape((b, l, h))?, probs))
     }
 }
 
-/// The attention mask of a batch in the two forms the attention paths read.
-struct AttentionMask {
-    /// [B, 1, 1, L]: 0 for real keys, a large negative number for padding.
-    bias: Tensor,
-    /// [B·L]: 1 for real keys, 0 for padding.
-    keys: Vec<f32>,
-}
-
-impl AttentionMask {
-    fn of(batch: &Batch) -> candle_core::Result<Self> {
-        let (b, l) = batch.attention_mask.dims2()?;
-        let mask = batch.attention_mask.to_dtype(DType::F32)?;
-        Ok(AttentionMask {
-            bias: ((&mask - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?,
-            keys: mask.flatten_all()?.to_vec1::<f32>()?,
-        })
-    }
-}
-
-fn activation(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
-    match act {
-        Activation::GeluErf => ops::gelu_erf(x),
-        Activation::GeluTanh => x.gelu(),
-        Activation::Relu => x.relu(),
-    }
-}
-
-/// Inverted dropout with a mask drawn from the run's generator (identity in eval mode).
-fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
+/// Inverted-dropout multipliers (0 or 1/(1−p)) for a tensor shaped like `x`, in training mode
+/// with p > 0: drawn in order from the run's generator when `x` is in RAM (so both kernels see
+/// the same masks), by the device's generator (seeded per step) elsewhere.
+fn dropout_mask(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Option<Multipliers>> {
     let rng = match mode {
         Mode::Train(rng) if p > 0.0 => rng,
-        _ => return Ok(x.clone()),
+        _ => return Ok(None),
     };
-    let mask = dropout_multipliers(x.elem_count(), p, rng);
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    x * mask
+    dropout_multipliers(x.shape(), p, rng, x.device()).map(Some)
 }
 
-/// dropout(a) + r, the residual connection after a sub-block, in one pass when training.
-fn dropout_add(a: &Tensor, r: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Tensor> {
-    match mode {
-        Mode::Train(rng) if p > 0.0 => {
-            ops::scaled_add(a, dropout_multipliers(a.elem_count(), p, rng), r)
-        }
-        _ => a + r,
-    }
-}
-
-/// `n` inverted-dropout multipliers (0 or 1/(1−p)), drawn in order from the run's generator.
-fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
+/// `shape`'s worth of inverted-dropout multipliers for `device` (see [`dropout_mask`]).
+fn dropout_multipliers(
+    shape: &candle_core::Shape,
+    p: f32,
+    rng: &mut Rng,
+    device: &Device,
+) -> candle_core::Result<Multipliers> {
     let scale = 1.0 / (1.0 - p);
-    (0..n)
-        .map(|_| if rng.uniform() < p { 0.0 } else { scale })
-        .collect()
+    if device.is_cpu() {
+        let n = shape.elem_count();
+        return Ok(Multipliers::Host(
+            (0..n)
+                .map(|_| if rng.uniform() < p { 0.0 } else { scale })
+                .collect(),
+        ));
+    }
+    let u = Tensor::rand(0f32, 1f32, shape, device)?;
+    Ok(Multipliers::Device(
+        (u.ge(p as f64)?.to_dtype(DType::F32)? * scale as f64)?,
+    ))
 }
 
 /// Log-softmax over the last dimension built from ops that all have gradients.

@@ -1,6 +1,7 @@
 //! Whole pipelines: recipes (checked TOML step lists), the embedded quickstart, and the report
 //! with its plots made from run folders.
 
+pub mod device_check;
 pub mod plot;
 pub mod provenance;
 pub mod quickstart;

@@ -578,13 +578,21 @@ fn step_ref(text: &str, earlier: &[Step]) -> std::result::Result<Arg, String> {
     }
 }
 
+/// Options that say where a step computes, not what: outside the step's hash, so a recipe run on
+/// the CPU resumes on a GPU (and back) without re-running its finished steps. Recipe variables
+/// of the same names (`--set device=cuda`) are passed to every step that takes them.
+pub const PLACEMENT_OPTIONS: [&str; 2] = ["device", "kernels"];
+
 fn step_hash(kind: Kind, input: &Arg, options: &[StepOption], earlier: &[Step]) -> String {
     let text_of = |a: &Arg| match a {
         Arg::Text(t) => t.clone(),
         Arg::Step { index, sub } => format!("@{}/{sub}", earlier[*index].hash),
     };
     let mut canonical = format!("{}\ninput={}\n", kind.name(), text_of(input));
-    let mut sorted: Vec<&StepOption> = options.iter().collect();
+    let mut sorted: Vec<&StepOption> = options
+        .iter()
+        .filter(|o| !PLACEMENT_OPTIONS.contains(&o.key.as_str()))
+        .collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
     for o in sorted {
         let values: Vec<String> = o.values.iter().map(text_of).collect();

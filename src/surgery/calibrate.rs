@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use faer::Mat;
 
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
-use crate::eval::infer::load_model;
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
-use crate::model::{Mode, Outputs};
+use crate::kernels::Compute;
+use crate::model::{Bert, Mode, Outputs};
 
 /// Which input a linear reads (query, key and value share one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,12 +47,12 @@ pub struct Calibration {
 }
 
 /// Reads up to `n` sentences of `path` and accumulates the Gram matrices of the checkpoint's
-/// linear inputs.
-pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<Calibration> {
+/// linear inputs (the forward passes on `compute`'s device, the sums on the host).
+pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize, compute: Compute) -> Result<Calibration> {
     let (prepared, tokenizer, note) = calibration_examples(ckpt, path, n)?;
     let available = prepared.data.sentences.len();
-    let device = Device::Cpu;
-    let model = load_model(ckpt, &device)?;
+    let (device, kernels) = compute.open()?;
+    let model = Bert::load(ckpt, &device)?.with_kernels(kernels);
     let mut grams: BTreeMap<(usize, Input), Mat<f64>> = BTreeMap::new();
     let mut tokens = 0;
     let outputs = Outputs {

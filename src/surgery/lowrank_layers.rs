@@ -17,6 +17,7 @@ use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
+use crate::kernels::Compute;
 use crate::surgery::calibrate::{collect, Calibration, Input};
 use crate::surgery::linalg::{energy, to_mat, to_tensor, truncated_svd};
 
@@ -33,6 +34,11 @@ pub enum Method {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
+    // part of the spec: the same cut may be computed on another device.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub compute: Compute,
     /// The same rank for every selected linear.
     #[arg(long, conflicts_with_all = ["energy", "params_target"], required_unless_present_any = ["energy", "params_target"])]
     pub rank: Option<usize>,
@@ -313,7 +319,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         return Err(Error::Spec("no linear selected".into()));
     }
     let calib = match &spec.calib {
-        Some(path) => Some(collect(ckpt, path, spec.calib_sentences)?),
+        Some(path) => Some(collect(ckpt, path, spec.calib_sentences, spec.compute)?),
         None if spec.method == Method::Whiten => {
             return Err(Error::Spec("--method whiten needs --calib FILE".into()))
         }

@@ -18,9 +18,10 @@ use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
+use crate::kernels::Compute;
 use crate::model::gates::GatesFile;
 use crate::model::loss::batch_cross_entropy;
-use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
+use crate::model::{Bert, Mode, Outputs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +36,11 @@ pub enum Ranking {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
+    // part of the spec: the same cut may be computed on another device.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub compute: Compute,
     /// Heads to remove, `layer:head,head;layer:head`, e.g. `0:1,3;5:0,2,7` (logical layers).
     #[arg(long, conflicts_with_all = ["gates", "keep"], required_unless_present_any = ["gates", "keep"])]
     pub heads: Option<String>,
@@ -87,6 +93,7 @@ pub fn importance(
     ckpt: &Checkpoint,
     path: &std::path::Path,
     sentences: usize,
+    compute: Compute,
 ) -> Result<Vec<Vec<f64>>> {
     let labels = LabelSet::new(ckpt.require_labels()?)?;
     let mut data = read_dataset(path, &ReadOptions::default())?;
@@ -94,9 +101,9 @@ pub fn importance(
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
     let prepared =
         Prepared::for_inference(&tokenizer, data, &labels, ckpt.arch.max_positions.min(128))?;
-    let device = Device::Cpu;
-    let params = Params::from_checkpoint(ckpt, &device)?;
-    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let (device, kernels) = compute.open()?;
+    // The weights are constants: only the head multipliers get gradients.
+    let model = Bert::load(ckpt, &device)?.with_kernels(kernels);
     let heads: Vec<usize> = ckpt
         .arch
         .layer_map
@@ -166,7 +173,7 @@ fn heads_to_remove(
             let path = spec.data.as_ref().ok_or_else(|| {
                 Error::Spec("--keep --by importance needs --data FILE (labelled)".into())
             })?;
-            importance(ckpt, path, spec.data_sentences)?
+            importance(ckpt, path, spec.data_sentences, spec.compute)?
         }
     };
     let mut ranked: Vec<(f64, usize, usize)> = scores

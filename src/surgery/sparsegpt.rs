@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,7 @@ use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
 use crate::error::{Error, Result};
 use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
+use crate::kernels::Compute;
 use crate::model::{dropouts_of, Bert, Mode, Params};
 use crate::surgery::calibrate::Input;
 
@@ -35,6 +36,11 @@ pub enum Method {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
+    // part of the spec: the same cut may be computed on another device.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub compute: Compute,
     /// Fraction of each linear's weights to remove, in (0, 1).
     #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern")]
     pub sparsity: Option<f64>,
@@ -185,7 +191,7 @@ impl LayerInputs {
         path: &std::path::Path,
         n: usize,
     ) -> Result<(Self, Option<String>)> {
-        let device = Device::Cpu;
+        let device = model.device().clone();
         let (prepared, tokenizer, note) =
             crate::surgery::calibrate::calibration_examples(ckpt, path, n)?;
         let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
@@ -268,9 +274,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let started = Instant::now();
     let new_arch = plan(&ckpt.arch, spec)?;
     let pattern = spec.pattern()?;
-    let device = Device::Cpu;
+    let (device, kernels) = spec.compute.open()?;
     let params = Params::from_checkpoint(ckpt, &device)?;
-    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config));
+    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)).with_kernels(kernels);
     let (mut calib, note) = LayerInputs::new(ckpt, &model, &spec.calib, spec.calib_sentences)?;
     let mut heldout = match &spec.heldout {
         Some(path) => Some(LayerInputs::new(ckpt, &model, path, spec.heldout_sentences)?.0),

@@ -15,7 +15,6 @@ use crate::data::labels::UnknownLabels;
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, Example, LabelSet};
 use crate::error::{Error, Result};
-use crate::eval::infer::load_model;
 use crate::eval::{collate, for_each_word, BatchData, Prepared};
 use crate::io::tensor_file::{write_safetensors, RawTensor};
 use crate::io::{Checkpoint, TensorStore};
@@ -108,7 +107,7 @@ impl TeacherLogits {
             prepared,
             pad_id,
             64,
-            &Device::Cpu,
+            teacher.device(),
             |s, w, logits| {
                 let i = (offsets[s] + w) * classes;
                 values[i..i + classes].copy_from_slice(logits);
@@ -318,8 +317,8 @@ pub fn distill(
     let mut read = data.paths();
     read.extend([student_dir, teacher_dir]);
     read.extend(distill.cache_teacher.as_deref());
+    let (device, kernels) = options.compute.open()?;
     let run = options.open(out, &read)?;
-    let device = Device::Cpu;
     let teacher_ckpt = Checkpoint::open(teacher_dir)?;
     let teacher_labels = teacher_ckpt.require_labels()?;
     let labels = LabelSet::new(teacher_labels.clone())?;
@@ -391,8 +390,8 @@ pub fn distill(
         .transpose()?;
 
     // Before the teacher's pass over the training set, not after it.
-    require_resources(&run, &student.arch, spec)?;
-    let teacher = load_model(&teacher_ckpt, &device)?;
+    require_resources(&run, &student.arch, spec, &device)?;
+    let teacher = Bert::load(&teacher_ckpt, &device)?.with_kernels(kernels);
     let started = std::time::Instant::now();
     let train_bytes = std::fs::read(&data.train).map_err(|e| Error::io(&data.train, e))?;
     let mut key = format!(
@@ -489,6 +488,8 @@ pub fn distill(
         dev,
         test,
         spec: spec.clone(),
+        device: device.clone(),
+        kernels,
         provenance,
     };
     let mut objective = Distillation {
@@ -614,7 +615,7 @@ impl Objective for Distillation<'_> {
                 .teacher
                 .forward(&batch.batch, &mut Mode::Eval, self.outputs)?;
             let mask = batch.batch.attention_mask.to_dtype(DType::F32)?;
-            let real = mask.sum_all()?.to_scalar::<f32>()? as f64;
+            let real = batch.real_tokens as f64;
             for &(s, t) in &self.pairs {
                 if self.hidden_weight > 0.0 {
                     let hs = &out.hidden_states[s + 1];

@@ -56,6 +56,7 @@ pub fn supervised(
 ) -> Result<TrainOutcome> {
     let mut read = data.paths();
     read.push(input);
+    let (device, kernels) = options.compute.open()?;
     let run = options.open(out, &read)?;
     let prepared = finetune_inputs(input, data, spec)?;
     let provenance = serde_json::json!({
@@ -71,6 +72,8 @@ pub fn supervised(
         dev: prepared.dev,
         test: prepared.test,
         spec: spec.clone(),
+        device,
+        kernels,
         provenance,
     };
     fit(inputs, objective, run, options.stop_after)

@@ -85,6 +85,7 @@ pub fn train_gates(
     }
     let mut read = data.paths();
     read.push(input);
+    let (device, kernels) = options.compute.open()?;
     let run = options.open(out, &read)?;
     let prepared = finetune_inputs(input, data, spec)?;
     let arch = &prepared.ckpt.arch;
@@ -99,7 +100,7 @@ pub fn train_gates(
             "--target-heads exceeds the model's {total} heads"
         )));
     }
-    let head_gates = HeadGates::new(&heads, gates.gate_init)?;
+    let head_gates = HeadGates::new(&heads, gates.gate_init, &device)?;
     let extra_params: Vec<OptParam> = head_gates
         .log_alpha
         .iter()
@@ -125,6 +126,8 @@ pub fn train_gates(
         // model's. Remove the heads (`remove-heads --gates`), then evaluate.
         test: None,
         spec: spec.clone(),
+        device,
+        kernels,
         provenance,
     };
     let mut objective = GatedCrossEntropy {
@@ -168,11 +171,18 @@ impl Objective for GatedCrossEntropy {
         let out = model.forward(&batch.batch, mode, Outputs::default())?;
         let task = batch_cross_entropy(&out, &batch.labels)?;
         let open = self.gates.expected_open()?;
-        if let Some(k) = self.spec.target_heads {
+        let Some(k) = self.spec.target_heads else {
+            return Ok((task + (open * self.lambda)?)?);
+        };
+        // The controller: λ = rate · max(E[open] − K, 0), read on the host in RAM; on a device
+        // it stays there (no transfer inside a step).
+        if open.device().is_cpu() {
             let e = open.to_scalar::<f32>()? as f64;
             self.lambda = self.spec.lambda_lr * (e - k as f64).max(0.0);
+            return Ok((task + (open * self.lambda)?)?);
         }
-        Ok((task + (open * self.lambda)?)?)
+        let lambda = ((open.detach() - k as f64)?.relu()? * self.spec.lambda_lr)?;
+        Ok((task + (open * lambda)?)?)
     }
 
     fn log_fields(&self, _: &Bert) -> Result<serde_json::Map<String, serde_json::Value>> {

@@ -174,8 +174,9 @@ impl RunDir {
         for p in &optimizer.params {
             let name = &p.name;
             let shape = p.var.dims().to_vec();
-            tensors.push((format!("m.{name}"), RawTensor::f32(shape.clone(), &p.m)));
-            tensors.push((format!("v.{name}"), RawTensor::f32(shape, &p.v)));
+            let (m, v) = p.moments_to_host()?;
+            tensors.push((format!("m.{name}"), RawTensor::f32(shape.clone(), &m)));
+            tensors.push((format!("v.{name}"), RawTensor::f32(shape, &v)));
             if p.external {
                 tensors.push((
                     format!("value.{name}"),
@@ -268,10 +269,10 @@ pub fn restore_optimizer(optimizer: &mut AdamW, store: &TensorStore) -> Result<(
         .unwrap_or(0);
     for p in &mut optimizer.params {
         let name = p.name.clone();
-        for (prefix, target) in [("m.", &mut p.m), ("v.", &mut p.v)] {
+        let mut moments = vec![];
+        for prefix in ["m.", "v."] {
             let t: Tensor = store.load_f32(&format!("{prefix}{name}"), &Device::Cpu)?;
-            let values = t.flatten_all()?.to_vec1::<f32>()?;
-            if values.len() != target.len() {
+            if t.elem_count() != p.var.elem_count() {
                 return Err(Error::Shape {
                     path: store.main_path().to_path_buf(),
                     key: format!("{prefix}{name}"),
@@ -279,11 +280,14 @@ pub fn restore_optimizer(optimizer: &mut AdamW, store: &TensorStore) -> Result<(
                     actual: t.dims().to_vec(),
                 });
             }
-            *target = values;
+            moments.push(t.flatten_all()?.to_vec1::<f32>()?);
         }
+        let v = moments.pop().unwrap_or_default();
+        let m = moments.pop().unwrap_or_default();
+        p.set_moments(m, v)?;
         if p.external {
             p.var
-                .set(&store.load_f32(&format!("value.{name}"), &Device::Cpu)?)?;
+                .set(&store.load_f32(&format!("value.{name}"), p.var.device())?)?;
         }
     }
     Ok(())

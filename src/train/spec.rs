@@ -201,6 +201,8 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Also write the metrics as TensorBoard event files (`OUT/tensorboard/`).
     pub tensorboard: bool,
+    /// The device and kernels the run trains with.
+    pub compute: crate::kernels::Compute,
 }
 
 impl RunOptions {

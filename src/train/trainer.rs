@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
+
 use serde::Serialize;
 
 use crate::arch::{Arch, HistoryEntry, Key, LinearKind};
@@ -18,10 +19,12 @@ use crate::error::{Error, Result};
 use crate::eval::{collate, evaluate_model, Prepared};
 use crate::io::artefacts::{read_json, write_json, EvalLine, MetricLine, RunRecord, TrainLine};
 use crate::io::Checkpoint;
+use crate::kernels::device::{name as device_name, seed_step};
+use crate::kernels::Kernels;
 use crate::metrics::Matching;
 use crate::model::{dropouts_of, Bert, Mode, Params};
 use crate::train::objective::Objective;
-use crate::train::optim::{AdamW, AdamWConfig, OptParam};
+use crate::train::optim::{AdamW, AdamWConfig, OptParam, StatePlacement};
 use crate::train::run_dir::{restore_optimizer, Progress, RunDir};
 use crate::train::schedule::learning_rate;
 use crate::train::spec::TrainSpec;
@@ -51,6 +54,10 @@ pub struct LoopInputs<'a> {
     pub dev: Prepared,
     pub test: Option<Prepared>,
     pub spec: TrainSpec,
+    /// Where the model trains and which kernels run it (not part of the spec: a run may
+    /// resume on another device).
+    pub device: Device,
+    pub kernels: Kernels,
     /// Extra provenance for run.json (command line, data hashes, teacher, ...).
     pub provenance: serde_json::Value,
 }
@@ -65,7 +72,8 @@ pub fn fit(
 ) -> Result<TrainOutcome> {
     let started = Instant::now();
     let spec = &inputs.spec;
-    let device = Device::Cpu;
+    let device = inputs.device.clone();
+    let kernels = inputs.kernels;
     let mut spec_json = serde_json::to_value(spec).expect("spec serialises");
     let settings = objective.settings();
     if !settings.is_null() {
@@ -106,10 +114,12 @@ pub fn fit(
         history_before.pop();
     }
     let params_count = Budget::of_arch(&ckpt.arch).unique;
-    require_resources(&run, &ckpt.arch, spec)?;
+    require_resources(&run, &ckpt.arch, spec, &device)?;
     let params = Params::from_checkpoint(&ckpt, &device)?;
     let model = objective.prepare(
-        Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)).with_precision(spec.precision),
+        Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config))
+            .with_precision(spec.precision)
+            .with_kernels(kernels),
     );
     let arch = ckpt.arch.clone();
     let sparse = |key: Key| match key {
@@ -127,7 +137,13 @@ pub fn fit(
         weight_decay: spec.weight_decay,
         ..Default::default()
     };
-    let mut optimizer = AdamW::new(vars, adam)?;
+    // The fused kernels keep the optimizer's state in RAM and update it in place; the generic
+    // ones keep it on the parameters' device.
+    let placement = match kernels {
+        Kernels::Fused => StatePlacement::Host,
+        Kernels::Generic => StatePlacement::Device,
+    };
+    let mut optimizer = AdamW::new(vars, adam, placement)?;
     if let Some(store) = &optimizer_state {
         restore_optimizer(&mut optimizer, store)?;
     }
@@ -168,6 +184,8 @@ pub fn fit(
         train_tokens: inputs.train.num_tokens(),
         padding_ratio: padding,
         steps: total_steps,
+        device: device_name(&device),
+        kernels: format!("{kernels:?}").to_lowercase(),
         provenance: inputs.provenance.clone(),
     })?;
     eprintln!(
@@ -177,7 +195,7 @@ pub fn fit(
         total_steps,
         steps_per_epoch,
         padding * 100.0,
-        crate::model::linear::describe(spec.precision)
+        crate::kernels::describe(kernels, spec.precision, &device)
     );
 
     let evaluate = |model: &Bert, prepared: &Prepared| {
@@ -207,6 +225,7 @@ pub fn fit(
     };
     let interactive = std::io::stderr().is_terminal();
     let (mut window_loss, mut window_batches, mut window_tokens) = (0f64, 0usize, 0usize);
+    let mut window_loss_on_device: Option<candle_core::Tensor> = None;
     let mut window_start = Instant::now();
     let (mut all_tokens, mut train_seconds) = (0usize, 0f64);
     let mut accumulated = 0usize;
@@ -230,23 +249,36 @@ pub fn fit(
                 batch.iter().map(|&i| &inputs.train.examples[i]).collect();
             let data = collate(&examples, pad_id, &device)?;
             let t0 = Instant::now();
+            if !device.is_cpu() {
+                seed_step(&device, progress.rng.next_u64())?;
+            }
             let loss = objective.loss(
                 &model,
                 &data,
                 &examples,
                 &mut Mode::Train(&mut progress.rng),
             )?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            if !loss_value.is_finite() {
-                return Err(diverged(&run, &progress, loss_value, |step| {
-                    learning_rate(spec.lr, step, warmup, total_steps, spec.decay)
-                }));
+            // In RAM the loss is read every step, so the guard stops at the step that
+            // diverged; on a device it is summed there and read in the logging window only.
+            if device.is_cpu() {
+                let loss_value = loss.to_scalar::<f32>()? as f64;
+                if !loss_value.is_finite() {
+                    return Err(diverged(&run, &progress, loss_value, |step| {
+                        learning_rate(spec.lr, step, warmup, total_steps, spec.decay)
+                    }));
+                }
+                window_loss += loss_value;
+            } else {
+                let detached = loss.detach();
+                window_loss_on_device = Some(match window_loss_on_device.take() {
+                    Some(sum) => (sum + detached)?,
+                    None => detached,
+                });
             }
             let grads = loss.backward()?;
             optimizer.accumulate(&grads)?;
             drop(grads);
             accumulated += 1;
-            window_loss += loss_value;
             window_batches += 1;
             window_tokens += data.real_tokens;
             all_tokens += data.real_tokens;
@@ -262,9 +294,18 @@ pub fn fit(
             progress.step += 1;
             train_seconds += t0.elapsed().as_secs_f64();
             if progress.step % spec.log_every.max(1) == 0 || progress.step == total_steps {
+                if let Some(sum) = window_loss_on_device.take() {
+                    window_loss += sum.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                }
                 let secs = window_start.elapsed().as_secs_f64();
                 let tps = window_tokens as f64 / secs.max(1e-9);
                 let avg = window_loss / window_batches.max(1) as f64;
+                if !avg.is_finite() {
+                    return Err(diverged(&run, &progress, avg, |step| {
+                        learning_rate(spec.lr, step, warmup, total_steps, spec.decay)
+                    }));
+                }
+                let grad_norm = grad_norm.value()?;
                 let remaining =
                     (total_steps - progress.step) as f64 * secs / spec.log_every.max(1) as f64;
                 let line = format!(
@@ -340,8 +381,9 @@ pub fn fit(
     let test = match &inputs.test {
         Some(test) => {
             let best = Checkpoint::open(&run.best())?;
-            let best_model =
-                crate::eval::infer::load_model(&best, &device)?.with_precision(spec.precision);
+            let best_model = Bert::load(&best, &device)?
+                .with_precision(spec.precision)
+                .with_kernels(kernels);
             let e = evaluate(&best_model, test)?;
             write_json(
                 &run.path.join("test.json"),
@@ -444,20 +486,35 @@ fn diverged(
 /// gradients and AdamW moments (plus a floor for activations), and disk for best/ and last/
 /// (weights and optimizer moments, each staged once while it is replaced; a resumed run already
 /// holds most of it and needs only the staging).
-pub fn require_resources(run: &RunDir, arch: &Arch, spec: &TrainSpec) -> Result<()> {
+pub fn require_resources(
+    run: &RunDir,
+    arch: &Arch,
+    spec: &TrainSpec,
+    device: &Device,
+) -> Result<()> {
     let params = Budget::of_arch(arch).unique;
     let activations = (spec.batch_size * spec.max_len.min(arch.max_positions)) as u64
         * (arch.hidden * arch.num_layers().max(1)) as u64
         * 4
         * 8;
-    crate::io::capacity::require_memory(
-        &format!(
-            "training {} parameters at batch size {}",
-            crate::budget::group(params),
-            spec.batch_size
-        ),
-        params.saturating_mul(16).saturating_add(activations),
-    )?;
+    let what = format!(
+        "training {} parameters at batch size {}",
+        crate::budget::group(params),
+        spec.batch_size
+    );
+    let needed = params.saturating_mul(16).saturating_add(activations);
+    match crate::kernels::device::free_memory(device)? {
+        Some(free) if free < needed => {
+            return Err(Error::Resources(format!(
+                "{what} needs about {} of memory on {}, which has {} free; lower --batch-size or --max-len",
+                crate::io::capacity::human_bytes(needed),
+                device_name(device),
+                crate::io::capacity::human_bytes(free)
+            )))
+        }
+        Some(_) => {}
+        None => crate::io::capacity::require_memory(&what, needed)?,
+    }
     let per_param = if run.resuming { 16 } else { 32 };
     crate::io::capacity::require_disk(
         &run.path,

@@ -1,5 +1,5 @@
 //! The precision of matrix products: a run setting recorded in specs and evaluation records
-//! (the kernels that honour it live in `model::linear`).
+//! (the kernels that honour it live in `kernels`).
 
 use serde::{Deserialize, Serialize};
 

@@ -378,7 +378,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::model::ops::tests::{grads, max_diff};
+    use crate::kernels::cpu::ops::tests::{grads, max_diff};
     use crate::util::rng::Rng;
 
     fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
@@ -419,7 +419,7 @@ mod tests {
         .unwrap()
         .broadcast_add(&bias)
         .unwrap();
-        let mut p = crate::model::ops::softmax_last_dim(&scores).unwrap();
+        let mut p = crate::kernels::cpu::ops::softmax_last_dim(&scores).unwrap();
         if let Some(m) = drop {
             p = (p * Tensor::from_vec(m.to_vec(), (b, heads, l, l), &Device::Cpu).unwrap())
                 .unwrap();

@@ -11,10 +11,10 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::bf16_gemm::{self, Bf16Kernel};
-use crate::model::matrix::{product_f32, to_row_major, MatRef};
-use crate::model::ops::{self, cpu_f32, with_f32};
-use crate::model::simd;
+use crate::kernels::cpu::bf16_gemm::{self, Bf16Kernel};
+use crate::kernels::cpu::matrix::{product_f32, to_row_major, MatRef};
+use crate::kernels::cpu::ops::{self, cpu_f32, with_f32};
+use crate::kernels::cpu::simd;
 
 pub use crate::util::precision::Precision;
 
@@ -291,7 +291,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::model::ops::tests::max_diff;
+    use crate::kernels::cpu::ops::tests::max_diff;
 
     /// Rounds to bf16 and back, as the bf16 kernel reads its operands.
     fn rounded(t: &Tensor) -> Tensor {

@@ -50,7 +50,7 @@ macro_rules! twin {
                 unsafe fn wide($($arg: $ty),*) {
                     base($($arg),*)
                 }
-                if $crate::model::simd::wide() {
+                if $crate::kernels::cpu::simd::wide() {
                     // SAFETY: `wide()` checked that the CPU has these features.
                     return unsafe { wide($($arg),*) };
                 }
