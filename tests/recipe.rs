@@ -580,11 +580,11 @@ fn every_registered_surgery_plans_what_it_applies() {
     }
 }
 
-/// The library keeps its layering and has no import cycles (`tools/layers.py`).
+/// The library keeps its layering and has no import cycles (`tools/checks/layers.py`).
 #[test]
 fn the_module_tree_keeps_its_layers_without_cycles() {
     let Ok(out) = std::process::Command::new("python3")
-        .arg(repo().join("tools/layers.py"))
+        .arg(repo().join("tools/checks/layers.py"))
         .output()
     else {
         eprintln!("skipped: python3 not found");
