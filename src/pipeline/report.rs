@@ -472,8 +472,7 @@ struct Point {
     runs: usize,
 }
 
-/// The families in the order their first model appears: colour and marker `i` are family `i`'s
-/// in every chart of the report.
+/// The families in the order their first model appears, the uncut ones first.
 fn family_order(models: &[Model]) -> Vec<String> {
     // The uncut models (the reference among them) first: they are what the others are read by.
     let mut order: Vec<String> = vec![];
@@ -564,16 +563,17 @@ fn without_seed(name: &str, seed: Option<u64>) -> &str {
         .unwrap_or(name)
 }
 
-/// One labelled series per family, coloured by the family's place in `families`.
+/// One labelled series per family that has points here, in the order of `families`, coloured by
+/// its place among them.
 fn family_series(
     points: &[&Point],
     families: &[String],
     value: impl Fn(&Point) -> Option<(f64, f64, String)>,
 ) -> Vec<Series> {
     let mut out = vec![];
-    for (k, family) in families.iter().enumerate() {
+    for family in families {
         let mut s = Series::new(family.clone(), vec![], Style::LabelledPoints);
-        s.color = Some(k);
+        s.color = Some(out.len());
         // Largest models first, so the key reads like the chart from right to left.
         let mut members: Vec<&&Point> = points.iter().filter(|p| &p.family == family).collect();
         members.sort_by(|a, b| b.params.cmp(&a.params));
