@@ -205,10 +205,10 @@ fn onnxruntime_available() -> bool {
     ok
 }
 
-/// Runs tools/onnx_check.py logits; returns its JSON line.
+/// Runs tools/checks/onnx_check.py logits; returns its JSON line.
 fn ort_logits(export: &Path, forward: &Path, tol: f64) -> serde_json::Value {
     let out = Command::new("python3")
-        .arg(repo().join("tools/onnx_check.py"))
+        .arg(repo().join("tools/checks/onnx_check.py"))
         .args([
             "logits",
             export.to_str().unwrap(),

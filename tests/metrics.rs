@@ -1,5 +1,5 @@
 //! Entity-level metrics equal seqeval's on random and adversarial tag sequences (golden numbers
-//! from tools/make_seqeval_fixtures.py), in the default and the strict IOB2 mode.
+//! from tools/fixtures/make_seqeval_fixtures.py), in the default and the strict IOB2 mode.
 
 use surgery::metrics::{evaluate, Matching, Report, Row};
 

@@ -1,5 +1,5 @@
 //! Parity with Hugging Face: `surgery forward` against golden outputs written by
-//! tools/make_parity_fixtures.py (transformers, eval mode).
+//! tools/fixtures/make_parity_fixtures.py (transformers, eval mode).
 
 use candle_core::Device;
 use surgery::io::TensorStore;

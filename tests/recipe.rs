@@ -717,4 +717,39 @@ fn the_device_and_kernels_variables_reach_the_steps_that_run_the_model_outside_t
     let again = run(&recipe, &runs, &["--set", "kernels=fused"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(again.stdout.matches("done, skipped").count(), 5, "{}", again.stdout);
+/// `surgery quickstart` again in the same folder resumes its recipe (finished steps are skipped,
+/// a missing one runs again); `--force` starts afresh; a folder of the user's stays refused.
+#[test]
+fn the_quickstart_run_again_resumes_and_force_starts_afresh() {
+    let dir = tempdir();
+    let out = dir.path().join("qs");
+    let o = out.to_str().unwrap();
+    // Runs the quickstart; returns how many of its 5 steps were skipped as done.
+    let skipped = || {
+        let r = surgery(&["quickstart", "--out", o]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r.stdout.matches("done, skipped").count()
+    };
+    assert_eq!(skipped(), 0);
+    assert_eq!(skipped(), 5);
+    // As after a run killed in step 3: step 3 runs again, the others are kept (steps 4 and 5
+    // read step 3's spec, which is unchanged).
+    std::fs::remove_dir_all(out.join("quickstart/03-recover")).unwrap();
+    assert_eq!(skipped(), 4);
+    assert!(out.join("quickstart/03-recover/best/config.json").exists());
+    let fresh = surgery(&["quickstart", "--out", o, "--force"]);
+    assert_eq!(fresh.code, 0, "{}", fresh.stderr);
+    assert!(!fresh.stdout.contains("skipped"), "{}", fresh.stdout);
+    // Someone else's folder: refused with and without --force, and left as it was.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "mine").unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["quickstart", "--out", mine.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let r = surgery(&args);
+        assert_eq!(r.code, 2, "{}", r.stderr);
+    }
+    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
 }

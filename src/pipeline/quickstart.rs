@@ -19,25 +19,38 @@ pub struct Workspace {
 }
 
 /// Writes the synthetic corpus (`out/data`) and a randomly initialised tiny BERT (`out/init`).
+///
+/// A folder an earlier quickstart made is kept, so that its recipe run resumes where it stopped:
+/// the data are written again (they are the same every time) and the model only when missing.
+/// `force` starts afresh instead. Any other existing folder is refused, as for every output.
 pub fn prepare(out: &Path, force: bool) -> Result<Workspace> {
-    crate::io::output::check_output(out, &[], force)?;
-    if out.exists() {
-        // Not while a quickstart runs in it (its recipe run holds this lock).
-        let runs = out.join("quickstart");
-        let _lock = if runs.is_dir() {
-            Some(crate::io::lock::FolderLock::acquire(&runs)?)
-        } else {
-            None
-        };
+    let resume = !force && is_quickstart_folder(out);
+    if !resume {
+        crate::io::output::check_output(out, &[], force)?;
+    }
+    // Not while a quickstart runs in it (its recipe run holds this lock).
+    let runs = out.join("quickstart");
+    let lock = if runs.is_dir() {
+        Some(crate::io::lock::FolderLock::acquire(&runs)?)
+    } else {
+        None
+    };
+    if !resume && out.exists() {
         std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
     }
+    drop(lock);
     let data_dir = out.join("data");
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    crate::io::output::mark(out, "quickstart")?;
+    crate::io::output::mark(out, QUICKSTART)?;
     let splits = [("train", 2000, 1), ("dev", 300, 2), ("test", 300, 3)];
     for (name, n, seed) in splits {
         let sentences = crate::data::synthetic::sentences(n, seed, name != "train");
         crate::data::synthetic::write_conll(&data_dir.join(format!("{name}.txt")), &sentences)?;
+    }
+    // Written atomically: a folder with both files is a whole model.
+    let init = out.join("init");
+    if resume && init.join("config.json").is_file() && init.join("model.safetensors").is_file() {
+        return Ok(Workspace { data_dir, init });
     }
     let options = ReadOptions::default();
     let datasets = splits
@@ -55,7 +68,17 @@ pub fn prepare(out: &Path, force: bool) -> Result<Workspace> {
     let mut ckpt = random_checkpoint(config, Layout::BertPrefixed, false, false, 0.02, 7)?;
     ckpt.tokenizer_files
         .insert("tokenizer.json".into(), tokenizer.into_bytes());
-    let init = out.join("init");
     ckpt.save(&init, false, vec![])?;
     Ok(Workspace { data_dir, init })
+}
+
+/// The marker kind of a quickstart folder.
+const QUICKSTART: &str = "quickstart";
+
+/// True for a folder an earlier quickstart wrote (its marker says so).
+fn is_quickstart_folder(out: &Path) -> bool {
+    std::fs::read(out.join(crate::io::output::MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some(QUICKSTART))
 }
