@@ -9,6 +9,7 @@ mod export;
 mod fuzz;
 mod golden;
 mod heads;
+mod hostile_inputs;
 mod metrics;
 mod model;
 mod parity;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use surgery::arch::{BertConfig, Key, Layout, NormPart};
 use surgery::data::labels::UnknownLabels;
 use surgery::io::Checkpoint;
@@ -222,10 +222,25 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
     )
     .unwrap();
     surgery::model::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
+    // Finite weights (NaN ones are refused at load) whose first logit overflows to +∞: every
+    // final hidden value is positive (LayerNorm bias 10) and its classifier row is f32::MAX.
+    let last = ckpt.arch.num_layers() - 1;
+    let bias = Key::LayerNorm {
+        layer: last,
+        slot: surgery::arch::LayerNormSlot::Output,
+        part: NormPart::Bias,
+    };
+    let b = ckpt.tensor(bias, &Device::Cpu).unwrap();
+    ckpt.set_tensor(bias, (b.ones_like().unwrap() * 10.0).unwrap());
     let w = ckpt
         .tensor(Key::Classifier(NormPart::Weight), &Device::Cpu)
         .unwrap();
-    ckpt.set_tensor(Key::Classifier(NormPart::Weight), (w * f64::NAN).unwrap());
+    let mut rows = w.to_vec2::<f32>().unwrap();
+    rows[0].iter_mut().for_each(|v| *v = f32::MAX);
+    ckpt.set_tensor(
+        Key::Classifier(NormPart::Weight),
+        Tensor::new(rows, &Device::Cpu).unwrap(),
+    );
     let broken = s.dir.path().join("broken");
     ckpt.save(&broken, false, vec![]).unwrap();
     let err = finetune(

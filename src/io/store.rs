@@ -80,9 +80,9 @@ impl TensorStore {
         if single.is_file() {
             Self::open_files(&[single])
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = super::text_input::read_bytes(&index, 256 << 20)?;
             let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Safetensors {
+                serde_json::from_slice(&text).map_err(|e| Error::Safetensors {
                     path: index.clone(),
                     msg: format!("index is not valid JSON: {e}"),
                 })?;
@@ -99,6 +99,20 @@ impl TensorStore {
                     path: index.clone(),
                     msg: "`weight_map` values must be file names".into(),
                 })?;
+                // A shard is a file of this folder: `../x` or `/etc/x` would read outside it.
+                let plain = matches!(
+                    Path::new(file).components().collect::<Vec<_>>().as_slice(),
+                    [std::path::Component::Normal(_)]
+                );
+                if !plain {
+                    return Err(Error::Safetensors {
+                        path: index.clone(),
+                        msg: format!(
+                            "`weight_map` names the shard `{}`, which is not a file name in this folder",
+                            crate::util::excerpt::excerpt(file)
+                        ),
+                    });
+                }
                 let path = dir.join(file);
                 if !shards.contains(&path) {
                     shards.push(path);
@@ -179,6 +193,25 @@ impl TensorStore {
         Some(&f.map[f.data_start + info.start..f.data_start + info.end])
     }
 
+    /// The index of the first NaN or infinite value of a floating-point tensor, read straight
+    /// from the mapped bytes (an exponent of all ones), without converting anything.
+    pub fn first_non_finite(&self, name: &str) -> Option<usize> {
+        let info = self.tensors.get(name)?;
+        let bytes = self.bytes(name)?;
+        match info.dtype {
+            StoredDtype::F32 => bytes.chunks_exact(4).position(|b| {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            StoredDtype::F16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+            StoredDtype::BF16 => bytes
+                .chunks_exact(2)
+                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+            StoredDtype::I64 => None,
+        }
+    }
+
     /// Loads a floating-point tensor as f32 on `device` (f16/bf16 are widened).
     pub fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
         let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
@@ -256,7 +289,16 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
                 "tensor `{name}` spans bytes {start}..{end} but the data section has {data_len} bytes (truncated?)"
             )));
         }
-        let expected = raw.shape.iter().product::<usize>() * dtype.size();
+        let expected = raw
+            .shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}` has shape {:?}, more bytes than a file can hold",
+                    raw.shape
+                ))
+            })?;
         if end - start != expected {
             return Err(bad(format!(
                 "tensor `{name}` has {} bytes, shape {:?} needs {expected}",
@@ -275,5 +317,38 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
             },
         ));
     }
+    check_contiguous(&entries, data_len).map_err(bad)?;
     Ok((data_start, entries, metadata))
+}
+
+/// The tensors' byte ranges must tile the data section exactly, as the safetensors format
+/// requires (its own reader refuses anything else): overlapping ranges would make two tensors
+/// share bytes, and a gap or trailing bytes mean the file is not what its header says.
+fn check_contiguous(
+    entries: &[(String, TensorInfo)],
+    data_len: usize,
+) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .map(|(name, t)| (t.start, t.end, name.as_str()))
+        .collect();
+    ranges.sort();
+    let mut at = 0;
+    for (start, end, name) in ranges {
+        if start != at {
+            return Err(if start < at {
+                format!("tensor `{name}` starts at byte {start}, inside the previous tensor (overlapping data_offsets)")
+            } else {
+                format!("bytes {at}..{start} before tensor `{name}` belong to no tensor")
+            });
+        }
+        at = end;
+    }
+    if at != data_len {
+        return Err(format!(
+            "{} trailing bytes after the last tensor (the header describes {at} of {data_len} data bytes)",
+            data_len - at
+        ));
+    }
+    Ok(())
 }
