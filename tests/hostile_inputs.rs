@@ -13,9 +13,16 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use surgery::arch::{Key, Layout, NormPart};
 
+use crate::distill::kd;
 use crate::reliability::{assert_refused, model, s};
-use crate::train::setup;
+use crate::train::{overflowing_model, quick_spec, setup};
 use crate::util::{save, surgery, tempdir, tiny_checkpoint, tiny_config, Output};
+
+/// Refused with exit 2 naming `needle`, and without a panic message.
+fn refused_cleanly(r: &Output, needle: &str) {
+    assert_refused(r, needle);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
 
 /// A labelled CoNLL file the tiny tokenizer can encode.
 fn conll(dir: &Path) -> PathBuf {
@@ -103,8 +110,7 @@ fn batch_size_zero_is_refused_by_forward_eval_and_predict() {
         let mut args = args.clone();
         args.extend(["--batch-size", "0"]);
         let r = surgery(&args);
-        assert_refused(&r, "--batch-size");
-        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        refused_cleanly(&r, "--batch-size");
     }
     assert!(!out.exists());
 }
@@ -124,8 +130,7 @@ fn a_recipe_variable_holding_nul_is_reported_not_a_panic() {
         let mut args = vec!["run", s(&recipe), "--runs", s(&runs)];
         args.extend(extra);
         let r = surgery(&args);
-        assert_refused(&r, "NUL character");
-        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        refused_cleanly(&r, "NUL character");
     }
 }
 
@@ -275,8 +280,7 @@ fn a_tokenizer_larger_than_the_embeddings_is_refused_at_load() {
         ],
     ] {
         let r = surgery(&args);
-        assert_refused(&r, "embeddings have 100 rows");
-        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        refused_cleanly(&r, "embeddings have 100 rows");
     }
 }
 
@@ -821,4 +825,25 @@ fn model_safetensors_gets_the_same_permissions_as_other_files() {
         mode(out.join("config.json"))
     );
     assert_ne!(mode(out.join("model.safetensors")), 0o600);
+}
+
+#[test]
+fn a_teacher_with_non_finite_logits_is_not_blamed_on_its_tokenizer() {
+    let s_ = setup(48);
+    let teacher = overflowing_model(&s_);
+    let teacher_dir = s_.dir.path().join("teacher");
+    teacher.save(&teacher_dir, false, vec![]).unwrap();
+    let err = surgery::train::distill::distill(
+        &teacher_dir,
+        &teacher_dir,
+        &s_.data,
+        &quick_spec(),
+        &kd(),
+        &s_.dir.path().join("run"),
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("logits are not finite"), "{err}");
+    assert!(!err.contains("tokenizer"), "{err}");
 }

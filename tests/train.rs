@@ -213,17 +213,16 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert!(matches!(err, surgery::Error::OutputExists { .. }));
 }
 
-#[test]
-fn a_nan_loss_stops_the_run_with_a_clear_message() {
-    let s = setup(64);
+/// The setup's model with a classifier for its training labels whose first logit overflows to
+/// +∞ with finite weights (NaN weights are refused at load): every final hidden value is
+/// positive (LayerNorm bias 10) and its classifier row is f32::MAX.
+pub fn overflowing_model(s: &Setup) -> Checkpoint {
     let mut ckpt = Checkpoint::open(&s.model).unwrap();
     let labels = surgery::data::LabelSet::discover(
         &surgery::data::read_dataset(&s.data.train, &Default::default()).unwrap(),
     )
     .unwrap();
     surgery::model::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
-    // Finite weights (NaN ones are refused at load) whose first logit overflows to +∞: every
-    // final hidden value is positive (LayerNorm bias 10) and its classifier row is f32::MAX.
     let last = ckpt.arch.num_layers() - 1;
     let bias = Key::LayerNorm {
         layer: last,
@@ -241,6 +240,13 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
         Key::Classifier(NormPart::Weight),
         Tensor::new(rows, &Device::Cpu).unwrap(),
     );
+    ckpt
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_with_a_clear_message() {
+    let s = setup(64);
+    let ckpt = overflowing_model(&s);
     let broken = s.dir.path().join("broken");
     ckpt.save(&broken, false, vec![]).unwrap();
     let err = finetune(

@@ -199,15 +199,9 @@ impl TensorStore {
         let info = self.tensors.get(name)?;
         let bytes = self.bytes(name)?;
         match info.dtype {
-            StoredDtype::F32 => bytes.chunks_exact(4).position(|b| {
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
-            }),
-            StoredDtype::F16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
-            StoredDtype::BF16 => bytes
-                .chunks_exact(2)
-                .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+            StoredDtype::F32 => first_all_ones::<4>(bytes, 0x7f80_0000),
+            StoredDtype::F16 => first_all_ones::<2>(bytes, 0x7c00),
+            StoredDtype::BF16 => first_all_ones::<2>(bytes, 0x7f80),
             StoredDtype::I64 => None,
         }
     }
@@ -234,6 +228,32 @@ impl TensorStore {
         let tensor = Tensor::from_raw_buffer(bytes, dtype, &info.shape, device)?;
         Ok(tensor.to_dtype(DType::F32)?)
     }
+}
+
+/// The index of the first little-endian element of `W` bytes whose `mask` bits are all set.
+/// Blocks are first tested without branching (the compiler vectorises that), so the scan runs
+/// at memory speed and only a block with a hit is searched element by element.
+fn first_all_ones<const W: usize>(bytes: &[u8], mask: u32) -> Option<usize> {
+    let value = |b: &[u8]| {
+        if W == 4 {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from(u16::from_le_bytes([b[0], b[1]]))
+        }
+    };
+    const BLOCK: usize = 4096;
+    for (i, block) in bytes.chunks(BLOCK * W).enumerate() {
+        let hit = block
+            .chunks_exact(W)
+            .fold(false, |any, b| any | (value(b) & mask == mask));
+        if hit {
+            let j = block
+                .chunks_exact(W)
+                .position(|b| value(b) & mask == mask)?;
+            return Some(i * BLOCK + j);
+        }
+    }
+    None
 }
 
 type Header = (usize, Vec<(String, TensorInfo)>, BTreeMap<String, String>);
@@ -351,4 +371,40 @@ fn check_contiguous(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_found_in_every_float_dtype() {
+        let mut values = vec![1.5f32; 10_000];
+        assert_eq!(first_all_ones::<4>(&bytes_of(&values), 0x7f80_0000), None);
+        for (at, bad) in [
+            (9_000, f32::NAN),
+            (4_096, f32::INFINITY),
+            (3, f32::NEG_INFINITY),
+        ] {
+            values[at] = bad;
+            assert_eq!(
+                first_all_ones::<4>(&bytes_of(&values), 0x7f80_0000),
+                Some(at)
+            );
+        }
+        let halves = |v: half::f16| v.to_le_bytes().repeat(5_000);
+        assert_eq!(first_all_ones::<2>(&halves(half::f16::MAX), 0x7c00), None);
+        assert_eq!(
+            first_all_ones::<2>(&halves(half::f16::NAN), 0x7c00),
+            Some(0)
+        );
+        let mut b = half::bf16::MAX.to_le_bytes().repeat(5_000);
+        assert_eq!(first_all_ones::<2>(&b, 0x7f80), None);
+        b[2 * 4_500..2 * 4_501].copy_from_slice(&half::bf16::INFINITY.to_le_bytes());
+        assert_eq!(first_all_ones::<2>(&b, 0x7f80), Some(4_500));
+    }
+
+    fn bytes_of(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
 }
