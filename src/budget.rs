@@ -232,22 +232,57 @@ pub fn group(n: u64) -> String {
     out
 }
 
-/// Parses a parameter budget such as `20M`, `1.5M`, `750k` or `20000000`.
+/// Parses a parameter budget such as `20M`, `1.5M`, `750k`, `2e7` or `20000000`, exactly: the
+/// value must be a whole number of parameters (`122.1205k` is 122,120.5 and is refused rather
+/// than rounded) that fits in 64 bits (`1e30` is refused rather than clamped).
 pub fn parse_count(text: &str) -> std::result::Result<u64, String> {
-    let t = text.trim().replace('_', "").replace(',', "");
+    let not_a_count = || format!("`{text}` is not a parameter count (e.g. 20M, 750k, 20000000)");
+    let t = text.trim().replace(['_', ','], "");
     let (number, scale) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
-        Some('g' | 'G' | 'b' | 'B') => (&t[..t.len() - 1], 1e9),
-        _ => (&t[..], 1.0),
+        Some('k' | 'K') => (&t[..t.len() - 1], 3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 6),
+        Some('g' | 'G' | 'b' | 'B') => (&t[..t.len() - 1], 9),
+        _ => (&t[..], 0),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a parameter count (e.g. 20M, 750k, 20000000)"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("`{text}` is not a parameter count"));
+    let (mantissa, exponent) = match number.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| not_a_count())?),
+        None => (number, 0),
+    };
+    let (whole, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{frac}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(not_a_count());
     }
-    Ok((value * scale).round() as u64)
+    // value = digits × 10^power
+    let power = i64::from(exponent) + scale - frac.len() as i64;
+    let digits = digits.trim_start_matches('0');
+    let too_large = || {
+        format!(
+            "`{text}` is more parameters than this tool can count (at most {})",
+            u64::MAX
+        )
+    };
+    if digits.is_empty() {
+        return Ok(0);
+    }
+    let (kept, dropped) = if power >= 0 {
+        (digits, "")
+    } else {
+        let cut = digits.len().saturating_sub(power.unsigned_abs() as usize);
+        digits.split_at(cut)
+    };
+    if dropped.bytes().any(|b| b != b'0') {
+        return Err(format!("`{text}` is not a whole number of parameters"));
+    }
+    let mut value: u64 = if kept.is_empty() {
+        0
+    } else {
+        kept.parse().map_err(|_| too_large())?
+    };
+    for _ in 0..power.max(0) {
+        value = value.checked_mul(10).ok_or_else(too_large)?;
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -262,5 +297,22 @@ mod tests {
         assert_eq!(parse_count("107_726_601"), Ok(107_726_601));
         assert!(parse_count("twenty").is_err());
         assert!(parse_count("-3M").is_err());
+        assert_eq!(parse_count("2e7"), Ok(20_000_000));
+        assert_eq!(parse_count("122.121k"), Ok(122_121));
+        assert_eq!(parse_count("0.5k"), Ok(500));
+    }
+
+    #[test]
+    fn assert_budget_max_is_exact_not_rounded_or_clamped() {
+        // 122.1205k is 122,120.5 parameters: refused, not rounded up to 122,121.
+        assert!(parse_count("122.1205k").is_err());
+        assert!(parse_count("1e30").is_err());
+        assert!(parse_count("18446744073709551616").is_err());
+        assert_eq!(parse_count("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_count("NaN").is_err());
+        assert!(parse_count("inf").is_err());
+        assert!(parse_count("1.5e-3k").is_err());
+        assert_eq!(parse_count("1.5e-1k"), Ok(150));
+        assert_eq!(parse_count("1.5e-1M"), Ok(150_000));
     }
 }

@@ -43,6 +43,8 @@ pub enum Error {
     OutputOverlapsInput { output: PathBuf, input: PathBuf },
     #[error("{path}: exists and was not written by surgery (no step.json, run.json, .surgery-output or config.json with a `surgery` block); refusing to replace it, even with --force")]
     NotOurs { path: PathBuf },
+    #[error("{path}: exists and is not {kind}; refusing to replace it, even with --force (choose another path)")]
+    NotSameKind { path: PathBuf, kind: &'static str },
     #[error("{path}: in use by {holder}; wait for it to finish or stop it")]
     Locked { path: PathBuf, holder: String },
     #[error("{path}: nothing to resume: {why}")]

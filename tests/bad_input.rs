@@ -181,7 +181,7 @@ fn output_path_that_exists() {
     forced.push("--force");
     let r = surgery(&forced);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("not written by surgery"), "{}", r.stderr);
+    assert!(r.stderr.contains("refusing to replace it"), "{}", r.stderr);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
     // ... but does replace its own output.
     std::fs::remove_file(&out).unwrap();

@@ -42,7 +42,7 @@ fn small() -> Shape {
     }
 }
 
-fn kd() -> DistillSpec {
+pub(crate) fn kd() -> DistillSpec {
     DistillSpec {
         temperature: 2.0,
         alpha: 0.5,

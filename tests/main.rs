@@ -11,6 +11,7 @@ mod golden;
 mod heads;
 mod kernels;
 mod layers;
+mod hostile_inputs;
 mod metrics;
 mod model;
 mod parity;

@@ -12,7 +12,7 @@ use surgery::io::lock::FolderLock;
 use crate::train::{setup, Setup};
 use crate::util::{save, surgery, tempdir, tiny_checkpoint, tiny_config};
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -36,12 +36,12 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-fn assert_refused(r: &crate::util::Output, needle: &str) {
+pub(crate) fn assert_refused(r: &crate::util::Output, needle: &str) {
     assert_eq!(r.code, 2, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
     assert!(r.stderr.contains(needle), "`{needle}` not in: {}", r.stderr);
 }
 
-fn model(dir: &Path) -> PathBuf {
+pub(crate) fn model(dir: &Path) -> PathBuf {
     save(
         &tiny_checkpoint(tiny_config(), Layout::Bare, 3),
         dir,

@@ -487,14 +487,21 @@ mod lowrank {
     fn targets_and_bad_specs() {
         let dir = tempdir();
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 53);
+        // A target below the model's size (a target above it is refused: nothing to do).
+        let size = surgery::budget::Budget::of_checkpoint(&ckpt)
+            .unwrap()
+            .unique;
+        let target = size * 8 / 10;
         let mut s = spec(None, Method::Svd, None);
-        s.params_target = Some("20k".into());
+        s.params_target = Some(target.to_string());
         let out = apply(&ckpt, &s).unwrap();
         assert!(
-            out.entry.params_after <= 20_000,
+            out.entry.params_after <= target,
             "{}",
             out.entry.params_after
         );
+        s.params_target = Some(size.to_string());
+        assert!(apply(&ckpt, &s).is_err());
         let mut s = spec(None, Method::Svd, None);
         s.energy = Some(0.5);
         assert!(apply(&ckpt, &s).unwrap().entry.params_after < out.entry.params_before);

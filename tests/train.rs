@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use surgery::arch::{BertConfig, Key, Layout, NormPart};
 use surgery::data::labels::UnknownLabels;
 use surgery::io::Checkpoint;
@@ -213,19 +213,40 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert!(matches!(err, surgery::Error::OutputExists { .. }));
 }
 
-#[test]
-fn a_nan_loss_stops_the_run_with_a_clear_message() {
-    let s = setup(64);
+/// The setup's model with a classifier for its training labels whose first logit overflows to
+/// +∞ with finite weights (NaN weights are refused at load): every final hidden value is
+/// positive (LayerNorm bias 10) and its classifier row is f32::MAX.
+pub fn overflowing_model(s: &Setup) -> Checkpoint {
     let mut ckpt = Checkpoint::open(&s.model).unwrap();
     let labels = surgery::data::LabelSet::discover(
         &surgery::data::read_dataset(&s.data.train, &Default::default()).unwrap(),
     )
     .unwrap();
     surgery::model::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
+    let last = ckpt.arch.num_layers() - 1;
+    let bias = Key::LayerNorm {
+        layer: last,
+        slot: surgery::arch::LayerNormSlot::Output,
+        part: NormPart::Bias,
+    };
+    let b = ckpt.tensor(bias, &Device::Cpu).unwrap();
+    ckpt.set_tensor(bias, (b.ones_like().unwrap() * 10.0).unwrap());
     let w = ckpt
         .tensor(Key::Classifier(NormPart::Weight), &Device::Cpu)
         .unwrap();
-    ckpt.set_tensor(Key::Classifier(NormPart::Weight), (w * f64::NAN).unwrap());
+    let mut rows = w.to_vec2::<f32>().unwrap();
+    rows[0].iter_mut().for_each(|v| *v = f32::MAX);
+    ckpt.set_tensor(
+        Key::Classifier(NormPart::Weight),
+        Tensor::new(rows, &Device::Cpu).unwrap(),
+    );
+    ckpt
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_with_a_clear_message() {
+    let s = setup(64);
+    let ckpt = overflowing_model(&s);
     let broken = s.dir.path().join("broken");
     ckpt.save(&broken, false, vec![]).unwrap();
     let err = finetune(

@@ -133,7 +133,24 @@ pub struct HistoryEntry {
 impl BertConfig {
     /// Reads and validates `config.json`; errors name the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // Read with a bound: a config is a few kB, and a link to an endless device must not
+        // fill the memory.
+        const LIMIT: u64 = 16 << 20;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+                LIMIT + 1,
+            ),
+            &mut text,
+        )
+        .map_err(|e| Error::io(path, e))?;
+        if text.len() as u64 > LIMIT {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                msg: format!("larger than {} MiB; not a config", LIMIT >> 20),
+            });
+        }
         Self::from_json(&text).map_err(|msg| Error::Config {
             path: path.to_path_buf(),
             msg,
@@ -187,6 +204,21 @@ impl BertConfig {
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
             return Err(format!("`layer_norm_eps` is {}", self.layer_norm_eps));
         }
+        let dropouts = [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            (
+                "attention_probs_dropout_prob",
+                Some(self.attention_probs_dropout_prob),
+            ),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (name, value) in dropouts {
+            if let Some(p) = value.filter(|p| !(0.0..1.0).contains(p)) {
+                return Err(format!(
+                    "`{name}` is {p}; a dropout probability is in [0, 1)"
+                ));
+            }
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -199,6 +231,51 @@ impl BertConfig {
                     "`surgery.format_version` is {}, this build reads version {}",
                     info.format_version, SURGERY_FORMAT_VERSION
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the declared labels of a token-classification head: ids 0..n, each label a tag
+    /// (`O` or PREFIX-TYPE, so that `MISC` cannot become entities of type `ISC`), each once, `O`
+    /// among them (without it every word would be part of an entity), and `label2id`, when
+    /// present, the inverse of `id2label`. A config without `id2label` has nothing to check.
+    pub fn check_labels(&self) -> std::result::Result<(), String> {
+        let Some(map) = &self.id2label else {
+            return Ok(());
+        };
+        for key in map.keys() {
+            if key.parse::<usize>().map_or(true, |id| id >= map.len()) {
+                return Err(format!(
+                    "`id2label` key `{}` is not an id in 0..{}",
+                    crate::util::excerpt::excerpt(key),
+                    map.len()
+                ));
+            }
+        }
+        let labels = self.labels().unwrap_or_default();
+        for (id, label) in labels.iter().enumerate() {
+            super::tags::check_tag(label).map_err(|e| format!("`id2label` {id}: {e}"))?;
+            if labels[..id].contains(label) {
+                return Err(format!("`id2label`: label `{label}` appears twice"));
+            }
+        }
+        if !labels.iter().any(|l| l == "O") {
+            return Err(format!(
+                "`id2label` has no `O` label ({}); an NER head needs one for words outside entities",
+                crate::util::excerpt::excerpt(&labels.join(", "))
+            ));
+        }
+        if let Some(inverse) = &self.label2id {
+            let agrees = inverse.len() == labels.len()
+                && labels
+                    .iter()
+                    .enumerate()
+                    .all(|(id, l)| inverse.get(l) == Some(&(id as i64)));
+            if !agrees {
+                return Err(
+                    "`label2id` contradicts `id2label` (each label's id must match)".into(),
+                );
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod names;
+pub mod tags;
 
 use std::collections::BTreeMap;
 

@@ -1,22 +1,22 @@
 //! `surgery eval`, `surgery score` and `surgery predict`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
 use surgery::data::labels::UnknownLabels;
-use surgery::data::tags::check_tag;
 use surgery::data::tokenize::WordTokenizer;
 use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
 use surgery::eval::{evaluate_model, Prepared};
-use surgery::io::output::check_output_with;
+use surgery::io::output::{check_file_output, FileKind};
+use surgery::io::text_input::Lines;
 use surgery::io::Checkpoint;
 use surgery::kernels::Compute;
 use surgery::metrics::{format_report, Matching};
 use surgery::model::{Bert, Precision};
+use surgery::util::options;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -37,10 +37,11 @@ pub struct EvalArgs {
     /// Also write the JSON report to this file.
     #[arg(long)]
     save_json: Option<PathBuf>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = options::positive)]
     batch_size: usize,
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    /// Tokens per window (default: 128, or the model's positions when fewer).
+    #[arg(long, value_parser = options::max_len)]
+    max_len: Option<usize>,
     /// Convert IOB1 tags to IOB2 while reading.
     #[arg(long)]
     iob1: bool,
@@ -89,20 +90,24 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         iob1_to_iob2: args.iob1,
         tag_names: (!args.tag_names.is_empty()).then(|| args.tag_names.clone()),
     };
-    for out in [&args.save_json, &args.write_predictions]
-        .into_iter()
-        .flatten()
-    {
-        check_output_with(
-            out,
-            &[&args.checkpoint, &args.data],
-            args.force,
-            is_predictions_file,
-        )?;
+    let outputs = [
+        (&args.save_json, FileKind::EvalJson),
+        (&args.write_predictions, FileKind::Predictions),
+    ];
+    for (out, kind) in outputs {
+        if let Some(out) = out {
+            check_file_output(out, &[&args.checkpoint, &args.data], args.force, kind)?;
+        }
     }
     let data = read_dataset(&args.data, &options)?;
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
-    let max_len = args.max_len.min(ckpt.arch.max_positions);
+    let max_len = match args.max_len {
+        Some(n) => {
+            options::check_max_len("--max-len", n, ckpt.arch.max_positions)?;
+            n
+        }
+        None => ckpt.arch.max_positions.min(128),
+    };
     let prepared = Prepared::new(
         &tokenizer,
         data,
@@ -152,19 +157,6 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A file `eval --write-predictions` wrote: every non-blank line `word gold predicted`.
-fn is_predictions_file(path: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
-    lines.peek().is_some()
-        && lines.all(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() == 3 && cols[1..].iter().all(|t| check_tag(t).is_ok())
-        })
-}
-
 #[derive(Args)]
 pub struct ScoreArgs {
     /// CoNLL layout whose last two columns are the gold and the predicted tag.
@@ -192,7 +184,7 @@ pub struct PredictArgs {
     /// Text file, one passage per line (default: standard input).
     #[arg(long)]
     input: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = options::positive)]
     batch_size: usize,
     /// Precision of the encoder linears' products (bf16: autocast with f32 accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -203,30 +195,48 @@ pub struct PredictArgs {
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&args.checkpoint)?;
-    let lines: Vec<String> = match &args.input {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| surgery::Error::Io {
-                path: p.clone(),
-                source: e,
-            })?
-            .lines()
-            .map(String::from)
-            .collect(),
-        None => std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<Result<_, _>>()
-            .context("reading standard input")?,
-    };
     let (device, kernels) = args.compute.open()?;
     let model = Bert::load(&ckpt, &device)?
         .with_precision(args.precision)
         .with_kernels(kernels);
-    let predictions =
-        surgery::eval::predict::predict_lines(&ckpt, &model, &lines, args.batch_size)?;
-    let mut out = std::io::stdout().lock();
-    for p in predictions {
-        writeln!(out, "{}", serde_json::to_string(&p)?)?;
+    let tag = |lines: &[String]| -> anyhow::Result<()> {
+        let predictions =
+            surgery::eval::predict::predict_lines(&ckpt, &model, lines, args.batch_size)?;
+        let mut out = std::io::stdout().lock();
+        for p in predictions {
+            writeln!(out, "{}", serde_json::to_string(&p)?)?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    match &args.input {
+        Some(path) => tag_as_they_arrive(Lines::open(path)?, args.batch_size, tag)?,
+        None => {
+            let stdin = std::io::BufReader::new(std::io::stdin());
+            let lines = Lines::new(stdin, std::path::Path::new("<stdin>"));
+            tag_as_they_arrive(lines, args.batch_size, tag)?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tags lines as they arrive: a batch ends when it is full or when no more input is waiting, so
+/// an interactive session gets each answer at once. Raw text may hold NUL (it is dropped).
+fn tag_as_they_arrive<R: std::io::Read>(
+    lines: Lines<std::io::BufReader<R>>,
+    batch_size: usize,
+    tag: impl Fn(&[String]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut lines = lines.allow_nul();
+    let mut batch = vec![];
+    while let Some(line) = lines.next() {
+        batch.push(line?);
+        if batch.len() >= batch_size || !lines.has_buffered() {
+            tag(&std::mem::take(&mut batch))?;
+        }
+    }
+    if !batch.is_empty() {
+        tag(&batch)?;
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use surgery::io::Checkpoint;
 use surgery::util::exit::ExitStatus;
+use surgery::util::options;
 
 #[derive(Parser)]
 #[command(name = "surgery", version, about = "Make BERT-style NER models small")]
@@ -84,7 +85,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Sentences per batch.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = options::positive)]
         batch_size: usize,
         /// Replace an existing output file.
         #[arg(long)]

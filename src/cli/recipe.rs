@@ -15,7 +15,7 @@ use surgery::data::{read_dataset, LabelSet};
 use surgery::io::artefacts::{read_json, StepRecord};
 use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
-use surgery::pipeline::recipe::{did_you_mean, Arg, Recipe, Step, PLACEMENT_OPTIONS};
+use surgery::pipeline::recipe::{did_you_mean, Arg, Kind, Recipe, Step, PLACEMENT_OPTIONS};
 use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
 use surgery::util::shell::shell_words;
@@ -209,10 +209,28 @@ impl Plan {
         Ok(FolderLock::acquire(&self.root)?)
     }
 
-    /// True when the step's folder holds a finished output with the step's current hash.
+    /// True when the step's folder holds a finished output with the step's current hash, and
+    /// the output is still there (a deleted `model.safetensors` makes the step run again).
     fn is_done(&self, index: usize) -> bool {
         read_json::<StepRecord>(&self.dir(index).join("step.json"))
             .is_ok_and(|step| step.hash == self.recipe.steps[index].hash)
+            && self.outputs_present(index)
+    }
+
+    /// The files a finished step leaves: a checkpoint (config and weights) for surgeries and
+    /// training, `eval.json` for an evaluation; `assert-budget` writes nothing.
+    fn outputs_present(&self, index: usize) -> bool {
+        let kind = self.recipe.steps[index].kind;
+        if kind.is_surgery() || kind.is_training() {
+            let ckpt = self.output_checkpoint(index);
+            ckpt.join("config.json").is_file()
+                && (ckpt.join("model.safetensors").is_file()
+                    || ckpt.join("model.safetensors.index.json").is_file())
+        } else if kind == Kind::Eval {
+            self.dir(index).join("eval.json").is_file()
+        } else {
+            true
+        }
     }
 }
 
@@ -263,10 +281,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&args.recipe, &args.set, &args.runs)?;
     let start = match &args.from {
         Some(key) => Some(plan.recipe.find_step(key).ok_or_else(|| {
-            surgery::Error::Spec(format!(
-                "--from `{key}`: no such step{}",
-                did_you_mean(key, plan.recipe.steps.iter().map(|s| s.name.as_str()))
-            ))
+            let steps = plan.recipe.steps.len();
+            surgery::Error::Spec(match key.parse::<usize>() {
+                Ok(_) => format!(
+                    "--from {key}: the recipe has {steps} step(s); give a number in 1..={steps} or a step's name"
+                ),
+                Err(_) => format!(
+                    "--from `{key}`: no such step{}",
+                    did_you_mean(key, plan.recipe.steps.iter().map(|s| s.name.as_str()))
+                ),
+            })
         })?),
         None => None,
     };

@@ -101,7 +101,7 @@ pub struct FinetuneArgs {
     /// Checkpoint folder to start from (a classifier is added if it has none).
     checkpoint: PathBuf,
     /// Smooth the targets: (1−ε)·one-hot + ε/C (0 = plain cross-entropy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = surgery::util::options::fraction_below_one)]
     label_smoothing: f64,
     #[command(flatten)]
     run: RunArgs,

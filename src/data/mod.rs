@@ -7,7 +7,7 @@ pub mod batches;
 pub mod labels;
 pub mod reader;
 pub mod synthetic;
-pub mod tags;
+pub use crate::arch::tags;
 pub mod tokenize;
 
 pub use align::{encode_dataset, Alignment, Example};

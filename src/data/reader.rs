@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::tags::{self, is_zero_width};
 use crate::error::{Error, Result};
+use crate::util::excerpt::excerpt;
 
 /// A sentence: words and their tags, and the 1-based line where it starts (for messages).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,19 +40,10 @@ impl Dataset {
 
 /// Reads a CoNLL file, or a JSONL file when the name ends in `.jsonl`.
 pub fn read_dataset(path: &Path, options: &ReadOptions) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-            return Err(Error::Input {
-                path: path.to_path_buf(),
-                line,
-                msg: "not valid UTF-8".into(),
-            });
-        }
-    };
+    if let Some(names) = &options.tag_names {
+        check_tag_names(names)?;
+    }
+    let text = crate::io::text_input::read_text(path)?;
     let is_jsonl = path
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json");
@@ -77,6 +69,18 @@ pub fn read_dataset(path: &Path, options: &ReadOptions) -> Result<Dataset> {
         sentences,
         one_word_per_line: !is_jsonl,
     })
+}
+
+/// `--tag-names`: valid tags, each once (a repeated name would merge two classes silently).
+fn check_tag_names(names: &[String]) -> Result<()> {
+    let bad = |msg: String| Error::Spec(format!("--tag-names: {msg}"));
+    for (i, name) in names.iter().enumerate() {
+        tags::check_tag(name).map_err(bad)?;
+        if names[..i].contains(name) {
+            return Err(bad(format!("`{}` is given twice", excerpt(name))));
+        }
+    }
+    Ok(())
 }
 
 fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
@@ -117,7 +121,7 @@ fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
                 line: line_no,
                 msg: format!(
                     "line has 1 column (`{}`); expected a token and a tag",
-                    columns[0]
+                    excerpt(columns[0])
                 ),
             });
         }

@@ -23,7 +23,7 @@ pub struct PaddedInputs {
 
 /// Reads one sentence per line, words separated by single spaces. Empty lines are an error.
 pub fn read_sentences(path: &Path) -> Result<Vec<Vec<String>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::text_input::read_text(path)?;
     let mut sentences = vec![];
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -140,7 +140,14 @@ pub fn forward_to_file(
     batch_size: usize,
     compute: Compute,
 ) -> Result<()> {
-    crate::io::output::check_output(out, &[input, &ckpt.source()], force)?;
+    crate::util::options::require_positive("--batch-size", batch_size)?;
+    use crate::io::output::{check_file_output, FileKind};
+    check_file_output(
+        out,
+        &[input, &ckpt.source()],
+        force,
+        FileKind::ForwardOutput,
+    )?;
     let (device, kernels) = compute.open()?;
     let sentences = read_sentences(input)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;

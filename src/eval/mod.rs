@@ -124,6 +124,7 @@ pub fn for_each_word(
     device: &Device,
     mut visit: impl FnMut(usize, usize, &[f32]),
 ) -> Result<f64> {
+    crate::util::options::require_positive("--batch-size", batch_size)?;
     let start = Instant::now();
     let plan = crate::data::bucket_batches(&prepared.lengths(), batch_size, None);
     for batch in &plan.batches {

@@ -19,7 +19,17 @@ pub struct Word {
     pub end: usize,
 }
 
-/// Splits text on whitespace and around punctuation; spans are in characters.
+/// Characters BERT's normalizer removes from raw text (`clean_text`): control, format,
+/// unassigned and private-use characters (NUL, BEL, zero-width space, BOM, bidi marks, joiners)
+/// and the replacement character. Tab and line breaks are whitespace instead.
+pub fn is_dropped(c: char) -> bool {
+    use unicode_categories::UnicodeCategories;
+    !c.is_whitespace() && (c.is_other() || c == '\u{fffd}')
+}
+
+/// Splits text on whitespace and around punctuation; spans are in characters of `text`.
+/// Characters BERT's normalizer drops ([`is_dropped`]) are skipped: they neither form a word nor
+/// split one.
 pub fn split_words(text: &str) -> Vec<Word> {
     let mut words = vec![];
     let mut current = String::new();
@@ -35,6 +45,9 @@ pub fn split_words(text: &str) -> Vec<Word> {
         }
     };
     for (i, &c) in chars.iter().enumerate() {
+        if is_dropped(c) {
+            continue;
+        }
         if c.is_whitespace() {
             flush(&mut current, start, i, &mut words);
         } else if c.is_ascii_punctuation() || (!c.is_alphanumeric() && !c.is_whitespace()) {
@@ -148,5 +161,13 @@ mod tests {
         let texts: Vec<&str> = w.iter().map(|w| w.text.as_str()).collect();
         assert_eq!(texts, vec!["Hi", ",", "J", ".", "K", ".", "Rowling", "!"]);
         assert_eq!((w[6].start, w[6].end), (9, 16));
+    }
+
+    #[test]
+    fn control_and_format_characters_form_no_words() {
+        let w = split_words("\u{7}\u{0} \u{feff}\u{200b}\u{200e}Jo\u{200b}hn \u{200d}");
+        let texts: Vec<&str> = w.iter().map(|w| w.text.as_str()).collect();
+        assert_eq!(texts, vec!["John"]);
+        assert_eq!((w[0].start, w[0].end), (6, 11));
     }
 }

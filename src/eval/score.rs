@@ -9,7 +9,7 @@ use crate::metrics::{evaluate, Matching, Report};
 
 /// Reads gold and predicted tags per sentence.
 pub fn read_pairs(path: &Path) -> Result<(Vec<Vec<String>>, Vec<Vec<String>>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::text_input::read_text(path)?;
     let (mut gold, mut pred) = (vec![], vec![]);
     let (mut g, mut p) = (vec![], vec![]);
     for (i, line) in text.lines().enumerate() {

@@ -89,6 +89,13 @@ pub fn export_onnx(
             ),
         });
     }
+    // An export runs on raw text: without the tokenizer it could not be used.
+    if !ckpt.tokenizer_files.contains_key("tokenizer.json") {
+        return Err(Error::Unsupported {
+            path: source,
+            msg: "the checkpoint has no tokenizer.json, which an export carries beside model.onnx to turn text into input ids".into(),
+        });
+    }
     let inputs: Vec<&Path> = ckpt.dir.iter().map(|d| d.as_path()).collect();
     output::check_output(out, &inputs, force)?;
     let (builder, inputs) = bert::lower(ckpt, options.linears)?;

@@ -97,10 +97,20 @@ impl Checkpoint {
         for name in TOKENIZER_FILES {
             let path = dir.join(name);
             if path.is_file() {
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let bytes = super::text_input::read_bytes(&path, 1 << 30)?;
                 tokenizer_files.insert(name.to_string(), bytes);
             }
         }
+        if let Some(bytes) = tokenizer_files.get("tokenizer.json") {
+            check_tokenizer_fits(&dir.join("tokenizer.json"), bytes, arch.vocab)?;
+        }
+        if arch.num_labels.is_some() {
+            config.check_labels().map_err(|msg| Error::Config {
+                path: config_path.clone(),
+                msg,
+            })?;
+        }
+        check_finite(&store, &stored_names)?;
         Ok(Checkpoint {
             dir: Some(dir.to_path_buf()),
             config,
@@ -309,4 +319,58 @@ fn validate_tensors(store: &TensorStore, arch: &Arch) -> Result<HashMap<Key, Str
         names.insert(key, name);
     }
     Ok(names)
+}
+
+/// Every parameter must be finite: a NaN or infinite weight would otherwise flow silently into
+/// F1 0, a NaN ONNX model or a surgery ranking by NaN. The scan reads the mapped bytes once
+/// (tensors in parallel), so it costs about what loading the weights costs.
+fn check_finite(store: &TensorStore, names: &HashMap<Key, String>) -> Result<()> {
+    use rayon::prelude::*;
+    let mut names: Vec<&String> = names.values().collect();
+    names.sort();
+    let bad = names
+        .par_iter()
+        .find_map_first(|name| store.first_non_finite(name).map(|i| (*name, i)));
+    match bad {
+        None => Ok(()),
+        Some((name, index)) => Err(Error::Safetensors {
+            path: store.path_of(name).to_path_buf(),
+            msg: format!(
+                "tensor `{name}` holds a NaN or infinite value (element {index}); the weights are damaged"
+            ),
+        }),
+    }
+}
+
+/// The tokenizer may not produce ids beyond the embedding table (a larger one would fail deep
+/// inside the model, or in ONNX Runtime after export). A smaller one is fine: tables are often
+/// padded.
+fn check_tokenizer_fits(path: &Path, bytes: &[u8], vocab: usize) -> Result<()> {
+    let bad = |msg: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("tokenizer.json is not valid JSON: {e}")))?;
+    let model_ids: Vec<u64> = match json.pointer("/model/vocab") {
+        // WordPiece, BPE, WordLevel: piece → id.
+        Some(serde_json::Value::Object(map)) => map.values().filter_map(|v| v.as_u64()).collect(),
+        // Unigram: [piece, score] in id order.
+        Some(serde_json::Value::Array(items)) => (0..items.len() as u64).collect(),
+        _ => vec![],
+    };
+    let added = json
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("id")?.as_u64());
+    if let Some(max) = model_ids.into_iter().chain(added).max() {
+        if max >= vocab as u64 {
+            return Err(bad(format!(
+                "the tokenizer has ids up to {max}, but the model's embeddings have {vocab} rows (vocab_size); the tokenizer belongs to another model"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod output;
 pub mod store;
 pub mod tensor_file;
 pub mod tensorboard;
+pub mod text_input;
 
 pub use checkpoint::Checkpoint;
 pub use store::TensorStore;

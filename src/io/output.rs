@@ -23,23 +23,31 @@ pub fn check_output_with(
     force: bool,
     also_ours: impl Fn(&Path) -> bool,
 ) -> Result<()> {
+    if let Some(real) = replaced_by(target, inputs, force)? {
+        if !is_tool_output(&real) && !also_ours(&real) {
+            return Err(Error::NotOurs {
+                path: target.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What writing `target` would replace: None when nothing is there; an error on an overlap with
+/// `inputs`, or when something is there and `force` was not given.
+fn replaced_by(target: &Path, inputs: &[&Path], force: bool) -> Result<Option<PathBuf>> {
     check_no_overlap(target, inputs)?;
     // What the path really names (`new/..` is its parent): that is what would be replaced.
     let real = absolute(target);
     if target.symlink_metadata().is_err() && real.symlink_metadata().is_err() {
-        return Ok(());
+        return Ok(None);
     }
     if !force {
         return Err(Error::OutputExists {
             path: target.to_path_buf(),
         });
     }
-    if !is_tool_output(&real) && !also_ours(&real) {
-        return Err(Error::NotOurs {
-            path: target.to_path_buf(),
-        });
-    }
-    Ok(())
+    Ok(Some(real))
 }
 
 /// Refuses an output that is, contains, or lies inside one of `inputs`.
@@ -55,6 +63,107 @@ pub fn check_no_overlap(target: &Path, inputs: &[&Path]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The kind of a single output file. `--force` replaces a file only with one of the same kind,
+/// so that a path mistyped into another output (a checkpoint's `model.safetensors`, an export's
+/// `labels.json`) is refused instead of overwritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `eval --write-predictions`: lines `word gold predicted`.
+    Predictions,
+    /// `forward --out`: a safetensors file of ids, mask, hidden states (and logits).
+    ForwardOutput,
+    /// `eval --save-json`: an evaluation record.
+    EvalJson,
+}
+
+impl FileKind {
+    fn describe(self) -> &'static str {
+        match self {
+            FileKind::Predictions => "a predictions file written by `surgery eval`",
+            FileKind::ForwardOutput => "an output of `surgery forward`",
+            FileKind::EvalJson => "an evaluation record written by `surgery eval --save-json`",
+        }
+    }
+
+    /// True when the existing file at `path` is of this kind.
+    pub fn recognises(self, path: &Path) -> bool {
+        match self {
+            FileKind::Predictions => is_predictions_file(path),
+            FileKind::ForwardOutput => safetensors_header(path).is_some_and(|h| {
+                h["__metadata__"].get("surgery_tool").is_some()
+                    && h.get("last_hidden_state").is_some()
+                    && h.get("input_ids").is_some()
+            }),
+            FileKind::EvalJson => read_json(path).is_some_and(|v| {
+                v.get("written_by")
+                    .and_then(|w| w.as_str())
+                    .is_some_and(|w| w.starts_with("surgery") && w.ends_with(" eval"))
+                    && v.get("f1").is_some()
+            }),
+        }
+    }
+}
+
+/// Checks that the file `target` may be written: no overlap with `inputs`, and an existing file
+/// only under `force` and only when it is of the same `kind` (see [`FileKind`]).
+pub fn check_file_output(
+    target: &Path,
+    inputs: &[&Path],
+    force: bool,
+    kind: FileKind,
+) -> Result<()> {
+    if let Some(real) = replaced_by(target, inputs, force)? {
+        if !real.is_file() || !kind.recognises(&real) {
+            return Err(Error::NotSameKind {
+                path: target.to_path_buf(),
+                kind: kind.describe(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a folder this tool writes files into (a cache) that is or lies inside one of
+/// `inputs`: the written files would land in the user's input.
+pub fn check_not_inside(target: &Path, inputs: &[&Path]) -> Result<()> {
+    let out = absolute(target);
+    for input in inputs {
+        if out.starts_with(absolute(input)) {
+            return Err(Error::OutputOverlapsInput {
+                output: target.to_path_buf(),
+                input: input.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A file `eval --write-predictions` wrote: every non-blank line `word gold predicted`.
+fn is_predictions_file(path: &Path) -> bool {
+    let Ok(lines) = super::text_input::Lines::open(path) else {
+        return false;
+    };
+    let mut any = false;
+    for line in lines {
+        let Ok(line) = line else {
+            return false;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let tags_ok = cols.len() == 3
+            && cols[1..]
+                .iter()
+                .all(|t| crate::arch::tags::check_tag(t).is_ok());
+        if !tags_ok {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// True when `path` is something this tool wrote: a folder holding `step.json`, `run.json`, the
@@ -93,35 +202,38 @@ fn config_has_surgery_block(path: &Path) -> bool {
         .is_some_and(|v| v.get("surgery").is_some_and(|s| s.is_object()))
 }
 
+/// A JSON file of at most 64 MiB (larger ones are not artefacts of this tool).
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    if std::fs::metadata(path).ok()?.len() > 64 << 20 {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
 fn json_written_by_us(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    read_json(path)
         .and_then(|v| v.get("written_by")?.as_str().map(String::from))
         .is_some_and(|w| w.starts_with("surgery"))
 }
 
-/// Reads only the header of a safetensors file (at most 1 MiB) for the `surgery_tool` key.
-fn safetensors_written_by_us(path: &Path) -> bool {
+/// The header of a safetensors file (read alone, at most 1 MiB), or None.
+fn safetensors_header(path: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return false;
-    };
+    let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
-    if file.read_exact(&mut len).is_err() {
-        return false;
-    }
+    file.read_exact(&mut len).ok()?;
     let len = u64::from_le_bytes(len);
     if len > 1 << 20 {
-        return false;
+        return None;
     }
     let mut header = vec![0u8; len as usize];
-    if file.read_exact(&mut header).is_err() {
-        return false;
-    }
-    serde_json::from_slice::<serde_json::Value>(&header)
-        .ok()
-        .is_some_and(|v| v["__metadata__"].get("surgery_tool").is_some())
+    file.read_exact(&mut header).ok()?;
+    serde_json::from_slice(&header).ok()
+}
+
+/// A safetensors file with `surgery_tool` metadata.
+fn safetensors_written_by_us(path: &Path) -> bool {
+    safetensors_header(path).is_some_and(|v| v["__metadata__"].get("surgery_tool").is_some())
 }
 
 /// The absolute, symlink-resolved form of a path that may not exist yet, resolved the way the

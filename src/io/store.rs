@@ -80,9 +80,9 @@ impl TensorStore {
         if single.is_file() {
             Self::open_files(&[single])
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = super::text_input::read_bytes(&index, 256 << 20)?;
             let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Safetensors {
+                serde_json::from_slice(&text).map_err(|e| Error::Safetensors {
                     path: index.clone(),
                     msg: format!("index is not valid JSON: {e}"),
                 })?;
@@ -99,6 +99,20 @@ impl TensorStore {
                     path: index.clone(),
                     msg: "`weight_map` values must be file names".into(),
                 })?;
+                // A shard is a file of this folder: `../x` or `/etc/x` would read outside it.
+                let plain = matches!(
+                    Path::new(file).components().collect::<Vec<_>>().as_slice(),
+                    [std::path::Component::Normal(_)]
+                );
+                if !plain {
+                    return Err(Error::Safetensors {
+                        path: index.clone(),
+                        msg: format!(
+                            "`weight_map` names the shard `{}`, which is not a file name in this folder",
+                            crate::util::excerpt::excerpt(file)
+                        ),
+                    });
+                }
                 let path = dir.join(file);
                 if !shards.contains(&path) {
                     shards.push(path);
@@ -179,6 +193,19 @@ impl TensorStore {
         Some(&f.map[f.data_start + info.start..f.data_start + info.end])
     }
 
+    /// The index of the first NaN or infinite value of a floating-point tensor, read straight
+    /// from the mapped bytes (an exponent of all ones), without converting anything.
+    pub fn first_non_finite(&self, name: &str) -> Option<usize> {
+        let info = self.tensors.get(name)?;
+        let bytes = self.bytes(name)?;
+        match info.dtype {
+            StoredDtype::F32 => first_all_ones::<4>(bytes, 0x7f80_0000),
+            StoredDtype::F16 => first_all_ones::<2>(bytes, 0x7c00),
+            StoredDtype::BF16 => first_all_ones::<2>(bytes, 0x7f80),
+            StoredDtype::I64 => None,
+        }
+    }
+
     /// Loads a floating-point tensor as f32 on `device` (f16/bf16 are widened).
     pub fn load_f32(&self, name: &str, device: &Device) -> Result<Tensor> {
         let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
@@ -201,6 +228,32 @@ impl TensorStore {
         let tensor = Tensor::from_raw_buffer(bytes, dtype, &info.shape, device)?;
         Ok(tensor.to_dtype(DType::F32)?)
     }
+}
+
+/// The index of the first little-endian element of `W` bytes whose `mask` bits are all set.
+/// Blocks are first tested without branching (the compiler vectorises that), so the scan runs
+/// at memory speed and only a block with a hit is searched element by element.
+fn first_all_ones<const W: usize>(bytes: &[u8], mask: u32) -> Option<usize> {
+    let value = |b: &[u8]| {
+        if W == 4 {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from(u16::from_le_bytes([b[0], b[1]]))
+        }
+    };
+    const BLOCK: usize = 4096;
+    for (i, block) in bytes.chunks(BLOCK * W).enumerate() {
+        let hit = block
+            .chunks_exact(W)
+            .fold(false, |any, b| any | (value(b) & mask == mask));
+        if hit {
+            let j = block
+                .chunks_exact(W)
+                .position(|b| value(b) & mask == mask)?;
+            return Some(i * BLOCK + j);
+        }
+    }
+    None
 }
 
 type Header = (usize, Vec<(String, TensorInfo)>, BTreeMap<String, String>);
@@ -256,7 +309,16 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
                 "tensor `{name}` spans bytes {start}..{end} but the data section has {data_len} bytes (truncated?)"
             )));
         }
-        let expected = raw.shape.iter().product::<usize>() * dtype.size();
+        let expected = raw
+            .shape
+            .iter()
+            .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}` has shape {:?}, more bytes than a file can hold",
+                    raw.shape
+                ))
+            })?;
         if end - start != expected {
             return Err(bad(format!(
                 "tensor `{name}` has {} bytes, shape {:?} needs {expected}",
@@ -275,5 +337,74 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
             },
         ));
     }
+    check_contiguous(&entries, data_len).map_err(bad)?;
     Ok((data_start, entries, metadata))
+}
+
+/// The tensors' byte ranges must tile the data section exactly, as the safetensors format
+/// requires (its own reader refuses anything else): overlapping ranges would make two tensors
+/// share bytes, and a gap or trailing bytes mean the file is not what its header says.
+fn check_contiguous(
+    entries: &[(String, TensorInfo)],
+    data_len: usize,
+) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .map(|(name, t)| (t.start, t.end, name.as_str()))
+        .collect();
+    ranges.sort();
+    let mut at = 0;
+    for (start, end, name) in ranges {
+        if start != at {
+            return Err(if start < at {
+                format!("tensor `{name}` starts at byte {start}, inside the previous tensor (overlapping data_offsets)")
+            } else {
+                format!("bytes {at}..{start} before tensor `{name}` belong to no tensor")
+            });
+        }
+        at = end;
+    }
+    if at != data_len {
+        return Err(format!(
+            "{} trailing bytes after the last tensor (the header describes {at} of {data_len} data bytes)",
+            data_len - at
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_found_in_every_float_dtype() {
+        let mut values = vec![1.5f32; 10_000];
+        assert_eq!(first_all_ones::<4>(&bytes_of(&values), 0x7f80_0000), None);
+        for (at, bad) in [
+            (9_000, f32::NAN),
+            (4_096, f32::INFINITY),
+            (3, f32::NEG_INFINITY),
+        ] {
+            values[at] = bad;
+            assert_eq!(
+                first_all_ones::<4>(&bytes_of(&values), 0x7f80_0000),
+                Some(at)
+            );
+        }
+        let halves = |v: half::f16| v.to_le_bytes().repeat(5_000);
+        assert_eq!(first_all_ones::<2>(&halves(half::f16::MAX), 0x7c00), None);
+        assert_eq!(
+            first_all_ones::<2>(&halves(half::f16::NAN), 0x7c00),
+            Some(0)
+        );
+        let mut b = half::bf16::MAX.to_le_bytes().repeat(5_000);
+        assert_eq!(first_all_ones::<2>(&b, 0x7f80), None);
+        b[2 * 4_500..2 * 4_501].copy_from_slice(&half::bf16::INFINITY.to_le_bytes());
+        assert_eq!(first_all_ones::<2>(&b, 0x7f80), Some(4_500));
+    }
+
+    fn bytes_of(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
 }

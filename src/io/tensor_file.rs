@@ -72,5 +72,27 @@ pub fn write_safetensors(
             path: path.to_path_buf(),
             msg: other.to_string(),
         },
-    })
+    })?;
+    set_default_permissions(path)
+}
+
+/// safetensors writes through a private temporary file (mode 0600); the file gets the mode every
+/// other output has: 0666 less the process's umask (0644 under the usual umask 022).
+fn set_default_permissions(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o666 & !process_umask();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The umask, read without changing it (`umask(2)` can only be read by setting it, which races
+/// with other threads creating files); 022 when the kernel does not report it.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }

@@ -188,7 +188,7 @@ impl Recipe {
         path: &Path,
         overrides: &[(String, String)],
     ) -> Result<(Recipe, Vec<String>)> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::text_input::read_text(path)?;
         Recipe::parse(path, &text, overrides)
     }
 
@@ -249,7 +249,7 @@ impl Recipe {
             }
         }
 
-        let vars = resolve_vars(doc.get("vars"), overrides, &mut problems);
+        let vars = resolve_vars(doc.get("vars"), overrides, text, &mut problems);
         let raw_steps: Vec<toml::Table> = match doc.get("step") {
             Some(toml::Value::Array(items)) => {
                 items.iter().filter_map(|v| v.as_table().cloned()).collect()
@@ -286,19 +286,28 @@ impl Recipe {
             path: path.to_path_buf(),
             name,
             description,
-            vars,
+            vars: vars
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect(),
             steps,
         };
         Ok((recipe, problems))
     }
 }
 
-/// Substitutes `${name}` in every variable (variables may use others) and checks for cycles.
+/// Each variable's value, or `None` when its definition is broken (the problem is reported once,
+/// and every use of it is then left unreported).
+type Vars = BTreeMap<String, Option<String>>;
+
+/// Substitutes `${name}` in every variable (variables may use others) and checks for cycles,
+/// NUL characters (no path or option can hold one) and `--set` names the recipe never uses.
 fn resolve_vars(
     table: Option<&toml::Value>,
     overrides: &[(String, String)],
+    text: &str,
     problems: &mut Vec<String>,
-) -> BTreeMap<String, String> {
+) -> Vars {
     let mut raw: BTreeMap<String, String> = BTreeMap::new();
     if let Some(t) = table.and_then(|v| v.as_table()) {
         for (k, v) in t {
@@ -313,9 +322,24 @@ fn resolve_vars(
         }
     }
     for (k, v) in overrides {
+        // A `--set` for a name the recipe neither defines nor uses would be silently ignored;
+        // `device` and `kernels` are always taken (the runner passes them to the steps).
+        let placement = PLACEMENT_OPTIONS.contains(&k.as_str());
+        if !placement && !raw.contains_key(k) && !text.contains(&format!("${{{k}}}")) {
+            problems.push(format!(
+                "--set {k}: the recipe has no variable `{k}`{}",
+                did_you_mean(k, raw.keys().map(String::as_str))
+            ));
+        }
         raw.insert(k.clone(), v.clone());
     }
-    let mut done: BTreeMap<String, String> = BTreeMap::new();
+    let mut done: Vars = BTreeMap::new();
+    for (name, value) in &raw {
+        if value.contains('\0') {
+            problems.push(format!("[vars] {name}: the value holds a NUL character"));
+            done.insert(name.clone(), None);
+        }
+    }
     for name in raw.keys() {
         let mut path = vec![];
         if let Err(e) = expand_var(name, &raw, &mut done, &mut path) {
@@ -324,28 +348,21 @@ fn resolve_vars(
             }
             // One problem per cause: the variables involved are not reported again.
             for p in path.into_iter().chain([name.clone()]) {
-                done.insert(p, POISONED.into());
+                done.insert(p, None);
             }
         }
     }
     done
 }
 
-/// The value of a variable whose definition is broken (already reported).
-const POISONED: &str = "\u{0}";
-
 fn expand_var(
     name: &str,
     raw: &BTreeMap<String, String>,
-    done: &mut BTreeMap<String, String>,
+    done: &mut Vars,
     path: &mut Vec<String>,
 ) -> std::result::Result<String, String> {
     if let Some(v) = done.get(name) {
-        return if v == POISONED {
-            Err(String::new())
-        } else {
-            Ok(v.clone())
-        };
+        return v.clone().ok_or_else(String::new);
     }
     if path.iter().any(|p| p == name) {
         path.push(name.to_string());
@@ -360,7 +377,7 @@ fn expand_var(
     path.push(name.to_string());
     let out = interpolate(value, |inner| expand_var(inner, raw, done, path))?;
     path.pop();
-    done.insert(name.to_string(), out.clone());
+    done.insert(name.to_string(), Some(out.clone()));
     Ok(out)
 }
 
@@ -394,11 +411,11 @@ fn interpolate(
 }
 
 /// Substitutes variables in a step's text value.
-fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+fn substitute(text: &str, vars: &Vars) -> std::result::Result<String, String> {
     interpolate(text, |name| match vars.get(name) {
         // Its definition's problem is already reported.
-        Some(v) if v == POISONED => Err(String::new()),
-        Some(v) => Ok(v.clone()),
+        Some(None) => Err(String::new()),
+        Some(Some(v)) => Ok(v.clone()),
         None => Err(format!(
             "variable `{name}` is not defined (add it to [vars] or pass --set {name}=VALUE){}",
             did_you_mean(name, vars.keys().map(String::as_str))
@@ -409,7 +426,7 @@ fn substitute(text: &str, vars: &BTreeMap<String, String>) -> std::result::Resul
 fn parse_step(
     index: usize,
     raw: &toml::Table,
-    vars: &BTreeMap<String, String>,
+    vars: &Vars,
     earlier: &[Step],
 ) -> std::result::Result<Step, Vec<String>> {
     let label = format!(
@@ -510,7 +527,7 @@ fn option_values(
     label: &str,
     key: &str,
     v: &toml::Value,
-    vars: &BTreeMap<String, String>,
+    vars: &Vars,
     earlier: &[Step],
     problems: &mut Vec<String>,
     fragment: &mut toml::Table,
@@ -524,6 +541,9 @@ fn option_values(
     let mut resolved = vec![];
     for t in texts {
         match substitute(&t, vars) {
+            Ok(s) if s.contains('\0') => {
+                problems.push(format!("{label}: {key}: the value holds a NUL character"))
+            }
             Ok(s) => {
                 match step_ref(&s, earlier) {
                     Ok(arg) => args.push(arg),

@@ -18,7 +18,7 @@ use crate::surgery::linalg::{to_mat, to_tensor, truncated_svd};
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Inner dimension E of the factorization (1 ≤ E < min(V, H)).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub rank: usize,
 }
 

@@ -40,10 +40,10 @@ pub struct Spec {
     #[serde(skip)]
     pub compute: Compute,
     /// The same rank for every selected linear.
-    #[arg(long, conflicts_with_all = ["energy", "params_target"], required_unless_present_any = ["energy", "params_target"])]
+    #[arg(long, conflicts_with_all = ["energy", "params_target"], required_unless_present_any = ["energy", "params_target"], value_parser = crate::util::options::positive)]
     pub rank: Option<usize>,
     /// Per linear, the smallest rank keeping this share of the (weighted) spectrum's energy.
-    #[arg(long, conflicts_with = "params_target")]
+    #[arg(long, conflicts_with = "params_target", value_parser = crate::util::options::fraction_above_zero)]
     pub energy: Option<f64>,
     /// A unique-parameter target for the whole model (e.g. 15M); one rank ratio for all linears.
     #[arg(long)]
@@ -63,10 +63,10 @@ pub struct Spec {
     /// Calibration sentences (CoNLL or JSONL); needed by `whiten`, used for the output-error report.
     #[arg(long)]
     pub calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
     pub calib_sentences: usize,
     /// Damping added to XᵀX, relative to its mean diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
     pub damp: f64,
 }
 
@@ -245,6 +245,12 @@ fn structural_ranks(
         .as_deref()
         .expect("clap requires one target");
     let goal = parse_count(text).map_err(Error::Spec)?;
+    let now = Budget::of_arch(arch).unique;
+    if goal >= now {
+        return Err(Error::Spec(format!(
+            "--params-target {text}: the model already has {now} unique parameters, no more than the target; nothing to factorize"
+        )));
+    }
     let ranks_at = |ratio: f64| -> Vec<Option<usize>> {
         shapes
             .iter()

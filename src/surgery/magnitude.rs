@@ -17,7 +17,7 @@ use crate::io::Checkpoint;
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Fraction of each linear's weights to remove, in (0, 1).
-    #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern")]
+    #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern", value_parser = crate::util::options::open_fraction)]
     pub sparsity: Option<f64>,
     /// N:M semi-structured sparsity, e.g. 2:4 (N zeros in every M inputs).
     #[arg(long)]

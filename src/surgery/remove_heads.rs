@@ -47,7 +47,7 @@ pub struct Spec {
     /// A gates file written by `train gates`: heads whose gate is below --threshold are removed.
     #[arg(long)]
     pub gates: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::util::options::unit_interval)]
     pub threshold: f64,
     /// Keep this many heads in the whole model, chosen by --by.
     #[arg(long)]
@@ -57,7 +57,7 @@ pub struct Spec {
     /// Labelled data for the importance scores.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::util::options::positive)]
     pub data_sentences: usize,
     /// Allow removing every head of every layer.
     #[arg(long)]
@@ -210,7 +210,7 @@ fn gated_heads(file: &GatesFile, threshold: f64) -> BTreeSet<(usize, usize)> {
 
 /// Reads a gates file and checks it was made for this structure.
 fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<GatesFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::text_input::read_text(path)?;
     let file: GatesFile = serde_json::from_str(&text).map_err(|e| Error::Input {
         path: path.to_path_buf(),
         line: e.line(),

@@ -42,7 +42,7 @@ pub struct Spec {
     #[serde(skip)]
     pub compute: Compute,
     /// Fraction of each linear's weights to remove, in (0, 1).
-    #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern")]
+    #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern", value_parser = crate::util::options::open_fraction)]
     pub sparsity: Option<f64>,
     /// N:M semi-structured sparsity, e.g. 2:4 (N zeros in every M inputs).
     #[arg(long)]
@@ -50,13 +50,13 @@ pub struct Spec {
     /// Calibration sentences (CoNLL or JSONL).
     #[arg(long)]
     pub calib: PathBuf,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
     pub calib_sentences: usize,
     /// Dampening, times the mean of the Hessian's diagonal.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
     pub damp: f64,
     /// Columns per block.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::util::options::positive)]
     pub block: usize,
     #[arg(long, value_enum, default_value_t = Method::Sparsegpt)]
     pub method: Method,
@@ -66,7 +66,7 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout: Option<PathBuf>,
     /// How many held-out sentences to use.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
     #[serde(default = "default_heldout_sentences")]
     pub heldout_sentences: usize,
 }
@@ -107,6 +107,32 @@ pub(super) fn parse_pattern(sparsity: Option<f64>, pattern: Option<&str>) -> Res
         }
         _ => Err(Error::Spec("give --sparsity or --pattern".into())),
     }
+}
+
+/// The largest group an N:M pattern may use: the formats hardware runs have M ≤ 16; wider
+/// groups are accepted up to this size, beyond which "N of M" no longer means a local pattern.
+const MAX_GROUP: usize = 64;
+
+/// Every linear's input size must be a whole number of groups of `m`: a final partial group
+/// would have no N:M meaning (it used to be zeroed whole).
+fn check_groups(arch: &Arch, m: usize) -> Result<()> {
+    if m > MAX_GROUP {
+        return Err(Error::Spec(format!(
+            "--pattern N:{m}: groups of at most {MAX_GROUP} inputs are supported (e.g. 2:4, 4:8)"
+        )));
+    }
+    for layer in 0..arch.layers.len() {
+        for slot in LinearSlot::ALL {
+            let (_, inputs) = arch.linear_shape(layer, slot);
+            if inputs % m != 0 {
+                return Err(Error::Spec(format!(
+                    "--pattern N:{m}: layer {layer} {} has {inputs} inputs, not a multiple of {m}, so its last group would be partial",
+                    slot.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Accumulates XᵀX of the real tokens of a batch into `gram`. Detached: the weights are
@@ -157,6 +183,9 @@ pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
                 crate::budget::describe_linear(*kind)
             )));
         }
+    }
+    if let Pattern::NofM { m, .. } = pattern {
+        check_groups(arch, m)?;
     }
     let sparse = match pattern {
         Pattern::Unstructured(s) => SparsePattern::Unstructured { sparsity: s as f32 },

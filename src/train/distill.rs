@@ -31,18 +31,18 @@ use crate::util::hash::fnv1a;
 #[serde(deny_unknown_fields)]
 pub struct DistillSpec {
     /// Softmax temperature τ of the soft targets.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::util::options::positive_number)]
     pub temperature: f64,
     /// Weight α of the hard-label cross-entropy (1 − α goes to the soft term).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::util::options::unit_interval)]
     pub alpha: f64,
     /// Weight of the hidden-state MSE (0 = off): token by token with the teacher's tokenizer,
     /// word by word (first sub-tokens) with another one, e.g. a pruned vocabulary.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::util::options::non_negative)]
     pub hidden_weight: f64,
     /// Weight of the attention-probability MSE (0 = off); needs equal head counts and the
     /// teacher's tokenizer.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::util::options::non_negative)]
     pub attention_weight: f64,
     /// Student:teacher layer pairs, e.g. `0:1,1:3,2:5` (default: uniform, last to last).
     #[arg(long)]
@@ -56,7 +56,7 @@ pub struct DistillSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub augment: Vec<AugmentKind>,
     /// New sentences per training sentence with --augment (0 < ratio ≤ 20).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::util::options::positive_number)]
     #[serde(default = "default_augment_ratio")]
     pub augment_ratio: f64,
     /// Seed of the augmentation (default: --seed).
@@ -101,7 +101,11 @@ impl TeacherLogits {
         for s in &prepared.data.sentences {
             offsets.push(offsets.last().unwrap() + s.words.len());
         }
-        let mut values = vec![f32::NAN; offsets.last().unwrap() * classes];
+        let words = *offsets.last().unwrap();
+        let mut values = vec![0.0; words * classes];
+        // Which words got logits: kept apart from the values, so that a teacher whose logits are
+        // not finite is not mistaken for a word its tokenizer cannot encode.
+        let mut seen = vec![false; words];
         for_each_word(
             teacher,
             prepared,
@@ -111,19 +115,27 @@ impl TeacherLogits {
             |s, w, logits| {
                 let i = (offsets[s] + w) * classes;
                 values[i..i + classes].copy_from_slice(logits);
+                seen[offsets[s] + w] = true;
             },
         )?;
-        if let Some(pos) = values.iter().position(|v| v.is_nan()) {
-            let word = pos / classes;
-            let sentence = offsets.partition_point(|&o| o <= word) - 1;
-            let s = &prepared.data.sentences[sentence];
+        let sentence_of = |word: usize| offsets.partition_point(|&o| o <= word) - 1;
+        if let Some(word) = seen.iter().position(|&v| !v) {
+            let s = &prepared.data.sentences[sentence_of(word)];
             return Err(Error::Input {
                 path: prepared.data.path.clone(),
                 line: s.line,
                 msg: format!(
                     "the teacher's tokenizer gives no token for a word of `{}`",
-                    s.words.join(" ")
+                    crate::util::excerpt::excerpt(&s.words.join(" "))
                 ),
+            });
+        }
+        if let Some(pos) = values.iter().position(|v| !v.is_finite()) {
+            let s = &prepared.data.sentences[sentence_of(pos / classes)];
+            return Err(Error::Input {
+                path: prepared.data.path.clone(),
+                line: s.line,
+                msg: "the teacher's logits are not finite for this sentence (NaN or infinite activations: check the teacher's weights)".into(),
             });
         }
         offsets.pop();
@@ -316,6 +328,9 @@ pub fn distill(
     spec.validate()?;
     let mut read = data.paths();
     read.extend([student_dir, teacher_dir]);
+    if let Some(cache) = &distill.cache_teacher {
+        crate::io::output::check_not_inside(cache, &read)?;
+    }
     read.extend(distill.cache_teacher.as_deref());
     let (device, kernels) = options.compute.open()?;
     let run = options.open(out, &read)?;

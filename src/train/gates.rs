@@ -33,20 +33,21 @@ pub struct GateSpec {
     #[arg(
         long,
         conflicts_with = "target_heads",
-        required_unless_present = "target_heads"
+        required_unless_present = "target_heads",
+        value_parser = crate::util::options::non_negative,
     )]
     pub l0: Option<f64>,
     /// Aim for this many open heads (λ adapted by a controller instead of --l0).
     #[arg(long)]
     pub target_heads: Option<usize>,
     /// Controller gain η for --target-heads: λ = η·max(0, E[open] − K).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
     pub lambda_lr: f64,
     /// Learning rate of the gates' log α (the weights use --lr).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::util::options::positive_number)]
     pub gate_lr: f64,
     /// Initial log α (3: every gate starts ~99% open).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = crate::util::options::finite)]
     pub gate_init: f64,
 }
 

@@ -155,6 +155,29 @@ impl RunDir {
         Ok(())
     }
 
+    /// Drops the lines of `metrics.jsonl` logged after `step` (and a line cut short by a kill):
+    /// a resumed run continues from `last/` at `step` and logs those steps again.
+    pub fn forget_metrics_after(&self, step: usize) -> Result<()> {
+        let path = self.path.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_none_or(|s| s <= step as u64)
+            })
+            .collect();
+        if kept.len() == text.len() {
+            return Ok(());
+        }
+        crate::io::atomic::write_text(&path, &kept)
+    }
+
     /// Saves weights, optimizer moments and progress into `last/`, replacing the previous one.
     pub fn save_last(
         &self,
@@ -218,6 +241,36 @@ impl RunDir {
         let store = TensorStore::open_files(&[last.join("state/optimizer.safetensors")])?;
         Ok(Some((ckpt, progress, store)))
     }
+}
+
+/// A resumed run must read the data it started with: the hashes `run.json` recorded for each
+/// data file (`provenance.files`) are compared with the files given now. A run folder from a
+/// version that recorded none is resumed as before.
+pub fn check_resumed_data(run: &Path, provenance: &serde_json::Value) -> Result<()> {
+    let path = run.join("run.json");
+    let Ok(record) = read_json::<serde_json::Value>(&path) else {
+        return Ok(());
+    };
+    let (Some(before), Some(now)) = (
+        record["provenance"]["files"].as_object(),
+        provenance["files"].as_object(),
+    ) else {
+        return Ok(());
+    };
+    for (role, old) in before {
+        let new = &now.get(role).cloned().unwrap_or_default();
+        if old["fnv1a64"] != new["fnv1a64"] {
+            let shown = |v: &serde_json::Value| v["path"].as_str().unwrap_or("none").to_string();
+            return Err(Error::Spec(format!(
+                "{}: the run was started with --{role} {} (content hash {}), but --{role} {} differs; resume with the same data or start a new run",
+                run.display(),
+                shown(old),
+                old["fnv1a64"].as_str().unwrap_or("?"),
+                shown(new)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A kill between the two renames of [`RunDir::save_last`] leaves the complete state in

@@ -18,28 +18,28 @@ use crate::util::precision::Precision;
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
     /// Passes over the training data.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::util::options::positive)]
     pub epochs: usize,
     /// Sentences (windows) per batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::util::options::positive)]
     pub batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 5e-5, value_parser = crate::util::options::positive_number)]
     pub lr: f64,
     /// Decoupled weight decay (not applied to biases and LayerNorms).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::non_negative)]
     pub weight_decay: f64,
     /// Fraction of the steps spent warming up linearly.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::util::options::fraction_below_one)]
     pub warmup_ratio: f64,
     /// Decay after warm-up.
     #[arg(long, value_enum, default_value_t = Decay::Linear)]
     pub decay: Decay,
     /// Global gradient-norm clipping (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::util::options::non_negative)]
     pub max_grad_norm: f64,
     /// Batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::util::options::positive)]
     pub grad_accum: usize,
     /// Seed for initialisation, shuffling and dropout.
     #[arg(long, default_value_t = 42)]
@@ -51,7 +51,7 @@ pub struct TrainSpec {
     #[arg(long, default_value_t = 0)]
     pub max_steps: usize,
     /// Maximum tokens per window (longer sentences are split).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::util::options::max_len)]
     pub max_len: usize,
     /// Label every sub-token (continuations of B-X as I-X) instead of the first only.
     #[arg(long)]
@@ -60,10 +60,10 @@ pub struct TrainSpec {
     #[arg(long, default_value_t = 20)]
     pub log_every: usize,
     /// Batch size for evaluation.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::util::options::positive)]
     pub eval_batch_size: usize,
     /// Use only the first N training sentences (quick experiments).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub max_train_sentences: Option<usize>,
     /// Precision of the encoder linears' products: `bf16` multiplies bf16-rounded operands with
     /// f32 accumulation (autocast; weights, optimizer and everything else stay f32).

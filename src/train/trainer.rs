@@ -90,6 +90,8 @@ pub fn fit(
                     out.display()
                 )));
             }
+            crate::train::run_dir::check_resumed_data(&out, &inputs.provenance)?;
+            run.forget_metrics_after(progress.step)?;
             eprintln!("resuming {} at step {}", out.display(), progress.step);
             (ckpt, progress, Some(store))
         }

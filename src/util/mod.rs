@@ -2,8 +2,10 @@
 //! provenance, the CLI's exit statuses and the precision setting of matrix products.
 
 pub mod build_info;
+pub mod excerpt;
 pub mod exit;
 pub mod hash;
+pub mod options;
 pub mod precision;
 pub mod rng;
 pub mod shell;

@@ -7,17 +7,19 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
     if tag == "O" {
         return Ok(());
     }
+    // Messages quote at most a few hundred characters of the tag.
+    let shown = crate::util::excerpt::excerpt(tag);
     if tag.chars().any(|c| is_zero_width(c) || c.is_control()) {
         return Err(format!(
             "tag `{}` holds an invisible character",
-            tag.escape_unicode()
+            shown.escape_unicode()
         ));
     }
     match tag.split_once('-') {
         Some((prefix, kind)) if matches!(prefix, "B" | "I" | "E" | "S" | "L" | "U") => {
             if kind.is_empty() {
                 Err(format!(
-                    "tag `{tag}` has no entity type (expected {prefix}-TYPE)"
+                    "tag `{shown}` has no entity type (expected {prefix}-TYPE)"
                 ))
             } else {
                 Ok(())
@@ -27,7 +29,7 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
             "tag `{tag}` has no entity type (expected O or {tag}-TYPE)"
         )),
         _ => Err(format!(
-            "tag `{tag}` is not O or PREFIX-TYPE with a prefix B, I, E, S, L or U"
+            "tag `{shown}` is not O or PREFIX-TYPE with a prefix B, I, E, S, L or U"
         )),
     }
 }

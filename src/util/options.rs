@@ -1,0 +1,187 @@
+//! The domains of numeric command-line options, in one place. Each domain is a clap value parser,
+//! so a command line and a recipe step (parsed by the same parser) refuse the same values with the
+//! same message naming the option (exit 2): zero where a count must be positive, negative or
+//! non-finite numbers (`NaN`, `inf`), fractions outside their interval. The library's entry points
+//! call [`require_positive`] for the sizes they are given directly.
+
+use crate::error::{Error, Result};
+
+/// An integer ≥ 1 (batch sizes, block sizes, sentence counts, ranks).
+pub fn positive(text: &str) -> std::result::Result<usize, String> {
+    let value: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number ≥ 1"))?;
+    if value == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(value)
+}
+
+fn number(text: &str) -> std::result::Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if !value.is_finite() {
+        return Err(format!("must be a finite number, not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number (any sign).
+pub fn finite(text: &str) -> std::result::Result<f64, String> {
+    number(text)
+}
+
+/// A finite number > 0 (learning rates, temperatures, dampening, clipping norms).
+pub fn positive_number(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if value <= 0.0 {
+        return Err(format!("must be greater than 0, not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number ≥ 0 (weights of loss terms, weight decay, penalties).
+pub fn non_negative(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if value < 0.0 {
+        return Err(format!("must be 0 or more, not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number in [0, 1] (mixing weights, thresholds).
+pub fn unit_interval(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("must be in [0, 1], not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number in [0, 1) (ratios where 1 would leave nothing: warm-up, label smoothing).
+pub fn fraction_below_one(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if !(0.0..1.0).contains(&value) {
+        return Err(format!("must be in [0, 1), not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number in (0, 1) (sparsity: 0 prunes nothing, 1 everything).
+pub fn open_fraction(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if !(value > 0.0 && value < 1.0) {
+        return Err(format!("must be in (0, 1), not {text}"));
+    }
+    Ok(value)
+}
+
+/// A finite number in (0, 1] (kept spectral energy).
+pub fn fraction_above_zero(text: &str) -> std::result::Result<f64, String> {
+    let value = number(text)?;
+    if !(value > 0.0 && value <= 1.0) {
+        return Err(format!("must be in (0, 1], not {text}"));
+    }
+    Ok(value)
+}
+
+/// The longest value `--max-len` may take: the largest `max_position_embeddings` a config may
+/// declare (see `arch::config`).
+pub const MAX_LEN_LIMIT: usize = 1 << 20;
+
+/// A token window length: at least 3 ([CLS], one piece, [SEP]) and at most [`MAX_LEN_LIMIT`].
+pub fn max_len(text: &str) -> std::result::Result<usize, String> {
+    let value = positive(text)?;
+    if !(3..=MAX_LEN_LIMIT).contains(&value) {
+        return Err(format!("must be in 3..={MAX_LEN_LIMIT}, not {text}"));
+    }
+    Ok(value)
+}
+
+/// A window length checked against the model's: longer than its position table is an error
+/// rather than a silent clamp.
+pub fn check_max_len(option: &str, value: usize, model_max: usize) -> Result<()> {
+    if value > model_max {
+        return Err(Error::Spec(format!(
+            "{option} {value}: the model has {model_max} positions; give at most {model_max}"
+        )));
+    }
+    Ok(())
+}
+
+/// For sizes a library entry point receives directly: zero is refused with the option's name.
+pub fn require_positive(option: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::Spec(format!("{option} 0: must be at least 1")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The hostile values every numeric option is tried with, and ordinary ones.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("NaN".to_string()),
+            Just("nan".to_string()),
+            Just("inf".to_string()),
+            Just("-inf".to_string()),
+            Just("1e30".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("1".to_string()),
+            Just("0.5".to_string()),
+            any::<f64>().prop_map(|v| v.to_string()),
+            any::<u64>().prop_map(|v| v.to_string()),
+            "[ -~]{0,8}",
+        ]
+    }
+
+    proptest! {
+        /// Every accepted value lies in the option's domain; every value of the domain is
+        /// accepted (checked against the parsed number, so no domain lets NaN or ∞ through).
+        #[test]
+        fn numeric_option_domains_accept_exactly_their_values(text in value()) {
+            let parsed = text.trim().parse::<f64>().ok();
+            let domains: [(fn(&str) -> std::result::Result<f64, String>, fn(f64) -> bool); 7] = [
+                (finite, |v| v.is_finite()),
+                (positive_number, |v| v.is_finite() && v > 0.0),
+                (non_negative, |v| v.is_finite() && v >= 0.0),
+                (unit_interval, |v| (0.0..=1.0).contains(&v)),
+                (fraction_below_one, |v| (0.0..1.0).contains(&v)),
+                (open_fraction, |v| v > 0.0 && v < 1.0),
+                (fraction_above_zero, |v| v > 0.0 && v <= 1.0),
+            ];
+            for (parse, inside) in domains {
+                match parse(&text) {
+                    Ok(v) => prop_assert!(inside(v) && v.is_finite(), "{text} → {v}"),
+                    Err(_) => prop_assert!(parsed.is_none_or(|v| !inside(v))),
+                }
+            }
+            let integer = text.trim().parse::<usize>().ok();
+            match positive(&text) {
+                Ok(v) => prop_assert!(v >= 1 && Some(v) == integer),
+                Err(_) => prop_assert!(integer.is_none_or(|v| v == 0)),
+            }
+            match max_len(&text) {
+                Ok(v) => prop_assert!((3..=MAX_LEN_LIMIT).contains(&v)),
+                Err(_) => prop_assert!(integer.is_none_or(|v| !(3..=MAX_LEN_LIMIT).contains(&v))),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_batch_size_given_to_the_library_is_refused() {
+        assert!(require_positive("--batch-size", 0).is_err());
+        assert!(require_positive("--batch-size", 1).is_ok());
+        assert!(check_max_len("--max-len", 100_000, 512).is_err());
+        assert!(check_max_len("--max-len", 512, 512).is_ok());
+    }
+}

@@ -1,0 +1,849 @@
+//! Hostile inputs, one regression test per case: option values that used to panic or act
+//! silently, damaged checkpoints (non-finite weights, a tokenizer or labels that do not fit,
+//! invalid safetensors layouts, shard paths leaving the folder), endless or binary data, outputs
+//! of one kind written over another kind, and recipes or resumed runs whose inputs changed.
+//! Each must end in a clear exit-2 error (or the right behaviour), never a panic or a hang.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use surgery::arch::{Key, Layout, NormPart};
+
+use crate::distill::kd;
+use crate::reliability::{assert_refused, model, s};
+use crate::train::{overflowing_model, quick_spec, setup};
+use crate::util::{save, surgery, tempdir, tiny_checkpoint, tiny_config, Output};
+
+/// Refused with exit 2 naming `needle`, and without a panic message.
+fn refused_cleanly(r: &Output, needle: &str) {
+    assert_refused(r, needle);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+/// A labelled CoNLL file the tiny tokenizer can encode.
+fn conll(dir: &Path) -> PathBuf {
+    let path = dir.join("data.txt");
+    std::fs::write(
+        &path,
+        "John B-PER\nlives O\nin O\nParis B-LOC\n\nAnna B-PER\n",
+    )
+    .unwrap();
+    path
+}
+
+/// Writes `dir/r.toml`: `head` (with `MODEL` replaced by the tiny model's folder) and one
+/// `drop-layers` step named `ev` (two edits from `99`) reading `input`.
+fn recipe(dir: &Path, m: &Path, head: &str, input: &str) -> PathBuf {
+    let path = dir.join("r.toml");
+    let head = head.replace("MODEL", &m.display().to_string());
+    let input = input.replace("MODEL", &m.display().to_string());
+    let text = format!("{head}[[step]]\nname = \"ev\"\nkind = \"drop-layers\"\ninput = \"{input}\"\nkeep = \"0\"\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Rewrites `config.json` of a checkpoint folder through `edit`.
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// The header and data section of a safetensors file.
+fn split_safetensors(path: &Path) -> (serde_json::Map<String, serde_json::Value>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    (header, bytes[8 + n..].to_vec())
+}
+
+fn join_safetensors(path: &Path, header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) {
+    let text = serde_json::to_vec(header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Runs the binary with a wall-clock limit; a command still running after it is a hang.
+fn surgery_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surgery"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("`surgery {}` still running after {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn batch_size_zero_is_refused_by_forward_eval_and_predict() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let out = dir.path().join("o.safetensors");
+    for args in [
+        vec!["forward", s(&m), "--input", s(&sentences), "--out", s(&out)],
+        vec!["eval", s(&m), "--data", s(&data)],
+        vec!["predict", s(&m), "--input", s(&sentences)],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--batch-size", "0"]);
+        let r = surgery(&args);
+        refused_cleanly(&r, "--batch-size");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_recipe_variable_holding_nul_is_reported_not_a_panic() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let recipe = recipe(
+        dir.path(),
+        &m,
+        "[vars]\nmodel = \"MODEL\"\nx = \"\\u0000\"\n",
+        "${model}${x}",
+    );
+    let runs = dir.path().join("runs");
+    for extra in [&["--dry-run"][..], &[][..]] {
+        let mut args = vec!["run", s(&recipe), "--runs", s(&runs)];
+        args.extend(extra);
+        let r = surgery(&args);
+        refused_cleanly(&r, "NUL character");
+    }
+}
+
+#[test]
+fn eval_on_dev_zero_and_dev_urandom_fails_fast() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let r = surgery_within(&["eval", s(&m), "--data", device], Duration::from_secs(20));
+        assert_refused(&r, device);
+        assert!(
+            r.stderr.contains("binary file") || r.stderr.contains("longer than"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn a_line_longer_than_the_limit_is_refused_and_errors_quote_only_part_of_it() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    // One 60 kB word without a tag: the message quotes at most ~200 characters of it.
+    let data = dir.path().join("long.txt");
+    std::fs::write(&data, format!("{}\n", "x".repeat(60_000))).unwrap();
+    let r = surgery(&["eval", s(&m), "--data", s(&data)]);
+    assert_refused(&r, "60000 characters");
+    assert!(r.stderr.len() < 1_500, "{} bytes of stderr", r.stderr.len());
+    // A line over the 1 MiB limit.
+    std::fs::write(&data, format!("{} B-PER\n", "x".repeat(2 << 20))).unwrap();
+    let r = surgery(&["eval", s(&m), "--data", s(&data)]);
+    assert_refused(&r, "longer than 1 MiB");
+    assert!(r.stderr.len() < 1_500);
+}
+
+#[test]
+fn predict_streams_answers_line_by_line() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surgery"))
+        .args(["predict", s(&m)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // The answer to the first line comes while standard input is still open.
+    writeln!(stdin, "John lives in Paris").unwrap();
+    stdin.flush().unwrap();
+    let first = rx.recv_timeout(Duration::from_secs(20));
+    writeln!(stdin, "Anna").unwrap();
+    drop(stdin);
+    let first = first.expect("no answer before the end of the input");
+    assert!(first.contains("John lives in Paris"), "{first}");
+    let second = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(second.contains("Anna"), "{second}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn predict_drops_control_and_format_characters() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let input = dir.path().join("in.txt");
+    // BEL, NUL, zero-width space, BOM, bidi marks, a zero-width joiner: no words at all.
+    std::fs::write(
+        &input,
+        "\u{7}\u{0} \u{200b}\u{feff} \u{200e}\u{202e} \u{200d}\u{2066}\nJohn\n",
+    )
+    .unwrap();
+    let r = surgery(&["predict", s(&m), "--input", s(&input)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["entities"], serde_json::json!([]));
+}
+
+#[test]
+fn non_finite_weights_are_refused_by_every_command_naming_tensor_and_file() {
+    let dir = tempdir();
+    let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 3);
+    let key = Key::EmbeddingNorm(NormPart::Weight);
+    let mut values = ckpt
+        .tensor(key, &Device::Cpu)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    values[5] = f32::NAN;
+    ckpt.set_tensor(key, Tensor::new(values, &Device::Cpu).unwrap());
+    let m = save(&ckpt, dir.path(), "nan");
+    let data = conll(dir.path());
+    let out = dir.path().join("out");
+    for args in [
+        vec!["eval", s(&m), "--data", s(&data)],
+        vec!["export", s(&m), s(&out)],
+        vec!["drop-layers", s(&m), s(&out), "--keep", "0"],
+        vec!["inspect", s(&m)],
+    ] {
+        let r = surgery(&args);
+        assert_refused(
+            &r,
+            "embeddings.LayerNorm.weight` holds a NaN or infinite value",
+        );
+        assert!(r.stderr.contains("model.safetensors"), "{}", r.stderr);
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_embeddings_is_refused_at_load() {
+    let dir = tempdir();
+    let mut config = tiny_config();
+    config.vocab_size = 100; // the tiny tokenizer has 177 pieces
+    let m = save(&tiny_checkpoint(config, Layout::Bare, 3), dir.path(), "m");
+    let data = conll(dir.path());
+    let student = dir.path().join("student");
+    for args in [
+        vec!["eval", s(&m), "--data", s(&data)],
+        vec!["export", s(&m), s(&dir.path().join("onnx"))],
+        vec![
+            "init-student",
+            s(&student),
+            "--like",
+            s(&m),
+            "--layers",
+            "1",
+            "--hidden",
+            "16",
+            "--heads",
+            "4",
+            "--intermediate",
+            "24",
+        ],
+    ] {
+        let r = surgery(&args);
+        refused_cleanly(&r, "embeddings have 100 rows");
+    }
+}
+
+#[test]
+fn export_without_a_tokenizer_is_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("onnx");
+    let r = surgery(&["export", s(&m), s(&out)]);
+    assert_refused(&r, "no tokenizer.json");
+    assert!(!out.exists());
+}
+
+#[test]
+fn labels_outside_the_tag_grammar_are_refused_at_load() {
+    let dir = tempdir();
+    let data = conll(dir.path());
+    let cases: [(&str, fn(&mut serde_json::Value)); 4] = [
+        ("MISC", |v| v["id2label"]["1"] = "MISC".into()),
+        ("no `O` label", |v| {
+            v["id2label"]["0"] = "B-ORG".into();
+            v["label2id"] = serde_json::Value::Null;
+        }),
+        ("contradicts", |v| v["label2id"]["B-PER"] = 3.into()),
+        ("appears twice", |v| {
+            v["id2label"]["2"] = "B-PER".into();
+            v["label2id"] = serde_json::Value::Null;
+        }),
+    ];
+    for (i, (needle, edit)) in cases.into_iter().enumerate() {
+        let m = save(
+            &tiny_checkpoint(tiny_config(), Layout::Bare, 3),
+            dir.path(),
+            &format!("m{i}"),
+        );
+        edit_config(&m, edit);
+        let r = surgery(&["eval", s(&m), "--data", s(&data)]);
+        assert_refused(&r, needle);
+        assert!(r.stderr.contains("config.json"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn config_dropout_outside_zero_to_one_is_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    for (key, value) in [
+        ("hidden_dropout_prob", 2.0),
+        ("attention_probs_dropout_prob", -0.5),
+        ("classifier_dropout", 1.0),
+    ] {
+        edit_config(&m, |v| v[key] = value.into());
+        let r = surgery(&["inspect", s(&m)]);
+        assert_refused(&r, key);
+        edit_config(&m, |v| v[key] = 0.1.into());
+    }
+    assert_eq!(surgery(&["inspect", s(&m)]).code, 0);
+}
+
+#[test]
+fn safetensors_with_overlapping_offsets_trailing_bytes_or_huge_shapes_are_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let file = m.join("model.safetensors");
+    let (header, data) = split_safetensors(&file);
+    // Two LayerNorm tensors of the same size: the second made to read the first one's bytes.
+    let a = "embeddings.LayerNorm.weight";
+    let b = "embeddings.LayerNorm.bias";
+    let mut overlapping = header.clone();
+    overlapping[b]["data_offsets"] = header[a]["data_offsets"].clone();
+    join_safetensors(&file, &overlapping, &data);
+    let r = surgery(&["inspect", s(&m)]);
+    assert_refused(&r, "invalid safetensors file");
+    // Trailing bytes after the last tensor.
+    let mut trailing = data.clone();
+    trailing.extend([0u8; 16]);
+    join_safetensors(&file, &header, &trailing);
+    assert_refused(&surgery(&["inspect", s(&m)]), "16 trailing bytes");
+    // A shape whose byte count overflows is reported as such, not as "needs 0".
+    let mut huge = header.clone();
+    huge[a]["shape"] = serde_json::json!([1u64 << 62, 1u64 << 62]);
+    join_safetensors(&file, &huge, &data);
+    let r = surgery(&["inspect", s(&m)]);
+    assert_refused(&r, "more bytes than a file can hold");
+    assert!(!r.stderr.contains("needs 0"), "{}", r.stderr);
+    // The original layout still loads.
+    join_safetensors(&file, &header, &data);
+    assert_eq!(surgery(&["inspect", s(&m)]).code, 0);
+}
+
+#[test]
+fn a_shard_index_naming_a_file_outside_the_folder_is_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::rename(m.join("model.safetensors"), other.join("model.safetensors")).unwrap();
+    let (header, _) = split_safetensors(&other.join("model.safetensors"));
+    let map: BTreeMap<&String, &str> = header
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k, "../other/model.safetensors"))
+        .collect();
+    std::fs::write(
+        m.join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    let r = surgery(&["inspect", s(&m)]);
+    assert_refused(&r, "not a file name in this folder");
+    let map: BTreeMap<&String, &str> = map.keys().map(|k| (*k, "/etc/passwd")).collect();
+    std::fs::write(
+        m.join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    assert_refused(
+        &surgery(&["inspect", s(&m)]),
+        "not a file name in this folder",
+    );
+}
+
+#[test]
+fn force_replaces_only_an_output_of_the_same_kind() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let other = model(&dir.path().join("o"));
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let export = dir.path().join("onnx");
+    assert_eq!(surgery(&["export", s(&m), s(&export)]).code, 0);
+    let weights = other.join("model.safetensors");
+    let labels = export.join("labels.json");
+    let before = [
+        std::fs::read(&weights).unwrap(),
+        std::fs::read(&labels).unwrap(),
+    ];
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", s(&m), "--data", s(&data), "--force"];
+        args.extend(extra);
+        surgery(&args)
+    };
+    let forward = |out: &Path| {
+        surgery(&[
+            "forward",
+            s(&m),
+            "--input",
+            s(&sentences),
+            "--out",
+            s(out),
+            "--force",
+        ])
+    };
+    assert_refused(
+        &eval(&["--write-predictions", s(&weights)]),
+        "is not a predictions file",
+    );
+    assert_refused(&forward(&weights), "is not an output of `surgery forward`");
+    assert_refused(
+        &eval(&["--save-json", s(&labels)]),
+        "is not an evaluation record",
+    );
+    assert_refused(
+        &eval(&["--save-json", s(&weights)]),
+        "is not an evaluation record",
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), before[0]);
+    assert_eq!(std::fs::read(&labels).unwrap(), before[1]);
+    // Each kind may replace itself.
+    let (p, j, f) = (
+        dir.path().join("p.txt"),
+        dir.path().join("e.json"),
+        dir.path().join("f.safetensors"),
+    );
+    for _ in 0..2 {
+        let r = eval(&["--write-predictions", s(&p), "--save-json", s(&j)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(forward(&f).code, 0);
+    }
+    // ...but not one another.
+    assert_refused(
+        &eval(&["--save-json", s(&p)]),
+        "is not an evaluation record",
+    );
+    assert_refused(&forward(&j), "is not an output of `surgery forward`");
+}
+
+#[test]
+fn cache_teacher_inside_an_input_folder_is_refused() {
+    let s_ = setup(32);
+    let teacher = s_.model.clone();
+    let before = std::fs::read_dir(&teacher).unwrap().count();
+    for cache in [teacher.clone(), teacher.join("cache")] {
+        let r = surgery(&[
+            "train",
+            "distill",
+            s(&s_.model),
+            "--teacher",
+            s(&teacher),
+            "--cache-teacher",
+            s(&cache),
+            "--train",
+            s(&s_.data.train),
+            "--dev",
+            s(&s_.data.dev),
+            "--out",
+            s(&s_.dir.path().join("run")),
+        ]);
+        assert_refused(&r, "lies inside the input");
+    }
+    assert_eq!(std::fs::read_dir(&teacher).unwrap().count(), before);
+}
+
+/// Every numeric option refuses the values outside its domain at parse time, naming itself.
+#[test]
+fn numeric_options_refuse_zero_negative_nan_inf_and_huge_values() {
+    let dir = tempdir();
+    let m = dir.path().join("missing");
+    let out = dir.path().join("out");
+    let (ms, os) = (s(&m), s(&out));
+    let t = ["--train", "t", "--dev", "d", "--out", os];
+    let finetune: Vec<&str> = [&["train", "finetune", ms][..], &t].concat();
+    let distill: Vec<&str> = [&["train", "distill", ms, "--teacher", ms][..], &t].concat();
+    let gates: Vec<&str> = [&["train", "gates", ms, "--l0", "1"][..], &t].concat();
+    let sparsegpt = ["sparsegpt", ms, os, "--calib", "c", "--sparsity", "0.5"];
+    let bad_everywhere = ["0", "-1", "NaN", "inf", "1e400"];
+    let cases: Vec<(Vec<&str>, &str, &[&str])> = vec![
+        (
+            vec!["forward", ms, "--input", "i", "--out", os],
+            "--batch-size",
+            &["0", "-1", "NaN", "1e30"],
+        ),
+        (
+            vec!["eval", ms, "--data", "d"],
+            "--batch-size",
+            &["0", "-1", "NaN", "1e30"],
+        ),
+        (
+            vec!["eval", ms, "--data", "d"],
+            "--max-len",
+            &["0", "2", "-1", "NaN", "100000000"],
+        ),
+        (vec!["predict", ms], "--batch-size", &["0", "-1", "inf"]),
+        (
+            vec![
+                "remove-heads",
+                ms,
+                os,
+                "--keep",
+                "1",
+                "--by",
+                "importance",
+                "--data",
+                "d",
+            ],
+            "--data-sentences",
+            &["0", "-1", "NaN"],
+        ),
+        (sparsegpt.to_vec(), "--block", &["0", "-1", "NaN"]),
+        (sparsegpt.to_vec(), "--damp", &bad_everywhere),
+        (sparsegpt.to_vec(), "--calib-sentences", &["0", "-1"]),
+        (
+            vec!["sparsegpt", ms, os, "--calib", "c"],
+            "--sparsity",
+            &["0", "1", "-1", "NaN", "inf"],
+        ),
+        (
+            vec!["magnitude", ms, os],
+            "--sparsity",
+            &["0", "1", "-1", "NaN", "inf"],
+        ),
+        (
+            vec!["lowrank-layers", ms, os, "--rank", "2"],
+            "--damp",
+            &bad_everywhere,
+        ),
+        (
+            vec!["lowrank-layers", ms, os],
+            "--energy",
+            &["0", "-1", "1.5", "NaN", "inf"],
+        ),
+        (
+            vec!["lowrank-layers", ms, os],
+            "--rank",
+            &["0", "-1", "NaN"],
+        ),
+        (
+            vec!["factorize-embeddings", ms, os],
+            "--rank",
+            &["0", "-1", "NaN"],
+        ),
+        (
+            vec!["remove-heads", ms, os, "--gates", "g"],
+            "--threshold",
+            &["-1", "2", "NaN", "inf"],
+        ),
+        (finetune.clone(), "--weight-decay", &["-1", "NaN", "inf"]),
+        (finetune.clone(), "--max-grad-norm", &["-1", "NaN", "inf"]),
+        (finetune.clone(), "--lr", &bad_everywhere),
+        (
+            finetune.clone(),
+            "--warmup-ratio",
+            &["-1", "1", "NaN", "inf"],
+        ),
+        (
+            finetune.clone(),
+            "--label-smoothing",
+            &["-1", "1", "NaN", "inf"],
+        ),
+        (finetune.clone(), "--epochs", &["0", "-1", "NaN"]),
+        (finetune.clone(), "--batch-size", &["0", "-1", "NaN"]),
+        (finetune.clone(), "--eval-batch-size", &["0", "-1"]),
+        (finetune.clone(), "--grad-accum", &["0", "-1"]),
+        (finetune.clone(), "--max-len", &["0", "-1", "100000000"]),
+        (distill.clone(), "--hidden-weight", &["-1", "NaN", "inf"]),
+        (distill.clone(), "--attention-weight", &["-1", "NaN", "inf"]),
+        (distill.clone(), "--temperature", &bad_everywhere),
+        (distill.clone(), "--alpha", &["-1", "2", "NaN", "inf"]),
+        (distill.clone(), "--augment-ratio", &bad_everywhere),
+        (gates.clone(), "--gate-lr", &bad_everywhere),
+        (gates.clone(), "--lambda-lr", &bad_everywhere),
+        (gates.clone(), "--gate-init", &["NaN", "inf", "-inf"]),
+        (
+            vec![
+                "train", "gates", ms, "--train", "t", "--dev", "d", "--out", os,
+            ],
+            "--l0",
+            &["-1", "NaN", "inf"],
+        ),
+        (
+            vec!["assert-budget", ms],
+            "--max",
+            &["-1", "NaN", "inf", "1e30", "122.1205k"],
+        ),
+    ];
+    for (base, option, values) in cases {
+        for value in values {
+            // `--opt=-1`: a negative number given as the option's value, not as another flag.
+            let given = format!("{option}={value}");
+            let mut args = base.clone();
+            args.push(&given);
+            let r = surgery(&args);
+            assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+            assert!(
+                r.stderr.contains(option) && !r.stderr.contains("missing"),
+                "{args:?} not refused for its value: {}",
+                r.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn eval_max_len_beyond_the_model_is_an_error_not_a_clamp() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    // The tiny model has 32 positions.
+    let r = surgery(&["eval", s(&m), "--data", s(&data), "--max-len", "64"]);
+    assert_refused(&r, "the model has 32 positions");
+    let r = surgery(&["eval", s(&m), "--data", s(&data), "--max-len", "32"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn eval_tag_names_must_be_distinct_tags() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"tokens\": [\"John\"], \"ner_tags\": [1]}\n").unwrap();
+    let r = surgery(&["eval", s(&m), "--data", s(&data), "--tag-names", "O,O,O"]);
+    assert_refused(&r, "--tag-names: `O` is given twice");
+    let r = surgery(&["eval", s(&m), "--data", s(&data), "--tag-names", "O,PER"]);
+    assert_refused(&r, "--tag-names: tag `PER`");
+}
+
+#[test]
+fn assert_budget_compares_the_exact_count() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let r = surgery(&["inspect", s(&m), "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let unique = json["budget"]["unique"].as_u64().expect("unique count");
+    // One parameter under the count, written with a k suffix: over budget (exit 3).
+    let under = format!("{}k", (unique - 1) as f64 / 1000.0);
+    assert_eq!(surgery(&["assert-budget", s(&m), "--max", &under]).code, 3);
+    let exact = format!("{}k", unique as f64 / 1000.0);
+    assert_eq!(surgery(&["assert-budget", s(&m), "--max", &exact]).code, 0);
+    // Half a parameter below the count is not a count: refused, not rounded up.
+    let half = format!("{}.5", unique - 1);
+    assert_refused(
+        &surgery(&["assert-budget", s(&m), "--max", &half]),
+        "not a whole number",
+    );
+}
+
+#[test]
+fn sparsity_patterns_with_partial_or_oversized_groups_are_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("out");
+    // Hidden 16, intermediate 24: groups of 16 leave a partial group in the output linear.
+    let r = surgery(&["magnitude", s(&m), s(&out), "--pattern", "2:16"]);
+    assert_refused(&r, "partial");
+    let r = surgery(&["magnitude", s(&m), s(&out), "--pattern", "2:1000"]);
+    assert_refused(&r, "groups of at most 64");
+    assert!(!out.exists());
+    assert_eq!(
+        surgery(&["magnitude", s(&m), s(&out), "--pattern", "2:8"]).code,
+        0
+    );
+}
+
+#[test]
+fn lowrank_params_target_above_the_model_size_is_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("out");
+    let r = surgery(&["lowrank-layers", s(&m), s(&out), "--params-target", "1G"]);
+    assert_refused(&r, "already has");
+    assert!(!out.exists());
+}
+
+#[test]
+fn resume_with_other_data_is_refused_and_metrics_are_not_repeated() {
+    let s_ = setup(48);
+    let run_dir = s_.dir.path().join("run");
+    let args = |train: &Path, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "finetune",
+            s(&s_.model),
+            "--train",
+            s(train),
+            "--dev",
+            s(&s_.data.dev),
+            "--out",
+            s(&run_dir),
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "6",
+            "--eval-every",
+            "2",
+            "--log-every",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| surgery(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let r = run(args(&s_.data.train, &["--stop-after", "2"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A kill after step 3 was logged but before last/ was saved again.
+    let metrics = run_dir.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"step\":3,\"epoch\":0,\"loss\":1.0,\"lr\":0.001,\"grad_norm\":1.0,\"tokens_per_s\":1.0}\n{\"step\":4,");
+    std::fs::write(&metrics, text).unwrap();
+    // Other training data: refused.
+    let other = s_.dir.path().join("other.txt");
+    let mut changed = std::fs::read_to_string(&s_.data.train).unwrap();
+    changed.push_str("\nExtra O\n");
+    std::fs::write(&other, changed).unwrap();
+    let r = run(args(&other, &["--resume"]));
+    assert_refused(&r, "differs");
+    // The same data: resumes, and every training step is logged once.
+    let r = run(args(&s_.data.train, &["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_recipe_step_whose_output_was_deleted_runs_again() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let recipe = recipe(dir.path(), &m, "[recipe]\nname = \"r\"\n", "MODEL");
+    let runs = dir.path().join("runs");
+    let go = || surgery(&["run", s(&recipe), "--runs", s(&runs)]);
+    assert_eq!(go().code, 0);
+    let weights = runs.join("r/01-ev/model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    let plan = surgery(&["run", s(&recipe), "--runs", s(&runs), "--dry-run"]);
+    assert!(!plan.stdout.contains("skipped"), "{}", plan.stdout);
+    let r = go();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(weights.is_file());
+}
+
+#[test]
+fn run_set_of_an_unknown_variable_and_from_beyond_the_last_step_are_errors() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let recipe = recipe(dir.path(), &m, "[vars]\nmodel = \"MODEL\"\n", "${model}");
+    let runs = dir.path().join("runs");
+    let r = surgery(&[
+        "run",
+        s(&recipe),
+        "--runs",
+        s(&runs),
+        "--dry-run",
+        "--set",
+        "modle=x",
+    ]);
+    assert_refused(&r, "did you mean `model`?");
+    let r = surgery(&[
+        "run",
+        s(&recipe),
+        "--runs",
+        s(&runs),
+        "--dry-run",
+        "--from",
+        "99",
+    ]);
+    assert_refused(&r, "the recipe has 1 step(s)");
+    assert!(!r.stderr.contains("did you mean"), "{}", r.stderr);
+}
+
+#[test]
+fn model_safetensors_gets_the_same_permissions_as_other_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("cut");
+    assert_eq!(
+        surgery(&["drop-layers", s(&m), s(&out), "--keep", "0"]).code,
+        0
+    );
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(out.join("model.safetensors")),
+        mode(out.join("config.json"))
+    );
+    assert_ne!(mode(out.join("model.safetensors")), 0o600);
+}
+
+#[test]
+fn a_teacher_with_non_finite_logits_is_not_blamed_on_its_tokenizer() {
+    let s_ = setup(48);
+    let teacher = overflowing_model(&s_);
+    let teacher_dir = s_.dir.path().join("teacher");
+    teacher.save(&teacher_dir, false, vec![]).unwrap();
+    let err = surgery::train::distill::distill(
+        &teacher_dir,
+        &teacher_dir,
+        &s_.data,
+        &quick_spec(),
+        &kd(),
+        &s_.dir.path().join("run"),
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("logits are not finite"), "{err}");
+    assert!(!err.contains("tokenizer"), "{err}");
+}
