@@ -103,19 +103,32 @@ fn the_module_tree_keeps_its_layers_without_cycles() {
         for target in crate_paths(&std::fs::read_to_string(path).unwrap()) {
             let Some(r) = rank(&target[0]) else { continue };
             if r > own_rank {
-                problems.push(format!("{own} imports crate::{}, a higher layer", target[0]));
+                problems.push(format!(
+                    "{own} imports crate::{}, a higher layer",
+                    target[0]
+                ));
             } else if r == own_rank && target[0] != parts[0] && r > 0 {
                 problems.push(format!("{own} imports its sibling crate::{}", target[0]));
             }
             let candidate = src.join(target.join("/"));
-            let is_file = candidate.with_extension("rs").is_file() || candidate.join("mod.rs").is_file();
-            deps.insert(if is_file { target.join("::") } else { target[0].clone() });
+            let is_file =
+                candidate.with_extension("rs").is_file() || candidate.join("mod.rs").is_file();
+            deps.insert(if is_file {
+                target.join("::")
+            } else {
+                target[0].clone()
+            });
         }
         deps.remove(&own);
         edges.insert(own, deps);
     }
     problems.extend(cycles(&edges));
-    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 /// The import cycles between files (Tarjan's strongly connected components of two or more).
@@ -156,7 +169,8 @@ fn cycles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
             }
             if members.len() > 1 {
                 members.sort();
-                s.found.push(format!("import cycle: {}", members.join(" → ")));
+                s.found
+                    .push(format!("import cycle: {}", members.join(" → ")));
             }
         }
     }

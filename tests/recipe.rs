@@ -710,13 +710,24 @@ fn the_device_and_kernels_variables_reach_the_steps_that_run_the_model_outside_t
         )
         .unwrap();
         let argv = record["argv"].to_string();
-        assert_eq!(argv.contains(r#""--kernels","generic""#), takes_it, "{step}: {argv}");
+        assert_eq!(
+            argv.contains(r#""--kernels","generic""#),
+            takes_it,
+            "{step}: {argv}"
+        );
     }
     let run_json = std::fs::read_to_string(root.join("01-base/run.json")).unwrap();
     assert!(run_json.contains(r#""kernels": "generic""#), "{run_json}");
     let again = run(&recipe, &runs, &["--set", "kernels=fused"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
-    assert_eq!(again.stdout.matches("done, skipped").count(), 5, "{}", again.stdout);
+    assert_eq!(
+        again.stdout.matches("done, skipped").count(),
+        5,
+        "{}",
+        again.stdout
+    );
+}
+
 /// `surgery quickstart` again in the same folder resumes its recipe (finished steps are skipped,
 /// a missing one runs again); `--force` starts afresh; a folder of the user's stays refused.
 #[test]
@@ -750,6 +761,9 @@ fn the_quickstart_run_again_resumes_and_force_starts_afresh() {
         let r = surgery(&args);
         assert_eq!(r.code, 2, "{}", r.stderr);
     }
-    assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(mine.join("notes.txt")).unwrap(),
+        "mine"
+    );
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
 }

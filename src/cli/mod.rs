@@ -177,8 +177,8 @@ fn check_device(
     steps: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let check = surgery::pipeline::device_check::check(compute, steps.max(1))
-        .context("check-device")?;
+    let check =
+        surgery::pipeline::device_check::check(compute, steps.max(1)).context("check-device")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&check)?);
     } else {

@@ -75,8 +75,15 @@ pub fn check(compute: Compute, steps: usize) -> Result<DeviceCheck> {
     for (name, cut) in STRUCTURES {
         let model = cut_model(&base, cut, &work.path.join(name))?;
         let ckpt = Checkpoint::open(&model)?;
-        let (logits, gradients, worst_gradient) = forward_and_backward(&ckpt, &data, &device, kernels)?;
-        let reference = fine_tune(&model, &data, steps, Compute::default(), &work.path.join(format!("{name}-cpu")))?;
+        let (logits, gradients, worst_gradient) =
+            forward_and_backward(&ckpt, &data, &device, kernels)?;
+        let reference = fine_tune(
+            &model,
+            &data,
+            steps,
+            Compute::default(),
+            &work.path.join(format!("{name}-cpu")),
+        )?;
         let target = Compute {
             kernels: match kernels {
                 Kernels::Fused => KernelChoice::Fused,
@@ -84,12 +91,25 @@ pub fn check(compute: Compute, steps: usize) -> Result<DeviceCheck> {
             },
             ..compute
         };
-        let curve = fine_tune(&model, &data, steps, target, &work.path.join(format!("{name}-target")))?;
+        let curve = fine_tune(
+            &model,
+            &data,
+            steps,
+            target,
+            &work.path.join(format!("{name}-target")),
+        )?;
         let losses = reference
             .iter()
             .zip(&curve)
             .map(|(a, b)| (a - b).abs() / a.abs().max(1e-12))
-            .fold(if reference.len() == curve.len() { 0.0 } else { f64::INFINITY }, f64::max);
+            .fold(
+                if reference.len() == curve.len() {
+                    0.0
+                } else {
+                    f64::INFINITY
+                },
+                f64::max,
+            );
         structures.push(StructureCheck {
             structure: name.into(),
             ok: logits <= LOGITS_TOLERANCE
@@ -125,7 +145,8 @@ struct CheckData {
 
 impl Workspace {
     fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("surgery-check-device-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("surgery-check-device-{}", std::process::id()));
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
@@ -170,8 +191,10 @@ impl Workspace {
         .map_err(Error::Spec)?;
         let mut ckpt = random_checkpoint(config, Layout::Bare, false, false, 0.02, 1)?;
         attach_classifier(&mut ckpt, data.labels.labels(), 0.02, 2)?;
-        ckpt.tokenizer_files
-            .insert("tokenizer.json".into(), data.tokenizer_json.clone().into_bytes());
+        ckpt.tokenizer_files.insert(
+            "tokenizer.json".into(),
+            data.tokenizer_json.clone().into_bytes(),
+        );
         let path = self.path.join("dense");
         ckpt.save(&path, false, vec![])?;
         Ok(path)
@@ -236,7 +259,9 @@ fn forward_and_backward(
                 per_param.push((key.name(ckpt.arch.layout), g.to_device(&Device::Cpu)?));
             }
         }
-        let logits = out.logits.ok_or_else(|| Error::Internal("no classifier".into()))?;
+        let logits = out
+            .logits
+            .ok_or_else(|| Error::Internal("no classifier".into()))?;
         Ok((logits.to_device(&Device::Cpu)?, per_param))
     };
     let (ref_logits, ref_grads) = run(&Device::Cpu, Kernels::Fused)?;
@@ -265,13 +290,23 @@ fn relative_difference(a: &Tensor, b: &Tensor) -> Result<f64> {
         return Ok(0.0);
     }
     let max = |t: &Tensor| -> Result<f64> {
-        Ok(t.abs()?.flatten_all()?.max(0)?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+        Ok(t.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?)
     };
     Ok(max(&(a - b)?)? / max(a)?.max(1e-30))
 }
 
 /// The logged losses of a `steps`-step fine-tune (every step logged).
-fn fine_tune(model: &Path, data: &CheckData, steps: usize, compute: Compute, out: &Path) -> Result<Vec<f64>> {
+fn fine_tune(
+    model: &Path,
+    data: &CheckData,
+    steps: usize,
+    compute: Compute,
+    out: &Path,
+) -> Result<Vec<f64>> {
     let spec = TrainSpec {
         epochs: 100,
         batch_size: 16,

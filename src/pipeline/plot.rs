@@ -182,7 +182,8 @@ fn marker_svg(marker: Marker, x: f64, y: f64, r: f64, color: &str) -> String {
             p.join(" ")
         )
     };
-    let stroke = |d: &str| format!(r#"<path d="{d}" stroke="{color}" stroke-width="2.4" fill="none"/>"#);
+    let stroke =
+        |d: &str| format!(r#"<path d="{d}" stroke="{color}" stroke-width="2.4" fill="none"/>"#);
     match marker {
         Marker::Circle => format!(
             r#"<circle cx="{x:.1}" cy="{y:.1}" r="{r:.1}" fill="{color}" stroke="white" stroke-width="0.6"/>"#
@@ -236,7 +237,10 @@ impl Rect {
         self.x < o.x + o.w && o.x < self.x + self.w && self.y < o.y + o.h && o.y < self.y + self.h
     }
     fn inside(&self, o: &Rect) -> bool {
-        self.x >= o.x && self.y >= o.y && self.x + self.w <= o.x + o.w && self.y + self.h <= o.y + o.h
+        self.x >= o.x
+            && self.y >= o.y
+            && self.x + self.w <= o.x + o.w
+            && self.y + self.h <= o.y + o.h
     }
 }
 
@@ -264,7 +268,9 @@ enum Row {
 enum Sample {
     Marker(Marker),
     /// The line's `stroke-dasharray` attribute, or nothing for a solid line.
-    Line { dash: &'static str },
+    Line {
+        dash: &'static str,
+    },
 }
 
 /// What a chart draws: the plot and the rows of its legend (with the numbers of labelled points).
@@ -285,7 +291,9 @@ impl Chart {
     fn marker(&self, i: usize) -> Marker {
         let c = self.series[i].color.unwrap_or(i);
         let n = Marker::ALL.len();
-        self.series[i].marker.unwrap_or(Marker::ALL[(c + c / n) % n])
+        self.series[i]
+            .marker
+            .unwrap_or(Marker::ALL[(c + c / n) % n])
     }
 
     /// The legend's rows: references, then each named series, with the numbered points of
@@ -540,7 +548,9 @@ impl Chart {
                     text,
                 } => {
                     match sample {
-                        Sample::Marker(m) => svg.push_str(&marker_svg(*m, cx + 9.0, cy - 4.0, 5.0, color)),
+                        Sample::Marker(m) => {
+                            svg.push_str(&marker_svg(*m, cx + 9.0, cy - 4.0, 5.0, color))
+                        }
                         Sample::Line { dash } => {
                             let _ = write!(
                                 svg,
@@ -625,10 +635,7 @@ pub fn grid_svg(title: &str, charts: &[Chart], columns: usize) -> String {
     let row_heights: Vec<f64> = rows
         .iter()
         .map(|row| {
-            let legend = row
-                .iter()
-                .map(|c| c.legend_height(1))
-                .fold(0.0, f64::max);
+            let legend = row.iter().map(|c| c.legend_height(1)).fold(0.0, f64::max);
             30.0 + plot_h + legend_gap + legend + 15.0
         })
         .collect();

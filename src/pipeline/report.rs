@@ -222,8 +222,7 @@ fn family_of(e: &Entry, steps: &[&Entry]) -> String {
                 .collect::<Vec<_>>(),
         )
     });
-    let ops =
-        from_history.unwrap_or_else(|| steps.iter().map(|s| s.kind.clone()).collect());
+    let ops = from_history.unwrap_or_else(|| steps.iter().map(|s| s.kind.clone()).collect());
     let mut family: Vec<String> = vec![];
     for op in ops.into_iter().filter(|op| is_surgery(op)) {
         if !family.contains(&op) {
@@ -705,7 +704,9 @@ fn curve_charts(entries: &[Entry], models: &[Model]) -> Result<(Vec<Chart>, Vec<
                 configs.push(config);
             }
         }
-        let chunks: Vec<&[&str]> = configs.chunks(crate::pipeline::plot::PALETTE.len()).collect();
+        let chunks: Vec<&[&str]> = configs
+            .chunks(crate::pipeline::plot::PALETTE.len())
+            .collect();
         for (c, chunk) in chunks.iter().enumerate() {
             let title = if chunks.len() > 1 {
                 format!("{family} ({}/{})", c + 1, chunks.len())
@@ -813,23 +814,107 @@ mod tests {
     /// training steps, test F1 mean, seeds): 43 runs in 9 families and 21 configurations.
     const STUDY: [(&str, &str, u64, usize, f64, usize); 21] = [
         ("teacher", "", 22_568_841, 1317, 0.866, 1),
-        ("emb64-kd6", "factorize-embeddings", 12_826_377, 2634, 0.840, 3),
-        ("emb64-aug6-hid", "factorize-embeddings", 12_826_377, 5268, 0.853, 3),
-        ("emb128-kd", "factorize-embeddings", 14_804_361, 300, 0.828, 1),
+        (
+            "emb64-kd6",
+            "factorize-embeddings",
+            12_826_377,
+            2634,
+            0.840,
+            3,
+        ),
+        (
+            "emb64-aug6-hid",
+            "factorize-embeddings",
+            12_826_377,
+            5268,
+            0.853,
+            3,
+        ),
+        (
+            "emb128-kd",
+            "factorize-embeddings",
+            14_804_361,
+            300,
+            0.828,
+            1,
+        ),
         ("tie-kd6", "tie-layers", 17_245_449, 2634, 0.826, 3),
         ("tie-aug6-hid", "tie-layers", 17_245_449, 5268, 0.845, 1),
         ("tie-recover", "tie-layers", 17_245_449, 150, 0.615, 1),
-        ("lowrank-whiten", "lowrank-layers", 17_246_601, 150, 0.830, 1),
+        (
+            "lowrank-whiten",
+            "lowrank-layers",
+            17_246_601,
+            150,
+            0.830,
+            1,
+        ),
         ("lowrank-svd", "lowrank-layers", 17_246_601, 150, 0.788, 1),
-        ("a-full-aug6-hid", "factorize-embeddings,lowrank-layers", 4_180_329, 5268, 0.843, 3),
-        ("a-full-aug4-hid", "factorize-embeddings,lowrank-layers", 4_180_329, 3512, 0.838, 3),
-        ("a-full-aug4", "factorize-embeddings,lowrank-layers", 4_180_329, 3512, 0.839, 1),
-        ("a-kd8", "prune-vocab,factorize-embeddings,lowrank-layers", 4_188_297, 3512, 0.8205, 3),
-        ("a-aug4", "prune-vocab,factorize-embeddings,lowrank-layers", 4_188_297, 3512, 0.8255, 3),
-        ("a-ce", "prune-vocab,factorize-embeddings,lowrank-layers", 4_188_297, 1756, 0.804, 1),
-        ("a-kd", "prune-vocab,factorize-embeddings,lowrank-layers", 4_188_297, 1756, 0.8155, 1),
+        (
+            "a-full-aug6-hid",
+            "factorize-embeddings,lowrank-layers",
+            4_180_329,
+            5268,
+            0.843,
+            3,
+        ),
+        (
+            "a-full-aug4-hid",
+            "factorize-embeddings,lowrank-layers",
+            4_180_329,
+            3512,
+            0.838,
+            3,
+        ),
+        (
+            "a-full-aug4",
+            "factorize-embeddings,lowrank-layers",
+            4_180_329,
+            3512,
+            0.839,
+            1,
+        ),
+        (
+            "a-kd8",
+            "prune-vocab,factorize-embeddings,lowrank-layers",
+            4_188_297,
+            3512,
+            0.8205,
+            3,
+        ),
+        (
+            "a-aug4",
+            "prune-vocab,factorize-embeddings,lowrank-layers",
+            4_188_297,
+            3512,
+            0.8255,
+            3,
+        ),
+        (
+            "a-ce",
+            "prune-vocab,factorize-embeddings,lowrank-layers",
+            4_188_297,
+            1756,
+            0.804,
+            1,
+        ),
+        (
+            "a-kd",
+            "prune-vocab,factorize-embeddings,lowrank-layers",
+            4_188_297,
+            1756,
+            0.8155,
+            1,
+        ),
         ("heads-gates-kd", "remove-heads", 20_795_913, 1317, 0.864, 3),
-        ("heads-importance-kd", "remove-heads", 20_795_913, 1317, 0.865, 3),
+        (
+            "heads-importance-kd",
+            "remove-heads",
+            20_795_913,
+            1317,
+            0.865,
+            3,
+        ),
         ("sparse50-kd", "sparsegpt", 22_568_841, 878, 0.857, 3),
         ("sparse24-kd", "sparsegpt", 22_568_841, 878, 0.8516, 3),
         ("drop-3of6", "drop-layers", 17_245_449, 150, 0.6715, 1),
@@ -858,8 +943,16 @@ mod tests {
                 let out = dir.join(&run);
                 std::fs::create_dir_all(out.join("best")).unwrap();
                 let command = [
-                    "surgery", "train", "distill", &format!("runs/{name}-input"), "--lr", "3e-4",
-                    "--seed", &seed.to_string(), "--out", &format!("runs/{run}"),
+                    "surgery",
+                    "train",
+                    "distill",
+                    &format!("runs/{name}-input"),
+                    "--lr",
+                    "3e-4",
+                    "--seed",
+                    &seed.to_string(),
+                    "--out",
+                    &format!("runs/{run}"),
                 ];
                 let record = serde_json::json!({
                     "op": "train distill", "spec": {"seed": seed}, "spec_hash": "0",
@@ -911,7 +1004,10 @@ mod tests {
             l[at..].split('"').next()?.parse().ok()
         };
         let first = svg.lines().next().unwrap();
-        let size = (attr(first, "width").unwrap(), attr(first, "height").unwrap());
+        let size = (
+            attr(first, "width").unwrap(),
+            attr(first, "height").unwrap(),
+        );
         let mut out = vec![];
         for piece in svg.split("<text").skip(1) {
             if piece.contains("text-anchor") || piece.contains("rotate") {
@@ -919,7 +1015,11 @@ mod tests {
             }
             let tag = format!(" {}", piece.split('>').next().unwrap());
             let text = piece.split('>').nth(1).unwrap().split('<').next().unwrap();
-            out.push((attr(&tag, "x").unwrap(), attr(&tag, "y").unwrap(), text.to_string()));
+            out.push((
+                attr(&tag, "x").unwrap(),
+                attr(&tag, "y").unwrap(),
+                text.to_string(),
+            ));
         }
         (size, out)
     }
@@ -945,7 +1045,10 @@ mod tests {
             .iter()
             .find(|p| p.label == "a-full-aug6-hid (3 seeds)")
             .unwrap();
-        assert_eq!((a6.runs, a6.family.as_str()), (3, "factorize-embeddings + lowrank-layers"));
+        assert_eq!(
+            (a6.runs, a6.family.as_str()),
+            (3, "factorize-embeddings + lowrank-layers")
+        );
         assert!((a6.test_f1.unwrap().mean - 0.843).abs() < 0.002);
         let rendered = build(&entries, Some("teacher"), "surgery report runs").unwrap();
         if root != temp.path() {
@@ -959,12 +1062,19 @@ mod tests {
         let f1 = file("f1-vs-params.svg");
         assert!(f1.contains("teacher (reference): 0.86") && f1.contains("goal: 97% of it"));
         let bars = f1.matches(r#"stroke-width="1.3""#).count();
-        assert_eq!(bars, STUDY.iter().filter(|c| c.5 > 1).count(), "one error bar per group");
+        assert_eq!(
+            bars,
+            STUDY.iter().filter(|c| c.5 > 1).count(),
+            "one error bar per group"
+        );
         for name in ["f1-vs-params.svg", "dev-f1.svg", "training-loss.svg"] {
             let ((w, h), texts) = texts(file(name));
             for (x, y, text) in &texts {
                 let right = x + text.chars().count() as f64 * 11.0 * 0.6;
-                assert!(*x >= 0.0 && right <= w && *y > 0.0 && *y <= h, "{name}: {text} at {x}, {y}");
+                assert!(
+                    *x >= 0.0 && right <= w && *y > 0.0 && *y <= h,
+                    "{name}: {text} at {x}, {y}"
+                );
             }
         }
         // Numbers in the F1 chart: one per point, none overlapping another.
@@ -991,7 +1101,9 @@ mod tests {
             let colors: std::collections::BTreeSet<usize> =
                 chart.series.iter().filter_map(|s| s.color).collect();
             assert!(colors.len() <= crate::pipeline::plot::PALETTE.len());
-            assert!(colors.iter().all(|c| *c < crate::pipeline::plot::PALETTE.len()));
+            assert!(colors
+                .iter()
+                .all(|c| *c < crate::pipeline::plot::PALETTE.len()));
         }
     }
 
