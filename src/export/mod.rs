@@ -185,5 +185,16 @@ fn metadata(ckpt: &Checkpoint, options: ExportOptions) -> Vec<onnx_proto::String
     if let Some(labels) = ckpt.classifier_labels() {
         props.push(entry("labels", labels.join(",")));
     }
+    // Per logical layer: heads and FFN sizes may differ after structured pruning.
+    let per_layer = |f: &dyn Fn(usize) -> usize| -> String {
+        let a = &ckpt.arch;
+        let sizes: Vec<String> = a.layer_map.iter().map(|&s| f(s).to_string()).collect();
+        sizes.join(",")
+    };
+    props.push(entry("heads_per_layer", per_layer(&|s| ckpt.arch.layers[s].num_heads)));
+    props.push(entry(
+        "intermediate_per_layer",
+        per_layer(&|s| ckpt.arch.layers[s].intermediate),
+    ));
     props
 }
