@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use super::calibrate::labelled_examples;
 use super::cpu;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
-use crate::data::tokenize::WordTokenizer;
-use crate::data::{bucket_batches, read_dataset, LabelSet, ReadOptions};
+use crate::data::{bucket_batches, LabelSet};
 use crate::error::{Error, Result};
-use crate::eval::{collate, Prepared};
+use crate::eval::collate;
 use crate::io::Checkpoint;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
@@ -70,25 +70,7 @@ pub fn require_classifier(ckpt: &Checkpoint, command: &str) -> Result<()> {
 pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
     let start = Instant::now();
     let labels = LabelSet::new(ckpt.require_labels()?)?;
-    let mut data = read_dataset(path, &ReadOptions::default())?;
-    let available = data.sentences.len();
-    data.sentences.truncate(n);
-    let note = (available < n).then(|| {
-        format!(
-            "{} has {available} sentences, fewer than the {n} asked; using all of them",
-            path.display()
-        )
-    });
-    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    let max_len = ckpt.arch.max_positions.min(128);
-    let prepared = Prepared::for_inference(&tokenizer, data, &labels, max_len)?;
-    if prepared.examples.is_empty() {
-        return Err(Error::Input {
-            path: path.to_path_buf(),
-            line: 0,
-            msg: "no calibration sentences".into(),
-        });
-    }
+    let (prepared, tokenizer, note) = labelled_examples(ckpt, path, n, &labels)?;
     let device = Device::Cpu;
     let arch = &ckpt.arch;
     let params = Params::from_checkpoint(ckpt, &device)?;
