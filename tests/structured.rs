@@ -94,7 +94,13 @@ fn check_silent_neurons_go_without_a_trace(mut ckpt: Checkpoint) -> Checkpoint {
     silence_neurons(&mut ckpt, 2, &(0..24).collect::<Vec<_>>());
     let total: usize = ckpt.arch.layers.iter().map(|l| l.intermediate).sum();
     let out = prune_neurons::apply(&ckpt, &neuron_spec(total - 36)).unwrap();
-    let sizes: Vec<usize> = out.checkpoint.arch.layers.iter().map(|l| l.intermediate).collect();
+    let sizes: Vec<usize> = out
+        .checkpoint
+        .arch
+        .layers
+        .iter()
+        .map(|l| l.intermediate)
+        .collect();
     assert_eq!(sizes, [12, 24, 0]);
     let d = max_abs_diff(&logits(&ckpt, None), &logits(&out.checkpoint, None));
     assert!(d <= 1e-5, "{d}");
@@ -204,16 +210,30 @@ fn shared_layers_are_cut_once_and_scored_over_every_use() {
     let model = surgery::eval::infer::load_model(&ckpt, &CPU).unwrap();
     let tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
     let mode = &mut surgery::model::Mode::Eval;
-    let fwd = model.forward_gated(&b.batch, mode, Default::default(), Some(&tensors)).unwrap();
+    let fwd = model
+        .forward_gated(&b.batch, mode, Default::default(), Some(&tensors))
+        .unwrap();
     let loss = surgery::model::loss::batch_cross_entropy(&fwd, &b.labels).unwrap();
     let grads = loss.backward().unwrap();
-    let g = |l: usize| grads.get(gates[l].as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    let g = |l: usize| {
+        grads
+            .get(gates[l].as_tensor())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     for h in 0..4 {
         let stored0 = (g(0)[h] + g(1)[h]) as f64;
         let stored1 = g(2)[h] as f64;
-        for (fisher, expected) in [(run.scores.heads[0][h], stored0), (run.scores.heads[1][h], stored1)] {
+        for (fisher, expected) in [
+            (run.scores.heads[0][h], stored0),
+            (run.scores.heads[1][h], stored1),
+        ] {
             let expected = expected * expected;
-            assert!((fisher - expected).abs() <= 1e-3 * expected.max(1e-6), "{fisher} vs {expected}");
+            assert!(
+                (fisher - expected).abs() <= 1e-3 * expected.max(1e-6),
+                "{fisher} vs {expected}"
+            );
         }
     }
 }
@@ -227,7 +247,13 @@ fn flops_match_a_hand_count() {
     assert_eq!(Flops::of_arch(&ckpt.arch, 8).per_token, 3 * per_layer);
     let dir = tempdir();
     let path = save(&ckpt, dir.path(), "m");
-    let r = surgery(&["inspect", path.to_str().unwrap(), "--json", "--seq-len", "8"]);
+    let r = surgery(&[
+        "inspect",
+        path.to_str().unwrap(),
+        "--json",
+        "--seq-len",
+        "8",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(json["flops_per_token"], 3 * per_layer);
@@ -242,11 +268,16 @@ fn flops_match_a_hand_count() {
         .linears
         .insert(LinearSlot::Intermediate, LinearKind::LowRank { rank: 3 });
     let low_layer = per_layer - 2 * 16 * 24 + 2 * 3 * (16 + 24);
-    assert_eq!(Flops::of_arch(&arch, 8).per_token, 2 * per_layer + low_layer);
+    assert_eq!(
+        Flops::of_arch(&arch, 8).per_token,
+        2 * per_layer + low_layer
+    );
     let budget = Budget::of_arch(&arch);
     // (stored layer, uses, FLOPs per use, its first logical layer, what no unit owns: the
     // attention-output and output biases, two LayerNorms, and the `down` factor)
-    for (s, uses, flops, logical, down) in [(0, 2u64, per_layer, 0, 0u64), (1, 1, low_layer, 2, 3 * 16)] {
+    for (s, uses, flops, logical, down) in
+        [(0, 2u64, per_layer, 0, 0u64), (1, 1, low_layer, 2, 3 * 16)]
+    {
         let units = 4 * head_cost(&arch, s, 8).flops + 24 * neuron_cost(&arch, s).flops;
         assert_eq!(units + uses * 2 * down, uses * flops);
         let unit_params = 4 * head_cost(&arch, s, 8).params + 24 * neuron_cost(&arch, s).params;
@@ -282,13 +313,26 @@ fn structured_pruning_meets_the_budget_and_reconstruction_lowers_every_layers_er
     let out = prune_structured::apply(&ckpt, &spec).unwrap();
     let before = Flops::of_arch(&ckpt.arch, 128).per_token as f64;
     let after = Flops::of_arch(&out.checkpoint.arch, 128).per_token as f64;
-    assert!(after <= 0.5 * before && after > 0.4 * before, "{after} / {before}");
-    let pruned = out.report["heldout_layer_error_pruned"].as_array().unwrap().clone();
-    let refit = out.report["heldout_layer_error_reconstructed"].as_array().unwrap().clone();
+    assert!(
+        after <= 0.5 * before && after > 0.4 * before,
+        "{after} / {before}"
+    );
+    let pruned = out.report["heldout_layer_error_pruned"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let refit = out.report["heldout_layer_error_reconstructed"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(pruned.len(), 3);
     for (p, r) in pruned.iter().zip(&refit) {
         let (p, r) = (p.as_f64().unwrap(), r.as_f64().unwrap());
-        assert!(r < p, "held-out error {r} after reconstruction, {p} before: {}", out.report);
+        assert!(
+            r < p,
+            "held-out error {r} after reconstruction, {p} before: {}",
+            out.report
+        );
     }
     let blocks = out.report["reconstruction"]["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 6);
@@ -303,7 +347,10 @@ fn structured_pruning_meets_the_budget_and_reconstruction_lowers_every_layers_er
     };
     let out = prune_structured::apply(&ckpt, &spec).unwrap();
     let unique = Budget::of_arch(&out.checkpoint.arch).unique;
-    assert!(unique <= limit && unique > limit - 200, "{unique} vs {limit}");
+    assert!(
+        unique <= limit && unique > limit - 200,
+        "{unique} vs {limit}"
+    );
 }
 
 #[test]
@@ -312,7 +359,9 @@ fn structured_pruning_cuts_low_rank_and_shared_layers_and_layers_missing_heads()
     let calib = conll(dir.path(), "calib.txt", 60, 4);
     let mut ckpt = shared(87);
     let heads = heads_spec("2:0,1");
-    ckpt = surgery::surgery::remove_heads::apply(&ckpt, &heads).unwrap().checkpoint;
+    ckpt = surgery::surgery::remove_heads::apply(&ckpt, &heads)
+        .unwrap()
+        .checkpoint;
     let low = lowrank_layers::Spec {
         rank: Some(4),
         energy: None,
@@ -370,8 +419,15 @@ fn impossible_budgets_empty_calibration_and_missing_classifiers_exit_2() {
         assert!(!dir.path().join(out).exists());
     }
 
-    let bare = surgery::model::generate::random_checkpoint(tiny_config(), Layout::Bare, false, false, 0.3, 1)
-        .unwrap();
+    let bare = surgery::model::generate::random_checkpoint(
+        tiny_config(),
+        Layout::Bare,
+        false,
+        false,
+        0.3,
+        1,
+    )
+    .unwrap();
     let bare_path = save(&bare, dir.path(), "bare");
     let r = surgery(&[
         "prune-structured",
@@ -399,13 +455,31 @@ fn a_global_neuron_plan_has_the_size_apply_makes() {
     else {
         panic!("a global plan on equal layers is exact in size")
     };
-    assert_eq!(Budget::of_arch(&planned).unique, Budget::of_arch(&out.checkpoint.arch).unique);
-    let kept: usize = out.checkpoint.arch.layers.iter().map(|l| l.intermediate).sum();
+    assert_eq!(
+        Budget::of_arch(&planned).unique,
+        Budget::of_arch(&out.checkpoint.arch).unique
+    );
+    let kept: usize = out
+        .checkpoint
+        .arch
+        .layers
+        .iter()
+        .map(|l| l.intermediate)
+        .sum();
     assert_eq!(kept, 22); // round(0.3 · 72)
-    // Uniform and equal in every layer: a plain config (HF loads it).
-    let uniform = prune_neurons::apply(&ckpt, &prune_neurons::Spec { uniform: true, ..spec }).unwrap();
+                          // Uniform and equal in every layer: a plain config (HF loads it).
+    let uniform = prune_neurons::apply(
+        &ckpt,
+        &prune_neurons::Spec {
+            uniform: true,
+            ..spec
+        },
+    )
+    .unwrap();
     assert_eq!(uniform.checkpoint.config.intermediate_size, 7);
-    assert!(uniform.report["notes"].to_string().contains("plain BertConfig"));
+    assert!(uniform.report["notes"]
+        .to_string()
+        .contains("plain BertConfig"));
     let dir = tempdir();
     let path = save(&uniform.checkpoint, dir.path(), "u");
     let config: serde_json::Value =
@@ -423,13 +497,23 @@ fn onnx_runtime_runs_layers_without_neurons_or_heads() {
     let mut ckpt = tiny_checkpoint(tiny_config(), Layout::BertPrefixed, 90);
     silence_neurons(&mut ckpt, 2, &(0..24).collect::<Vec<_>>());
     let calib = conll(dir.path(), "calib.txt", 40, 6);
-    let neurons = prune_neurons::apply(&ckpt, &neuron_spec(72 - 24 - 5)).unwrap().checkpoint;
+    let neurons = prune_neurons::apply(&ckpt, &neuron_spec(72 - 24 - 5))
+        .unwrap()
+        .checkpoint;
     assert_eq!(neurons.arch.layers[2].intermediate, 0);
     let heads = heads_spec("1:0,1,2,3;0:2");
-    let cut = surgery::surgery::remove_heads::apply(&neurons, &heads).unwrap().checkpoint;
-    let refit = prune_structured::apply(&cut, &structured_spec(calib, 0.9)).unwrap().checkpoint;
+    let cut = surgery::surgery::remove_heads::apply(&neurons, &heads)
+        .unwrap()
+        .checkpoint;
+    let refit = prune_structured::apply(&cut, &structured_spec(calib, 0.9))
+        .unwrap()
+        .checkpoint;
     let sentences = dir.path().join("sentences.txt");
-    std::fs::write(&sentences, "John Smith lives in Berlin .\nMary works for Acme in Paris .\n").unwrap();
+    std::fs::write(
+        &sentences,
+        "John Smith lives in Berlin .\nMary works for Acme in Paris .\n",
+    )
+    .unwrap();
     for (name, model) in [("neurons-heads", &cut), ("structured", &refit)] {
         let path = save(model, dir.path(), name);
         let forward = dir.path().join(format!("{name}.safetensors"));

@@ -6,7 +6,7 @@
 # evaluated on dev (valid.txt) and test; every command's JSON output goes to raw/.
 #
 #   TEACHER=runs/…/best experiments/structured-pruning/run.sh
-# Variables: TEACHER, DATA, OUT (models), BUDGETS, CALIB_N, HEADS_ONLY (FLOPs fractions for the
+# Variables: TEACHER, DATA, OUT (models), BUDGETS, CALIB_N, HELDOUT_N, HEADS_ONLY (FLOPs fractions for the
 # heads-only baseline), SURGERY (the binary). A step whose raw output exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +18,7 @@ RAW=${RAW:-experiments/structured-pruning/raw}
 BUDGETS=${BUDGETS:-0.5 0.6 0.4 0.3}
 HEADS_ONLY=${HEADS_ONLY:-0.8}
 CALIB_N=${CALIB_N:-2048}
+HELDOUT_N=${HELDOUT_N:-500}
 mkdir -p "$OUT" "$RAW"
 uptime > "$RAW/uptime-start.txt"
 
@@ -60,7 +61,7 @@ PY
 
 for r in $BUDGETS; do
   prune "structured-$r" prune-structured "$TEACHER" --flops "$r" --calib "$DATA/train.txt" \
-    --calib-sentences "$CALIB_N" --heldout "$DATA/valid.txt" --heldout-sentences 500
+    --calib-sentences "$CALIB_N" --heldout "$DATA/valid.txt" --heldout-sentences "$HELDOUT_N"
   prune "structured-$r-norecon" prune-structured "$TEACHER" --flops "$r" --calib "$DATA/train.txt" \
     --calib-sentences "$CALIB_N" --no-reconstruct
   # Magnitude neurons only: every head kept, the neurons the budget leaves.
@@ -78,7 +79,7 @@ for r in $HEADS_ONLY; do
   prune "heads-only-$r" remove-heads "$TEACHER" --keep "$keep" --by importance --data "$DATA/train.txt" \
     --data-sentences "$CALIB_N"
   prune "structured-$r" prune-structured "$TEACHER" --flops "$r" --calib "$DATA/train.txt" \
-    --calib-sentences "$CALIB_N" --heldout "$DATA/valid.txt" --heldout-sentences 500
+    --calib-sentences "$CALIB_N" --heldout "$DATA/valid.txt" --heldout-sentences "$HELDOUT_N"
   prune "structured-$r-norecon" prune-structured "$TEACHER" --flops "$r" --calib "$DATA/train.txt" \
     --calib-sentences "$CALIB_N" --no-reconstruct
 done

@@ -11,15 +11,16 @@ PRUNED=${PRUNED:?set PRUNED}
 DATA=${DATA:-../shared/data/conll2003}
 RAW=${RAW:-experiments/structured-pruning/raw}
 ROUNDS=${ROUNDS:-2}
+FILE=${FILE:-$DATA/test.txt}   # the sentences timed
 mkdir -p "$RAW"
 out="$RAW/speed.jsonl"
 : > "$out"
-echo "{\"uptime_before\": \"$(uptime)\"}" >> "$out"
+echo "{\"uptime_before\": \"$(uptime)\", \"file\": \"$FILE\"}" >> "$out"
 for round in $(seq "$ROUNDS"); do
   for precision in f32 bf16; do
     for which in teacher pruned; do
       ckpt=$([ "$which" = teacher ] && echo "$TEACHER" || echo "$PRUNED")
-      tps=$("$SURGERY" eval "$ckpt" --data "$DATA/test.txt" --precision "$precision" --json \
+      tps=$("$SURGERY" eval "$ckpt" --data "$FILE" --precision "$precision" --json \
         | python3 -c "import json,sys; print(json.load(sys.stdin)['tokens_per_s'])")
       echo "{\"round\": $round, \"precision\": \"$precision\", \"model\": \"$which\", \"tokens_per_s\": $tps}" >> "$out"
     done

@@ -34,3 +34,15 @@ for name, f, p, d, t, wall, parts in rows:
     print(f"| {name} | {f:.1%} | {p:,} | {d:.4f} | {t:.4f} | {100 * (t - t_test):+.2f} | {wall} | {parts} |")
 for p in sorted(glob.glob(f"{raw}/*.infeasible")):
     print(f"\n{open(p).read().strip()}")
+
+# Held-out (dev) relative error of each layer's output, without and with the reconstruction.
+held = [(n, (load(f"{raw}/{n}.json") or {}).get("report", {})) for n in names]
+held = [(n, r) for n, r in held if "heldout_layer_error_reconstructed" in r]
+if held:
+    print("\nHeld-out relative error of each layer's output (Σ‖y′−y‖²/Σ‖y‖² on the first dev sentences), pruned → reconstructed:\n")
+    layers = len(held[0][1]["heldout_layer_error_pruned"])
+    print("| model | " + " | ".join(f"layer {i}" for i in range(layers)) + " |")
+    print("|---|" + "---:|" * layers)
+    for n, r in held:
+        cells = [f"{a:.3f} → {b:.3f}" for a, b in zip(r["heldout_layer_error_pruned"], r["heldout_layer_error_reconstructed"])]
+        print(f"| {n} | " + " | ".join(cells) + " |")

@@ -186,15 +186,22 @@ fn metadata(ckpt: &Checkpoint, options: ExportOptions) -> Vec<onnx_proto::String
         props.push(entry("labels", labels.join(",")));
     }
     // Per logical layer: heads and FFN sizes may differ after structured pruning.
-    let per_layer = |f: &dyn Fn(usize) -> usize| -> String {
-        let a = &ckpt.arch;
-        let sizes: Vec<String> = a.layer_map.iter().map(|&s| f(s).to_string()).collect();
+    let arch = &ckpt.arch;
+    let per_layer = |size: &dyn Fn(usize) -> usize| -> String {
+        let sizes: Vec<String> = arch
+            .layer_map
+            .iter()
+            .map(|&s| size(s).to_string())
+            .collect();
         sizes.join(",")
     };
-    props.push(entry("heads_per_layer", per_layer(&|s| ckpt.arch.layers[s].num_heads)));
+    props.push(entry(
+        "heads_per_layer",
+        per_layer(&|s| arch.layers[s].num_heads),
+    ));
     props.push(entry(
         "intermediate_per_layer",
-        per_layer(&|s| ckpt.arch.layers[s].intermediate),
+        per_layer(&|s| arch.layers[s].intermediate),
     ));
     props
 }

@@ -31,7 +31,11 @@ pub enum NeuronScore {
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Neurons to keep over all stored layers.
-    #[arg(long, conflicts_with = "keep_ratio", required_unless_present = "keep_ratio")]
+    #[arg(
+        long,
+        conflicts_with = "keep_ratio",
+        required_unless_present = "keep_ratio"
+    )]
     pub keep: Option<usize>,
     /// Share of the neurons to keep, in (0, 1].
     #[arg(long)]
@@ -207,9 +211,17 @@ pub fn describe_cut(report: &mut serde_json::Value, before: &Arch, keep: &Keep, 
         ));
     }
     if before.layer_map.iter().enumerate().any(|(i, &s)| i != s) {
-        notes.push("layers share weights: a unit cut from a stored layer is cut from every layer using it".into());
+        notes.push(
+            "layers share weights: a unit cut from a stored layer is cut from every layer using it"
+                .into(),
+        );
     }
-    if after.layers.iter().zip(&before.layers).any(|(a, b)| a.linears != b.linears) {
+    if after
+        .layers
+        .iter()
+        .zip(&before.layers)
+        .any(|(a, b)| a.linears != b.linears)
+    {
         notes.push("low-rank linears whose rank exceeded their new size were multiplied out into dense ones".into());
     }
     notes.push(if is_vanilla(out) {
@@ -226,8 +238,15 @@ impl Surgery for Spec {
     const NAME: &'static str = "prune-neurons";
     const ABOUT: &'static str =
         "Remove FFN neurons (intermediate rows and output columns), by Fisher score or magnitude";
-    const EXAMPLE: &'static [&'static str] =
-        &["--keep-ratio", "0.5", "--by", "fisher", "--calib", "{calib}", "--uniform"];
+    const EXAMPLE: &'static [&'static str] = &[
+        "--keep-ratio",
+        "0.5",
+        "--by",
+        "fisher",
+        "--calib",
+        "{calib}",
+        "--uniform",
+    ];
 
     fn reads(&self) -> Vec<&std::path::Path> {
         self.calib.as_deref().into_iter().collect()

@@ -79,7 +79,13 @@ fn budgeted(arch: &Arch, spec: &Spec) -> Result<Budgeted> {
     if spec.seq_len == 0 {
         return Err(Error::Spec("--seq-len must be positive".into()));
     }
-    let pick = |c: UnitCost| if spec.flops.is_some() { c.flops } else { c.params };
+    let pick = |c: UnitCost| {
+        if spec.flops.is_some() {
+            c.flops
+        } else {
+            c.params
+        }
+    };
     let head: Vec<u64> = (0..arch.layers.len())
         .map(|s| pick(head_cost(arch, s, spec.seq_len)))
         .collect();
@@ -98,7 +104,11 @@ fn budgeted(arch: &Arch, spec: &Spec) -> Result<Budgeted> {
                 return Err(Error::Spec(format!("--flops {r}: must be in (0, 1]")));
             }
             let now = Flops::of_arch(arch, spec.seq_len).per_token;
-            (now, (r * now as f64).floor() as u64, "encoder FLOPs per token")
+            (
+                now,
+                (r * now as f64).floor() as u64,
+                "encoder FLOPs per token",
+            )
         }
         (None, Some(text)) => {
             let limit = parse_count(text).map_err(Error::Spec)?;
@@ -106,7 +116,7 @@ fn budgeted(arch: &Arch, spec: &Spec) -> Result<Budgeted> {
         }
         (None, None) => unreachable!("clap requires --flops or --params"),
     };
-    let floor = now - units;
+    let floor = now.saturating_sub(units);
     if limit < floor {
         return Err(Error::Spec(format!(
             "the budget of {} {what} is below the {} left with every head and neuron removed",

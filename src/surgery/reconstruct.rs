@@ -123,8 +123,12 @@ pub fn reconstruct(
                 continue;
             }
             let mut system = Normal::default();
-            for (((x, batch), rows), target) in
-                xp.xs.iter().zip(&xp.batches).zip(&xp.real_rows).zip(targets)
+            for (((x, batch), rows), target) in xp
+                .xs
+                .iter()
+                .zip(&xp.batches)
+                .zip(&xp.real_rows)
+                .zip(targets)
             {
                 let (_, inputs) = model.run_layer(logical, x, &batch.batch, true)?;
                 let inputs = inputs.expect("captured");
@@ -223,7 +227,11 @@ impl Normal {
         };
         let g = za.t()?.matmul(&za)?.to_dtype(DType::F64)?;
         let c = za.t()?.matmul(r)?.to_dtype(DType::F64)?;
-        self.target_sq += r.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.target_sq += r
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         self.gram = Some(match self.gram.take() {
             Some(acc) => (acc + g)?,
             None => g,
@@ -246,36 +254,39 @@ impl Normal {
         // Θ₀ = [W₀ᵀ; b₀ᵀ], (k+1) × H.
         let w0 = to_mat(&w.t()?.contiguous()?)?;
         let b0 = b.to_vec1::<f32>()?;
-        let theta0 = Mat::from_fn(k + 1, h, |i, j| if i < k { w0[(i, j)] } else { b0[j] as f64 });
+        let theta0 = Mat::from_fn(
+            k + 1,
+            h,
+            |i, j| if i < k { w0[(i, j)] } else { b0[j] as f64 },
+        );
         let mean_diag = if k > 0 {
             (0..k).map(|i| g[(i, i)]).sum::<f64>() / k as f64
         } else {
             0.0
         };
         let mut lambda = damp.max(0.0) * mean_diag;
-        let theta = loop {
-            let a = Mat::from_fn(k + 1, k + 1, |i, j| {
-                g[(i, j)] + if i == j && i < k { lambda } else { 0.0 }
-            });
-            let mut rhs = Mat::from_fn(k + 1, h, |i, j| {
-                c[(i, j)] + if i < k { lambda * theta0[(i, j)] } else { 0.0 }
-            });
-            match a.llt(faer::Side::Lower) {
-                Ok(llt) => {
-                    llt.solve_in_place(rhs.as_mut());
-                    break rhs;
-                }
-                Err(_) if lambda < 1e6 * mean_diag.max(1e-12) => {
-                    lambda = (lambda * 10.0).max(1e-6 * mean_diag.max(1e-12));
-                }
-                Err(_) => {
-                    return Err(Error::Spec(
+        let theta =
+            loop {
+                let a = Mat::from_fn(k + 1, k + 1, |i, j| {
+                    g[(i, j)] + if i == j && i < k { lambda } else { 0.0 }
+                });
+                let mut rhs = Mat::from_fn(k + 1, h, |i, j| {
+                    c[(i, j)] + if i < k { lambda * theta0[(i, j)] } else { 0.0 }
+                });
+                match a.llt(faer::Side::Lower) {
+                    Ok(llt) => {
+                        llt.solve_in_place(rhs.as_mut());
+                        break rhs;
+                    }
+                    Err(_) if lambda < 1e6 * mean_diag.max(1e-12) => {
+                        lambda = (lambda * 10.0).max(1e-6 * mean_diag.max(1e-12));
+                    }
+                    Err(_) => return Err(Error::Spec(
                         "reconstruction: the calibration Gram matrix is singular even with damping"
                             .into(),
-                    ))
+                    )),
                 }
-            }
-        };
+            };
         // ‖[Z 1]Θ − R‖² = ΘᵀGΘ − 2ΘᵀC + ‖R‖² (trace form).
         let error = |t: &Mat<f64>| -> f64 {
             let gt = &g * t;
@@ -289,7 +300,9 @@ impl Normal {
         };
         let (before, after) = (error(&theta0), error(&theta));
         if theta.col_iter().any(|c| c.iter().any(|v| !v.is_finite())) {
-            return Err(Error::Spec("reconstruction produced non-finite weights".into()));
+            return Err(Error::Spec(
+                "reconstruction produced non-finite weights".into(),
+            ));
         }
         let new_w = to_tensor(theta.subrows(0, k).transpose())?;
         let new_b = to_tensor(theta.subrows(k, 1))?.flatten_all()?;

@@ -77,7 +77,11 @@ pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
     let model = Bert::new(arch, &params, dropouts_of(&ckpt.config));
     let mut scores = UnitScores {
         heads: arch.layers.iter().map(|l| vec![0.0; l.num_heads]).collect(),
-        neurons: arch.layers.iter().map(|l| vec![0.0; l.intermediate]).collect(),
+        neurons: arch
+            .layers
+            .iter()
+            .map(|l| vec![0.0; l.intermediate])
+            .collect(),
     };
     let plan = bucket_batches(&prepared.lengths(), FISHER_BATCH, None);
     for batch in &plan.batches {
@@ -87,7 +91,11 @@ pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
         let grads = batch_cross_entropy(&out, &b.labels)?.backward()?;
         for s in 0..arch.layers.len() {
             for (slot, group, acc) in [
-                (LinearSlot::AttentionOutput, arch.head_dim, &mut scores.heads[s]),
+                (
+                    LinearSlot::AttentionOutput,
+                    arch.head_dim,
+                    &mut scores.heads[s],
+                ),
                 (LinearSlot::Output, 1, &mut scores.neurons[s]),
             ] {
                 if acc.is_empty() {
@@ -116,11 +124,16 @@ pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
 }
 
 /// The effective dense weight of a linear (up·down for a low-rank one).
-pub(super) fn effective_weight(ckpt: &Checkpoint, layer: usize, slot: LinearSlot) -> Result<Tensor> {
+pub(super) fn effective_weight(
+    ckpt: &Checkpoint,
+    layer: usize,
+    slot: LinearSlot,
+) -> Result<Tensor> {
     let key = |part| Key::Linear { layer, slot, part };
     Ok(match ckpt.arch.layers[layer].linear(slot) {
-        LinearKind::LowRank { .. } => cpu(ckpt, key(LinearPart::Up))?
-            .matmul(&cpu(ckpt, key(LinearPart::Down))?)?,
+        LinearKind::LowRank { .. } => {
+            cpu(ckpt, key(LinearPart::Up))?.matmul(&cpu(ckpt, key(LinearPart::Down))?)?
+        }
         _ => cpu(ckpt, key(LinearPart::Weight))?,
     })
 }
@@ -146,16 +159,21 @@ pub fn magnitude(ckpt: &Checkpoint) -> Result<UnitScores> {
         let mut heads_in = vec![0.0; layer.num_heads];
         if layer.num_heads > 0 {
             for slot in [LinearSlot::Query, LinearSlot::Key, LinearSlot::Value] {
-                for (a, v) in heads_in
-                    .iter_mut()
-                    .zip(group_norms2(&effective_weight(ckpt, s, slot)?, 0, d)?)
+                for (a, v) in
+                    heads_in
+                        .iter_mut()
+                        .zip(group_norms2(&effective_weight(ckpt, s, slot)?, 0, d)?)
                 {
                     *a += v;
                 }
             }
         }
         let heads_out = if layer.num_heads > 0 {
-            group_norms2(&effective_weight(ckpt, s, LinearSlot::AttentionOutput)?, 1, d)?
+            group_norms2(
+                &effective_weight(ckpt, s, LinearSlot::AttentionOutput)?,
+                1,
+                d,
+            )?
         } else {
             vec![]
         };

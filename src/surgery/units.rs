@@ -24,7 +24,11 @@ impl Keep {
     /// Every unit of the structure.
     pub fn all(arch: &Arch) -> Keep {
         Keep {
-            heads: arch.layers.iter().map(|l| (0..l.num_heads).collect()).collect(),
+            heads: arch
+                .layers
+                .iter()
+                .map(|l| (0..l.num_heads).collect())
+                .collect(),
             neurons: arch
                 .layers
                 .iter()
@@ -57,8 +61,10 @@ const HEAD_LINEARS: [(LinearSlot, bool); 4] = [
     (LinearSlot::Value, true),
     (LinearSlot::AttentionOutput, false),
 ];
-const NEURON_LINEARS: [(LinearSlot, bool); 2] =
-    [(LinearSlot::Intermediate, true), (LinearSlot::Output, false)];
+const NEURON_LINEARS: [(LinearSlot, bool); 2] = [
+    (LinearSlot::Intermediate, true),
+    (LinearSlot::Output, false),
+];
 
 /// The structure after keeping `heads[s]` heads and `neurons[s]` neurons in each stored layer
 /// (tensor-free; the plan of the surgeries that cut units).
@@ -73,9 +79,11 @@ pub fn arch_with_counts(arch: &Arch, heads: &[usize], neurons: &[usize]) -> Resu
         }
         let cut_heads = heads[s] < layer.num_heads;
         let cut_neurons = neurons[s] < layer.intermediate;
-        for (slot, output_side) in HEAD_LINEARS.iter().filter(|_| cut_heads).chain(
-            NEURON_LINEARS.iter().filter(|_| cut_neurons),
-        ) {
+        for (slot, output_side) in HEAD_LINEARS
+            .iter()
+            .filter(|_| cut_heads)
+            .chain(NEURON_LINEARS.iter().filter(|_| cut_neurons))
+        {
             if let LinearKind::Sparse {
                 pattern: SparsePattern::NofM { n, m },
             } = layer.linear(*slot)
@@ -123,7 +131,15 @@ pub fn cut(ckpt: &Checkpoint, keep: &Keep) -> Result<Checkpoint> {
         }
         if neurons[s] < layer.intermediate {
             for (slot, output_side) in NEURON_LINEARS {
-                cut_linear(ckpt, &mut out, &new_arch, s, slot, output_side, &keep.neurons[s])?;
+                cut_linear(
+                    ckpt,
+                    &mut out,
+                    &new_arch,
+                    s,
+                    slot,
+                    output_side,
+                    &keep.neurons[s],
+                )?;
             }
         }
     }
@@ -161,7 +177,10 @@ fn cut_linear(
             out.set_tensor(key(LinearPart::Weight), w);
         }
         LinearKind::LowRank { .. } => {
-            let (mut up, mut down) = (cpu(ckpt, key(LinearPart::Up))?, cpu(ckpt, key(LinearPart::Down))?);
+            let (mut up, mut down) = (
+                cpu(ckpt, key(LinearPart::Up))?,
+                cpu(ckpt, key(LinearPart::Down))?,
+            );
             if output_side {
                 up = select(up, 0, units)?;
             } else {
