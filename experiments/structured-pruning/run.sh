@@ -17,8 +17,8 @@ OUT=${OUT:-runs/structured-pruning}
 RAW=${RAW:-experiments/structured-pruning/raw}
 BUDGETS=${BUDGETS:-0.5 0.6 0.4 0.3}
 HEADS_ONLY=${HEADS_ONLY:-0.8}
-CALIB_N=${CALIB_N:-2048}
-HELDOUT_N=${HELDOUT_N:-500}
+CALIB_N=${CALIB_N:-512}
+HELDOUT_N=${HELDOUT_N:-200}
 mkdir -p "$OUT" "$RAW"
 uptime > "$RAW/uptime-start.txt"
 
