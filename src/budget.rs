@@ -2,6 +2,8 @@
 //! `model.num_parameters()` counts `BertForTokenClassification` (no pooler, no buffers).
 //! Shared layers count once in the unique total; sparse tensors also report their non-zeros.
 
+pub mod flops;
+
 use serde::Serialize;
 
 use crate::arch::{Arch, Key, LinearKind, LinearSlot};

@@ -65,7 +65,7 @@ fn decode(export: &Path) -> ModelProto {
     ModelProto::decode(std::fs::read(export.join("model.onnx")).unwrap().as_slice()).unwrap()
 }
 
-fn export(ckpt: &Path, out: &Path, extra: &[&str]) {
+pub(crate) fn export(ckpt: &Path, out: &Path, extra: &[&str]) {
     let mut args = vec!["export", ckpt.to_str().unwrap(), out.to_str().unwrap()];
     args.extend_from_slice(extra);
     let r = surgery(&args);
@@ -190,7 +190,7 @@ fn bad_exports_exit_2_and_write_nothing() {
 }
 
 /// True when ONNX Runtime can be used; panics when CI requires it and it is missing.
-fn onnxruntime_available() -> bool {
+pub(crate) fn onnxruntime_available() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import onnxruntime, numpy"])
         .output()
@@ -206,7 +206,7 @@ fn onnxruntime_available() -> bool {
 }
 
 /// Runs tools/checks/onnx_check.py logits; returns its JSON line.
-fn ort_logits(export: &Path, forward: &Path, tol: f64) -> serde_json::Value {
+pub(crate) fn ort_logits(export: &Path, forward: &Path, tol: f64) -> serde_json::Value {
     let out = Command::new("python3")
         .arg(repo().join("tools/checks/onnx_check.py"))
         .args([

@@ -18,6 +18,7 @@ mod parity;
 mod recipe;
 mod reliability;
 mod sparsegpt;
+mod structured;
 mod surgeries;
 mod train;
 mod util;

@@ -302,9 +302,10 @@ fn layer_from_info(info: &LayerInfo, config: &BertConfig) -> Result<LayerArch, S
         linears.insert(slot, *kind);
     }
     let intermediate = info.intermediate_size.unwrap_or(config.intermediate_size);
-    if intermediate == 0 || intermediate > 1 << 18 {
+    // 0 is a layer whose FFN neurons were all pruned: the FFN adds only its output bias.
+    if intermediate > 1 << 18 {
         return Err(format!(
-            "a layer has intermediate_size {intermediate} (1 to 262144)"
+            "a layer has intermediate_size {intermediate} (0 to 262144)"
         ));
     }
     for (name, kind) in &info.linears {

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use surgery::arch::{EmbeddingKind, HistoryEntry};
+use surgery::budget::flops::{Flops, DEFAULT_SEQ_LEN};
 use surgery::budget::{group, parse_count, Budget};
 use surgery::io::Checkpoint;
 use surgery::util::exit::ExitStatus;
@@ -21,6 +22,9 @@ pub struct InspectArgs {
     /// Exit with code 3 when unique parameters exceed this budget (e.g. 20M, 750k, 20000000).
     #[arg(long, value_parser = parse_count)]
     budget: Option<u64>,
+    /// The sequence length encoder FLOPs per token are counted at.
+    #[arg(long, default_value_t = DEFAULT_SEQ_LEN)]
+    seq_len: usize,
 }
 
 impl InspectArgs {
@@ -30,6 +34,7 @@ impl InspectArgs {
             checkpoint,
             json: false,
             budget: None,
+            seq_len: DEFAULT_SEQ_LEN,
         }
     }
 }
@@ -44,6 +49,9 @@ struct Report<'a> {
     embeddings: EmbeddingKind,
     num_labels: Option<usize>,
     budget: &'a Budget,
+    /// Encoder FLOPs per token at `flops.seq_len` (matrix products of the layers).
+    flops_per_token: u64,
+    flops: &'a Flops,
     history: Vec<HistoryEntry>,
     ignored_tensors: &'a [String],
     budget_limit: Option<u64>,
@@ -54,6 +62,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let ckpt = Checkpoint::open(&args.checkpoint)?;
     let budget = Budget::of_checkpoint(&ckpt)?;
     let within = args.budget.map(|limit| budget.unique <= limit);
+    let flops = Flops::of_arch(&ckpt.arch, args.seq_len);
     if args.json {
         let report = Report {
             checkpoint: args.checkpoint.display().to_string(),
@@ -64,6 +73,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             embeddings: ckpt.arch.embeddings,
             num_labels: ckpt.arch.num_labels,
             budget: &budget,
+            flops_per_token: flops.per_token,
+            flops: &flops,
             history: ckpt.history(),
             ignored_tensors: &ckpt.ignored_tensors,
             budget_limit: args.budget,
@@ -71,7 +82,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_tables(&args.checkpoint, &ckpt, &budget);
+        print_tables(&args.checkpoint, &ckpt, &budget, &flops);
     }
     Ok(match args.budget {
         Some(limit) => check_budget(budget.unique, limit, args.json),
@@ -123,7 +134,7 @@ fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {
+fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget, flops: &Flops) {
     let arch = &ckpt.arch;
     println!("checkpoint  {}", path.display());
     let embeddings = match arch.embeddings {
@@ -165,8 +176,8 @@ fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {
     }
     println!();
     println!(
-        "{:<6} {:>6} {:>6} {:>12} {:>13}  variants",
-        "layer", "stored", "heads", "intermediate", "params"
+        "{:<6} {:>6} {:>6} {:>12} {:>13} {:>13}  variants",
+        "layer", "stored", "heads", "intermediate", "params", "FLOPs/token"
     );
     for l in &budget.layers {
         let params = if l.shared {
@@ -174,13 +185,15 @@ fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {
         } else {
             group(l.params)
         };
+        let layer_flops = &flops.layers[l.layer];
         println!(
-            "{:<6} {:>6} {:>6} {:>12} {:>13}  {}",
+            "{:<6} {:>6} {:>6} {:>12} {:>13} {:>13}  {}",
             l.layer,
             l.stored,
             l.num_heads,
             l.intermediate,
             params,
+            group(layer_flops.attention + layer_flops.ffn),
             l.variants.join(", ")
         );
     }
@@ -201,6 +214,11 @@ fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget) {
     println!(
         "stored, pooler included     {:>13}  (HF num_parameters() of the class as saved)",
         group(budget.stored_with_pooler)
+    );
+    println!(
+        "encoder FLOPs per token     {:>13}  (matrix products of the layers at sequence length {}; --seq-len)",
+        group(flops.per_token),
+        flops.seq_len
     );
     let history = ckpt.history();
     if !history.is_empty() {

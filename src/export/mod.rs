@@ -192,5 +192,23 @@ fn metadata(ckpt: &Checkpoint, options: ExportOptions) -> Vec<onnx_proto::String
     if let Some(labels) = ckpt.classifier_labels() {
         props.push(entry("labels", labels.join(",")));
     }
+    // Per logical layer: heads and FFN sizes may differ after structured pruning.
+    let arch = &ckpt.arch;
+    let per_layer = |size: &dyn Fn(usize) -> usize| -> String {
+        let sizes: Vec<String> = arch
+            .layer_map
+            .iter()
+            .map(|&s| size(s).to_string())
+            .collect();
+        sizes.join(",")
+    };
+    props.push(entry(
+        "heads_per_layer",
+        per_layer(&|s| arch.layers[s].num_heads),
+    ));
+    props.push(entry(
+        "intermediate_per_layer",
+        per_layer(&|s| arch.layers[s].intermediate),
+    ));
     props
 }

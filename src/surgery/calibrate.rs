@@ -115,6 +115,19 @@ pub fn calibration_examples(
     path: &Path,
     n: usize,
 ) -> Result<(Prepared, WordTokenizer, Option<String>)> {
+    // Tags do not matter here: every tag is read as O.
+    let labels = LabelSet::new(vec!["O".into()])?;
+    labelled_examples(ckpt, path, n, &labels)
+}
+
+/// [`calibration_examples`] with the tags read as `labels` (for surgeries scored on the task
+/// loss; tags outside `labels` read as O).
+pub fn labelled_examples(
+    ckpt: &Checkpoint,
+    path: &Path,
+    n: usize,
+    labels: &LabelSet,
+) -> Result<(Prepared, WordTokenizer, Option<String>)> {
     let mut data = read_dataset(path, &ReadOptions::default())?;
     let available = data.sentences.len();
     let note = (available < n).then(|| {
@@ -125,10 +138,8 @@ pub fn calibration_examples(
     });
     data.sentences.truncate(n);
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    // Tags do not matter here: every tag is read as O.
-    let labels = LabelSet::new(vec!["O".into()])?;
     let max_len = ckpt.arch.max_positions.min(128);
-    let prepared = Prepared::for_inference(&tokenizer, data, &labels, max_len)?;
+    let prepared = Prepared::for_inference(&tokenizer, data, labels, max_len)?;
     if prepared.examples.is_empty() {
         return Err(Error::Input {
             path: path.to_path_buf(),

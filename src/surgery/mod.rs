@@ -9,11 +9,16 @@ pub mod linalg;
 pub mod lowrank_layers;
 pub mod magnitude;
 pub mod obs;
+pub mod prune_neurons;
+pub mod prune_structured;
 pub mod prune_vocab;
+pub mod reconstruct;
 pub mod registry;
 pub mod remove_heads;
 pub mod sparsegpt;
 pub mod tie_layers;
+pub mod unit_scores;
+pub mod units;
 
 use std::path::Path;
 

@@ -106,4 +106,6 @@ registry! {
     RemoveHeads => super::remove_heads::Spec,
     PruneVocab => super::prune_vocab::Spec,
     Magnitude => super::magnitude::Spec,
+    PruneNeurons => super::prune_neurons::Spec,
+    PruneStructured => super::prune_structured::Spec,
 }

@@ -205,16 +205,16 @@ pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
 /// Sentences run layer by layer: their batches, the rows of real tokens, and each batch's
 /// current hidden states (the output of the layers pruned so far), detached from the graph so
 /// that memory stays one layer's worth however many sentences calibrate.
-struct LayerInputs {
-    batches: Vec<BatchData>,
-    real_rows: Vec<Tensor>,
-    tokens: usize,
-    sentences: usize,
-    xs: Vec<Tensor>,
+pub(crate) struct LayerInputs {
+    pub(crate) batches: Vec<BatchData>,
+    pub(crate) real_rows: Vec<Tensor>,
+    pub(crate) tokens: usize,
+    pub(crate) sentences: usize,
+    pub(crate) xs: Vec<Tensor>,
 }
 
 impl LayerInputs {
-    fn new(
+    pub(crate) fn new(
         ckpt: &Checkpoint,
         model: &Bert,
         path: &std::path::Path,
@@ -284,7 +284,7 @@ impl LayerInputs {
     }
 
     /// Moves the hidden states through logical layer `logical` (as pruned so far).
-    fn advance(&mut self, model: &Bert, logical: usize) -> Result<()> {
+    pub(crate) fn advance(&mut self, model: &Bert, logical: usize) -> Result<()> {
         self.xs = self
             .xs
             .iter()

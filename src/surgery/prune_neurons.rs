@@ -1,0 +1,262 @@
+//! prune-neurons: removes FFN neurons — rows of the intermediate linear (and their bias entries)
+//! and the matching columns of the output linear — keeping the best-scored ones, by Fisher
+//! information on the task loss or by weight magnitude (see [`super::unit_scores`]). The kept
+//! neurons are ranked globally over all stored layers (a layer may lose every neuron: its FFN
+//! then adds only the output bias to the residual) or, with `--uniform`, the same share in each
+//! layer. Per-layer intermediate sizes go into the `surgery` block of config.json.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::Surgery;
+use super::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
+use super::units::{arch_with_counts, cut, is_vanilla, Keep};
+use super::{Outcome, Planned};
+use crate::arch::Arch;
+use crate::budget::flops::neuron_cost;
+use crate::error::{Error, Result};
+use crate::io::Checkpoint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum NeuronScore {
+    /// Diagonal Fisher information of each neuron's mask on the task loss (needs --calib).
+    Fisher,
+    /// ‖row into the neuron‖₂ · ‖column out of it‖₂ (no data).
+    Magnitude,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Neurons to keep over all stored layers.
+    #[arg(
+        long,
+        conflicts_with = "keep_ratio",
+        required_unless_present = "keep_ratio"
+    )]
+    pub keep: Option<usize>,
+    /// Share of the neurons to keep, in (0, 1].
+    #[arg(long)]
+    pub keep_ratio: Option<f64>,
+    /// Keep the same share in every layer instead of ranking globally.
+    #[arg(long)]
+    pub uniform: bool,
+    #[arg(long, value_enum)]
+    pub by: NeuronScore,
+    /// Labelled sentences (CoNLL or JSONL) for --by fisher.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 2048)]
+    pub calib_sentences: usize,
+}
+
+/// Neurons kept per stored layer when the choice depends only on the structure (`--uniform`),
+/// else the total to keep.
+enum Counts {
+    PerLayer(Vec<usize>),
+    Total(usize),
+}
+
+fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
+    let sizes: Vec<usize> = arch.layers.iter().map(|l| l.intermediate).collect();
+    let total: usize = sizes.iter().sum();
+    let ratio = match (spec.keep, spec.keep_ratio) {
+        (Some(n), _) if n > total => {
+            return Err(Error::Spec(format!(
+                "--keep {n}: the model has only {total} neurons"
+            )))
+        }
+        (Some(n), _) => n as f64 / total.max(1) as f64,
+        (None, Some(r)) if r > 0.0 && r <= 1.0 => r,
+        (None, r) => {
+            return Err(Error::Spec(format!(
+                "--keep-ratio {}: must be in (0, 1]",
+                r.unwrap_or(f64::NAN)
+            )))
+        }
+    };
+    if !spec.uniform {
+        let keep = spec
+            .keep
+            .unwrap_or_else(|| (ratio * total as f64).round() as usize);
+        return Ok(Counts::Total(keep));
+    }
+    Ok(Counts::PerLayer(
+        sizes
+            .iter()
+            .map(|&n| (ratio * n as f64).round() as usize)
+            .collect(),
+    ))
+}
+
+/// `--uniform` is exact. A global ranking is exact in size when every neuron costs the same
+/// number of parameters (which neurons go is decided by the scores); the plan then assumes the
+/// cut is spread evenly. Otherwise the size depends on the scores.
+pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
+    let heads: Vec<usize> = arch.layers.iter().map(|l| l.num_heads).collect();
+    match counts(arch, spec)? {
+        Counts::PerLayer(n) => Ok(Planned::Exact(arch_with_counts(arch, &heads, &n)?)),
+        Counts::Total(keep) => {
+            let costs: Vec<u64> = (0..arch.layers.len())
+                .map(|s| neuron_cost(arch, s).params)
+                .collect();
+            if costs.windows(2).any(|w| w[0] != w[1]) {
+                return Ok(Planned::Unknown(
+                    "neurons cost different numbers of parameters in different layers: the size depends on which the scores keep".into(),
+                ));
+            }
+            let mut left: Vec<usize> = arch.layers.iter().map(|l| l.intermediate).collect();
+            let mut to_cut = left.iter().sum::<usize>() - keep;
+            while to_cut > 0 {
+                for l in left.iter_mut().filter(|l| **l > 0) {
+                    if to_cut == 0 {
+                        break;
+                    }
+                    *l -= 1;
+                    to_cut -= 1;
+                }
+            }
+            Ok(Planned::Exact(arch_with_counts(arch, &heads, &left)?))
+        }
+    }
+}
+
+/// Indices of the `n` best scores, ascending.
+pub fn top(scores: &[f64], n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut kept = order[..n.min(order.len())].to_vec();
+    kept.sort_unstable();
+    kept
+}
+
+/// The neurons each stored layer keeps.
+fn choose(arch: &Arch, scores: &UnitScores, counts: Counts) -> Vec<Vec<usize>> {
+    match counts {
+        Counts::PerLayer(n) => scores
+            .neurons
+            .iter()
+            .zip(n)
+            .map(|(s, n)| top(s, n))
+            .collect(),
+        Counts::Total(keep) => {
+            let mut ranked: Vec<(f64, usize, usize)> = scores
+                .neurons
+                .iter()
+                .enumerate()
+                .flat_map(|(l, s)| s.iter().enumerate().map(move |(i, v)| (*v, l, i)))
+                .collect();
+            ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+            let mut kept = vec![vec![]; arch.layers.len()];
+            for &(_, l, i) in ranked.iter().take(keep) {
+                kept[l].push(i);
+            }
+            kept.iter_mut().for_each(|k| k.sort_unstable());
+            kept
+        }
+    }
+}
+
+pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
+    let arch = &ckpt.arch;
+    let counts = counts(arch, spec)?;
+    let mut report = serde_json::json!({});
+    let scores = match spec.by {
+        NeuronScore::Magnitude => magnitude(ckpt)?,
+        NeuronScore::Fisher => {
+            require_classifier(ckpt, "prune-neurons --by fisher")?;
+            let path = spec
+                .calib
+                .as_ref()
+                .ok_or_else(|| Error::Spec("--by fisher needs --calib FILE (labelled)".into()))?;
+            let run = fisher(ckpt, path, spec.calib_sentences)?;
+            report["calibration_sentences"] = run.sentences.into();
+            report["calibration_tokens"] = run.tokens.into();
+            report["fisher_seconds"] = run.seconds.into();
+            if let Some(note) = run.note {
+                report["note"] = note.into();
+            }
+            run.scores
+        }
+    };
+    let keep = Keep {
+        heads: Keep::all(arch).heads,
+        neurons: choose(arch, &scores, counts),
+    };
+    let out = cut(ckpt, &keep)?;
+    describe_cut(&mut report, arch, &keep, &out);
+    Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+/// Adds the per-layer sizes and the layers left empty to a report.
+pub fn describe_cut(report: &mut serde_json::Value, before: &Arch, keep: &Keep, out: &Checkpoint) {
+    let after = &out.arch;
+    let logical = |f: &dyn Fn(usize) -> usize| -> Vec<usize> {
+        after.layer_map.iter().map(|&s| f(s)).collect()
+    };
+    report["heads_per_layer"] = logical(&|s| after.layers[s].num_heads).into();
+    report["intermediate_per_layer"] = logical(&|s| after.layers[s].intermediate).into();
+    let (no_heads, no_neurons) = keep.emptied(before);
+    let mut notes = vec![];
+    if !no_neurons.is_empty() {
+        notes.push(format!(
+            "stored layers {no_neurons:?} keep no FFN neuron: their FFN adds only its output bias to the residual"
+        ));
+    }
+    if !no_heads.is_empty() {
+        notes.push(format!(
+            "stored layers {no_heads:?} keep no head: their attention adds only its output bias to the residual"
+        ));
+    }
+    if before.layer_map.iter().enumerate().any(|(i, &s)| i != s) {
+        notes.push(
+            "layers share weights: a unit cut from a stored layer is cut from every layer using it"
+                .into(),
+        );
+    }
+    if after
+        .layers
+        .iter()
+        .zip(&before.layers)
+        .any(|(a, b)| a.linears != b.linears)
+    {
+        notes.push("low-rank linears whose rank exceeded their new size were multiplied out into dense ones".into());
+    }
+    notes.push(if is_vanilla(out) {
+        "every layer keeps the same sizes: config.json is a plain BertConfig (loads in transformers)".into()
+    } else {
+        "per-layer sizes are in config.json's `surgery` block: surgery and its ONNX export load it, transformers' BertModel does not".into()
+    });
+    if !notes.is_empty() {
+        report["notes"] = notes.into();
+    }
+}
+
+impl Surgery for Spec {
+    const NAME: &'static str = "prune-neurons";
+    const ABOUT: &'static str =
+        "Remove FFN neurons (intermediate rows and output columns), by Fisher score or magnitude";
+    const EXAMPLE: &'static [&'static str] = &[
+        "--keep-ratio",
+        "0.5",
+        "--by",
+        "fisher",
+        "--calib",
+        "{calib}",
+        "--uniform",
+    ];
+
+    fn reads(&self) -> Vec<&std::path::Path> {
+        self.calib.as_deref().into_iter().collect()
+    }
+
+    fn plan(&self, arch: &Arch) -> Result<Planned> {
+        plan(arch, self)
+    }
+
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
+        apply(ckpt, self)
+    }
+}
