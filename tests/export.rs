@@ -190,7 +190,7 @@ fn bad_exports_exit_2_and_write_nothing() {
 }
 
 /// True when ONNX Runtime can be used; panics when CI requires it and it is missing.
-fn onnxruntime_available() -> bool {
+pub fn onnxruntime_available() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import onnxruntime, numpy"])
         .output()
@@ -206,7 +206,7 @@ fn onnxruntime_available() -> bool {
 }
 
 /// Runs tools/onnx_check.py logits; returns its JSON line.
-fn ort_logits(export: &Path, forward: &Path, tol: f64) -> serde_json::Value {
+pub fn ort_logits(export: &Path, forward: &Path, tol: f64) -> serde_json::Value {
     let out = Command::new("python3")
         .arg(repo().join("tools/onnx_check.py"))
         .args([
