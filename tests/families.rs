@@ -42,7 +42,7 @@ fn i64s(store: &TensorStore, name: &str) -> Vec<i64> {
 }
 
 fn sentences() -> Vec<Vec<String>> {
-    std::fs::read_to_string(repo().join("fixtures/parity/sentences.txt"))
+    std::fs::read_to_string(parity_sentences())
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -50,9 +50,13 @@ fn sentences() -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `surgery forward` on the parity sentences; returns the output file.
-fn forward(ckpt: &Path, out: &Path) -> TensorStore {
-    let input = repo().join("fixtures/parity/sentences.txt");
+/// The sentences every family is compared on.
+fn parity_sentences() -> PathBuf {
+    repo().join("fixtures/parity/sentences.txt")
+}
+
+/// `surgery forward` on a file of sentences; returns the output file.
+fn forward(ckpt: &Path, input: &Path, out: &Path) -> TensorStore {
     let r = surgery(&[
         "forward",
         ckpt.to_str().unwrap(),
@@ -85,6 +89,7 @@ fn every_family_matches_transformers_ids_logits_and_counts() {
         let theirs = reference(name);
         let ours = forward(
             &fixture(name),
+            &parity_sentences(),
             &dir.path().join(format!("{name}.safetensors")),
         );
         for tensor in ["input_ids", "attention_mask"] {
@@ -230,7 +235,7 @@ fn a_chain_of_surgeries_then_export_runs_on_every_family_with_onnx_runtime_parit
             input = out;
         }
         let forward_out = step("forward.safetensors");
-        forward(&input, &forward_out);
+        forward(&input, &parity_sentences(), &forward_out);
         let export = step("onnx");
         let r = surgery(&["export", input.to_str().unwrap(), export.to_str().unwrap()]);
         assert_eq!(r.code, 0, "{name} export: {}", r.stderr);
@@ -348,4 +353,69 @@ fn a_roberta_teacher_fine_tunes_and_distils_into_a_distilbert_student() {
         dev.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn prune_vocab_keeps_the_pieces_and_logits_of_the_kept_corpus_for_bpe_unigram_and_wordpiece() {
+    let dir = tempdir();
+    let kept: Vec<Vec<String>> = sentences().into_iter().take(7).collect();
+    let corpus = dir.path().join("corpus.txt");
+    let conll: String = kept
+        .iter()
+        .map(|s| s.iter().map(|w| format!("{w} O\n")).collect::<String>() + "\n")
+        .collect();
+    std::fs::write(&corpus, conll).unwrap();
+    let plain = dir.path().join("kept.txt");
+    std::fs::write(
+        &plain,
+        kept.iter().map(|s| s.join(" ") + "\n").collect::<String>(),
+    )
+    .unwrap();
+    for name in ["roberta", "xlm-roberta", "distilbert"] {
+        let pruned = dir.path().join(format!("{name}-pruned"));
+        let r = surgery(&[
+            "prune-vocab",
+            fixture(name).to_str().unwrap(),
+            pruned.to_str().unwrap(),
+            "--corpus",
+            corpus.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        assert_family_layout(name, &pruned);
+        let before = Checkpoint::open(&fixture(name)).unwrap();
+        let after = Checkpoint::open(&pruned).unwrap();
+        assert!(
+            after.arch.vocab < before.arch.vocab,
+            "{name}: {} → {}",
+            before.arch.vocab,
+            after.arch.vocab
+        );
+        eprintln!(
+            "{name}: {} → {} pieces",
+            before.arch.vocab, after.arch.vocab
+        );
+        // The same pieces on every kept sentence.
+        let load =
+            |dir: &Path| tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        let (old, new) = (load(&fixture(name)), load(&pruned));
+        for sentence in &kept {
+            let words: Vec<&str> = sentence.iter().map(|s| s.as_str()).collect();
+            let a = old.encode(words.clone(), true).unwrap();
+            let b = new.encode(words, true).unwrap();
+            assert_eq!(a.get_tokens(), b.get_tokens(), "{name}: {sentence:?}");
+        }
+        // The same logits.
+        let a = forward(
+            &fixture(name),
+            &plain,
+            &dir.path().join(format!("{name}-a.safetensors")),
+        );
+        let b = forward(
+            &pruned,
+            &plain,
+            &dir.path().join(format!("{name}-b.safetensors")),
+        );
+        let diff = logits_diff(&a, &b);
+        assert!(diff <= 1e-6, "{name}: {diff}");
+    }
 }

@@ -515,35 +515,46 @@ mod tests {
             slot,
             part: LinearPart::Weight,
         };
-        assert_eq!(
-            linear(LinearSlot::Query).name(roberta),
-            "roberta.encoder.layer.1.attention.self.query.weight"
-        );
-        assert_eq!(
-            linear(LinearSlot::AttentionOutput).name(distil),
-            "distilbert.transformer.layer.1.attention.out_lin.weight"
-        );
-        assert_eq!(
-            linear(LinearSlot::Intermediate).name(distil),
-            "distilbert.transformer.layer.1.ffn.lin1.weight"
-        );
         let norm = |slot| Key::LayerNorm {
             layer: 0,
             slot,
             part: NormPart::Bias,
         };
-        assert_eq!(
-            norm(LayerNormSlot::Attention).name(distil),
-            "distilbert.transformer.layer.0.sa_layer_norm.bias"
-        );
-        assert_eq!(
-            norm(LayerNormSlot::Output).name(distil),
-            "distilbert.transformer.layer.0.output_layer_norm.bias"
-        );
-        assert_eq!(
-            Key::EmbeddingProjection(NormPart::Weight).name(electra),
-            "electra.embeddings_project.weight"
-        );
+        let cases = [
+            (
+                linear(LinearSlot::Query),
+                roberta,
+                "roberta.encoder.layer.1.attention.self.query.weight",
+            ),
+            (
+                linear(LinearSlot::AttentionOutput),
+                distil,
+                "distilbert.transformer.layer.1.attention.out_lin.weight",
+            ),
+            (
+                linear(LinearSlot::Intermediate),
+                distil,
+                "distilbert.transformer.layer.1.ffn.lin1.weight",
+            ),
+            (
+                norm(LayerNormSlot::Attention),
+                distil,
+                "distilbert.transformer.layer.0.sa_layer_norm.bias",
+            ),
+            (
+                norm(LayerNormSlot::Output),
+                distil,
+                "distilbert.transformer.layer.0.output_layer_norm.bias",
+            ),
+            (
+                Key::EmbeddingProjection(NormPart::Weight),
+                electra,
+                "electra.embeddings_project.weight",
+            ),
+        ];
+        for (key, layout, name) in cases {
+            assert_eq!(key.name(layout), name);
+        }
         assert_eq!(
             Key::Classifier(NormPart::Weight).name(electra),
             "classifier.weight"
