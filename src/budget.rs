@@ -50,7 +50,9 @@ impl Component {
 
     fn of(key: Key) -> Component {
         match key {
-            Key::WordEmbeddings | Key::WordProjection => Component::WordEmbeddings,
+            Key::WordEmbeddings | Key::WordProjection | Key::EmbeddingProjection(_) => {
+                Component::WordEmbeddings
+            }
             Key::PositionEmbeddings => Component::PositionEmbeddings,
             Key::TokenTypeEmbeddings => Component::TokenTypeEmbeddings,
             Key::EmbeddingNorm(_) => Component::EmbeddingLayerNorm,

@@ -6,6 +6,7 @@ mod checkpoint_io;
 mod data;
 mod distill;
 mod export;
+mod families;
 mod fuzz;
 mod golden;
 mod heads;

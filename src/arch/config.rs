@@ -1,11 +1,14 @@
 //! `config.json`: a Hugging Face `BertConfig` (serde, unknown keys preserved) plus the optional,
-//! versioned `"surgery"` object that describes everything a surgery changed.
+//! versioned `"surgery"` object that describes everything a surgery changed. The other families'
+//! configs (`RobertaConfig`, `ElectraConfig`, ...) are read into the same fields; DistilBERT's
+//! own key names (`dim`, `n_layers`, ...) are translated on reading and restored on writing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::names::Family;
 use crate::error::{Error, Result};
 
 /// The version of the `"surgery"` object this build writes and understands.
@@ -44,6 +47,22 @@ pub struct BertConfig {
     /// Keys this tool does not interpret (model_type, architectures, ...), written back unchanged.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// DistilBERT's config keys and the `BertConfig` fields they hold.
+const DISTILBERT_KEYS: [(&str, &str); 7] = [
+    ("dim", "hidden_size"),
+    ("n_layers", "num_hidden_layers"),
+    ("n_heads", "num_attention_heads"),
+    ("hidden_dim", "intermediate_size"),
+    ("activation", "hidden_act"),
+    ("dropout", "hidden_dropout_prob"),
+    ("attention_dropout", "attention_probs_dropout_prob"),
+];
+
+/// The `model_type` of a config object; absent means BERT (configs written before HF stored it).
+fn model_type_of(object: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
+    object.get("model_type").and_then(|v| v.as_str())
 }
 
 fn default_max_position() -> usize {
@@ -159,9 +178,56 @@ impl BertConfig {
 
     /// Parses a config from JSON text; the error is a message without the file name.
     pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let config: BertConfig = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let object = value
+            .as_object_mut()
+            .ok_or("config.json must hold a JSON object")?;
+        let model_type = model_type_of(object).map(String::from);
+        match model_type.as_deref() {
+            Some(name) if Family::from_model_type(name).is_none() => {
+                return Err(format!(
+                    "model_type `{name}` is not supported (supported: {})",
+                    Family::supported()
+                ))
+            }
+            Some("distilbert") => {
+                for (theirs, ours) in DISTILBERT_KEYS {
+                    if let Some(v) = object.remove(theirs) {
+                        object.insert(ours.into(), v);
+                    }
+                }
+                // DistilBERT has no token types and a fixed LayerNorm epsilon.
+                object.insert("type_vocab_size".into(), 0.into());
+                object.insert("layer_norm_eps".into(), default_eps().into());
+            }
+            _ => {}
+        }
+        let config: BertConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The family `model_type` names (BERT when absent); `from_json` refused any other.
+    pub fn family(&self) -> Family {
+        model_type_of(&self.extra)
+            .and_then(Family::from_model_type)
+            .unwrap_or(Family::Bert)
+    }
+
+    /// The JSON text of `config.json`, in the family's own key names.
+    pub fn to_json(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        if self.family() == Family::DistilBert {
+            let object = value.as_object_mut().expect("a struct is an object");
+            object.remove("type_vocab_size");
+            object.remove("layer_norm_eps");
+            for (theirs, ours) in DISTILBERT_KEYS {
+                if let Some(v) = object.remove(ours) {
+                    object.insert(theirs.into(), v);
+                }
+            }
+        }
+        serde_json::to_string_pretty(&value).expect("config serialises")
     }
 
     /// Checks sizes and invariants; `init-student` and surgeries call it on the configs they make.
@@ -224,6 +290,13 @@ impl BertConfig {
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
+        }
+        if let Some(kind) = self.extra.get("position_embedding_type") {
+            if kind.as_str() != Some("absolute") {
+                return Err(format!(
+                    "position_embedding_type {kind} is not supported (only \"absolute\")"
+                ));
+            }
         }
         if let Some(info) = &self.surgery {
             if info.format_version != SURGERY_FORMAT_VERSION {

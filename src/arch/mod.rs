@@ -12,7 +12,7 @@ pub use config::{
     BertConfig, EmbeddingKind, HistoryEntry, LayerInfo, LinearKind, SparsePattern, SurgeryInfo,
     SURGERY_FORMAT_VERSION,
 };
-pub use names::{Key, LayerNormSlot, Layout, LinearPart, LinearSlot, NormPart};
+pub use names::{Family, Key, LayerNormSlot, Layout, LinearPart, LinearSlot, NormPart};
 
 /// The activation of the feed-forward block (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,46 @@ impl Activation {
     }
 }
 
+/// How the position ids of a sequence are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// 0, 1, 2, … (BERT, DistilBERT, ELECTRA).
+    FromZero,
+    /// RoBERTa's: tokens other than `pad` count from `pad + 1`; `pad` tokens get `pad`.
+    AfterPadding { pad: u32 },
+}
+
+impl Positions {
+    /// Rows of the position table before the first real token's.
+    pub fn offset(self) -> usize {
+        match self {
+            Positions::FromZero => 0,
+            Positions::AfterPadding { pad } => pad as usize + 1,
+        }
+    }
+
+    /// The position ids of one sequence of token ids (HF `create_position_ids_from_input_ids`).
+    pub fn ids(self, tokens: &[u32]) -> Vec<u32> {
+        match self {
+            Positions::FromZero => (0..tokens.len() as u32).collect(),
+            Positions::AfterPadding { pad } => {
+                let mut next = pad;
+                tokens
+                    .iter()
+                    .map(|&t| {
+                        if t == pad {
+                            pad
+                        } else {
+                            next += 1;
+                            next
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The structure of one stored encoder layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerArch {
@@ -52,10 +92,17 @@ impl LayerArch {
 /// The resolved structure of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arch {
+    /// The family and its tensor names.
     pub layout: Layout,
     pub hidden: usize,
+    /// Width of the embedding block: `hidden`, or ELECTRA's `embedding_size`, projected to
+    /// `hidden` by `embeddings_project` when it differs.
+    pub embedding_size: usize,
     pub vocab: usize,
+    /// The most tokens a sequence may have (the position table has `positions.offset()` more rows).
     pub max_positions: usize,
+    pub positions: Positions,
+    /// Rows of the token-type table; 0 when the family has none (DistilBERT).
     pub type_vocab: usize,
     pub head_dim: usize,
     pub layer_norm_eps: f64,
@@ -81,6 +128,37 @@ impl Arch {
     ) -> Result<Arch, String> {
         let activation = Activation::parse(&config.hidden_act)
             .ok_or_else(|| format!("unsupported hidden_act `{}`", config.hidden_act))?;
+        let family = config.family();
+        if layout.family != family {
+            return Err(format!(
+                "tensor names of the {:?} family for a `{}` config",
+                layout.family,
+                config
+                    .extra
+                    .get("model_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("bert")
+            ));
+        }
+        let embedding_size = match (family, config.extra.get("embedding_size")) {
+            (Family::Electra, Some(value)) => match value.as_u64() {
+                Some(e) if (1..=1 << 16).contains(&e) => e as usize,
+                _ => return Err(format!("`embedding_size` is {value} (1 to 65536)")),
+            },
+            _ => config.hidden_size,
+        };
+        let positions = match family {
+            Family::Roberta => Positions::AfterPadding {
+                pad: config.pad_token_id as u32,
+            },
+            _ => Positions::FromZero,
+        };
+        if positions.offset() >= config.max_position_embeddings {
+            return Err(format!(
+                "max_position_embeddings {} leaves no position after pad_token_id {}",
+                config.max_position_embeddings, config.pad_token_id
+            ));
+        }
         let default_info = SurgeryInfo::default();
         let info = config.surgery.as_ref().unwrap_or(&default_info);
         let logical = config.num_hidden_layers;
@@ -127,10 +205,10 @@ impl Arch {
                 .collect(),
         };
         if let EmbeddingKind::Factorized { rank } = info.embeddings {
-            if rank == 0 || rank > config.vocab_size.min(config.hidden_size) {
+            if rank == 0 || rank > config.vocab_size.min(embedding_size) {
                 return Err(format!(
                     "factorized embedding rank {rank} must be in 1..={}",
-                    config.vocab_size.min(config.hidden_size)
+                    config.vocab_size.min(embedding_size)
                 ));
             }
         }
@@ -142,8 +220,10 @@ impl Arch {
         let arch = Arch {
             layout,
             hidden: config.hidden_size,
+            embedding_size,
             vocab: config.vocab_size,
-            max_positions: config.max_position_embeddings,
+            max_positions: config.max_position_embeddings - positions.offset(),
+            positions,
             type_vocab: config.type_vocab_size,
             head_dim: config.head_dim(),
             layer_norm_eps: config.layer_norm_eps,
@@ -188,21 +268,39 @@ impl Arch {
         }
     }
 
+    /// The family (and so the tensor names, position ids and embedding block).
+    pub fn family(&self) -> Family {
+        self.layout.family
+    }
+
+    /// Whether the embedding block is narrower than the encoder (ELECTRA's `embeddings_project`).
+    pub fn has_embedding_projection(&self) -> bool {
+        self.embedding_size != self.hidden
+    }
+
     /// Every parameter tensor of this structure with its shape, in a stable order.
     pub fn expected_tensors(&self) -> Vec<(Key, Vec<usize>)> {
         let h = self.hidden;
+        let e = self.embedding_size;
         let mut out = vec![];
         match self.embeddings {
-            EmbeddingKind::Dense => out.push((Key::WordEmbeddings, vec![self.vocab, h])),
+            EmbeddingKind::Dense => out.push((Key::WordEmbeddings, vec![self.vocab, e])),
             EmbeddingKind::Factorized { rank } => {
                 out.push((Key::WordEmbeddings, vec![self.vocab, rank]));
-                out.push((Key::WordProjection, vec![h, rank]));
+                out.push((Key::WordProjection, vec![e, rank]));
             }
         }
-        out.push((Key::PositionEmbeddings, vec![self.max_positions, h]));
-        out.push((Key::TokenTypeEmbeddings, vec![self.type_vocab, h]));
+        let position_rows = self.max_positions + self.positions.offset();
+        out.push((Key::PositionEmbeddings, vec![position_rows, e]));
+        if self.type_vocab > 0 {
+            out.push((Key::TokenTypeEmbeddings, vec![self.type_vocab, e]));
+        }
         for part in [NormPart::Weight, NormPart::Bias] {
-            out.push((Key::EmbeddingNorm(part), vec![h]));
+            out.push((Key::EmbeddingNorm(part), vec![e]));
+        }
+        if self.has_embedding_projection() {
+            out.push((Key::EmbeddingProjection(NormPart::Weight), vec![h, e]));
+            out.push((Key::EmbeddingProjection(NormPart::Bias), vec![h]));
         }
         for layer in 0..self.layers.len() {
             out.extend(self.layer_tensors(layer));

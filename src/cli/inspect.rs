@@ -44,6 +44,8 @@ struct Report<'a> {
     checkpoint: String,
     layout: surgery::arch::Layout,
     hidden_size: usize,
+    /// The embedding block's width (ELECTRA's `embedding_size`; otherwise `hidden_size`).
+    embedding_size: usize,
     vocab_size: usize,
     num_layers: usize,
     embeddings: EmbeddingKind,
@@ -68,6 +70,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             checkpoint: args.checkpoint.display().to_string(),
             layout: ckpt.arch.layout,
             hidden_size: ckpt.arch.hidden,
+            embedding_size: ckpt.arch.embedding_size,
             vocab_size: ckpt.arch.vocab,
             num_layers: ckpt.arch.num_layers(),
             embeddings: ckpt.arch.embeddings,
@@ -137,12 +140,24 @@ fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
 fn print_tables(path: &std::path::Path, ckpt: &Checkpoint, budget: &Budget, flops: &Flops) {
     let arch = &ckpt.arch;
     println!("checkpoint  {}", path.display());
-    let embeddings = match arch.embeddings {
+    let mut embeddings = match arch.embeddings {
         EmbeddingKind::Dense => "dense".to_string(),
         EmbeddingKind::Factorized { rank } => format!("factorized, rank {rank}"),
     };
+    if arch.has_embedding_projection() {
+        embeddings.push_str(&format!(
+            ", {} wide then projected to the hidden size",
+            arch.embedding_size
+        ));
+    }
     println!(
-        "structure   {} layers ({} stored), hidden {}, vocab {}, word embeddings {}, {}",
+        "structure   {} ({}), {} layers ({} stored), hidden {}, vocab {}, word embeddings {}, {}",
+        ckpt.config
+            .extra
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert"),
+        arch.layout.label(),
         arch.num_layers(),
         arch.layers.len(),
         arch.hidden,

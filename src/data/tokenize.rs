@@ -1,6 +1,7 @@
-//! Word-piece tokenisation of pre-split words with the checkpoint's `tokenizer.json`, as
-//! transformers does with `is_split_into_words=True`: one encoding per sentence, special tokens
-//! added, and for every token the index of the word it came from.
+//! Tokenisation of pre-split words with the checkpoint's `tokenizer.json` (WordPiece, byte-level
+//! BPE, SentencePiece Unigram: whatever the file's model is), as transformers does with
+//! `is_split_into_words=True`: one encoding per sentence, special tokens added, and for every
+//! token the index of the word it came from (`word_ids()`).
 
 use std::path::PathBuf;
 
@@ -46,7 +47,10 @@ impl WordTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| bad(format!("cannot disable truncation: {e}")))?;
-        let pad_id = inner.token_to_id("[PAD]").unwrap_or(default_pad);
+        let pad_id = ["[PAD]", "<pad>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+            .unwrap_or(default_pad);
         Ok(WordTokenizer {
             inner,
             path,
@@ -58,9 +62,12 @@ impl WordTokenizer {
         self.pad_id
     }
 
-    /// The id of `[UNK]` (the pad id when the vocabulary has none).
+    /// The id of `[UNK]` / `<unk>` (the pad id when the vocabulary has none).
     pub fn unk_id(&self) -> u32 {
-        self.inner.token_to_id("[UNK]").unwrap_or(self.pad_id)
+        ["[UNK]", "<unk>"]
+            .iter()
+            .find_map(|t| self.inner.token_to_id(t))
+            .unwrap_or(self.pad_id)
     }
 
     /// Tokenises one sentence given as words.

@@ -12,7 +12,7 @@ use super::graph::{Attr, Dim, GraphBuilder};
 use super::onnx_proto::tensor_proto::DataType;
 use crate::arch::{
     Activation, Arch, EmbeddingKind, Key, LayerNormSlot, LinearKind, LinearPart, LinearSlot,
-    NormPart,
+    NormPart, Positions,
 };
 use crate::error::Result;
 use crate::io::Checkpoint;
@@ -186,30 +186,60 @@ impl Lowering<'_> {
         if let EmbeddingKind::Factorized { .. } = self.arch.embeddings {
             word = self.matmul(scope, &word, Key::WordProjection, LinearStorage::F32)?;
         }
-        let shape = self.g.node(scope, "Shape", &["input_ids"], vec![]);
-        let one = self.g.i64_constant(&[1], true);
-        let zero = self.g.i64_constant(&[0], true);
-        let length = self.g.node(scope, "Gather", &[&shape, &one], vec![]);
-        let positions = self.g.node(scope, "Range", &[&zero, &length, &one], vec![]);
+        let positions = self.position_ids(scope);
         let position_table = self.param(Key::PositionEmbeddings)?;
         let position = self
             .g
             .node(scope, "Gather", &[&position_table, &positions], vec![]);
         let sum = self.g.node(scope, "Add", &[&word, &position], vec![]);
-        let token_type = if inputs.names.contains(&"token_type_ids") {
+        let sum = if inputs.names.contains(&"token_type_ids") {
             let table = self.param(Key::TokenTypeEmbeddings)?;
-            self.g
-                .node(scope, "Gather", &[&table, "token_type_ids"], vec![])
+            let token_type = self
+                .g
+                .node(scope, "Gather", &[&table, "token_type_ids"], vec![]);
+            self.g.node(scope, "Add", &[&sum, &token_type], vec![])
+        } else if self.arch.type_vocab > 0 {
+            let table = self.param(Key::TokenTypeEmbeddings)?;
+            self.g.node(scope, "Add", &[&sum, &table], vec![])
         } else {
-            self.param(Key::TokenTypeEmbeddings)?
+            sum
         };
-        let sum = self.g.node(scope, "Add", &[&sum, &token_type], vec![]);
-        self.layer_norm(
+        let x = self.layer_norm(
             scope,
             &sum,
             Key::EmbeddingNorm(NormPart::Weight),
             Key::EmbeddingNorm(NormPart::Bias),
-        )
+        )?;
+        if !self.arch.has_embedding_projection() {
+            return Ok(x);
+        }
+        let weight = Key::EmbeddingProjection(NormPart::Weight);
+        let projected = self.matmul(scope, &x, weight, LinearStorage::F32)?;
+        let bias = self.param(Key::EmbeddingProjection(NormPart::Bias))?;
+        Ok(self.g.node(scope, "Add", &[&projected, &bias], vec![]))
+    }
+
+    /// The position ids: 0..L, or RoBERTa's count of non-pad tokens from `pad + 1` ([B, L]).
+    fn position_ids(&mut self, scope: &str) -> String {
+        let one = self.g.i64_constant(&[1], true);
+        match self.arch.positions {
+            Positions::FromZero => {
+                let shape = self.g.node(scope, "Shape", &["input_ids"], vec![]);
+                let zero = self.g.i64_constant(&[0], true);
+                let length = self.g.node(scope, "Gather", &[&shape, &one], vec![]);
+                self.g.node(scope, "Range", &[&zero, &length, &one], vec![])
+            }
+            Positions::AfterPadding { pad } => {
+                let pad = self.g.i64_constant(&[pad as i64], true);
+                let is_pad = self.g.node(scope, "Equal", &["input_ids", &pad], vec![]);
+                let real = self.g.node(scope, "Not", &[&is_pad], vec![]);
+                let int64 = ("to", Attr::Int(DataType::Int64 as i64));
+                let real = self.g.node(scope, "Cast", &[&real], vec![int64]);
+                let counted = self.g.node(scope, "CumSum", &[&real, &one], vec![]);
+                let counted = self.g.node(scope, "Mul", &[&counted, &real], vec![]);
+                self.g.node(scope, "Add", &[&counted, &pad], vec![])
+            }
+        }
     }
 
     /// [B, 1, 1, L]: 0 for real keys, −1e9 for padding (as the candle model does).

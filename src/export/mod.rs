@@ -150,8 +150,7 @@ pub fn export_onnx(
     for (name, content) in &ckpt.tokenizer_files {
         folder.write(name, content)?;
     }
-    let config = serde_json::to_string_pretty(&ckpt.config).expect("config serialises");
-    folder.write("config.json", config.as_bytes())?;
+    folder.write("config.json", ckpt.config.to_json().as_bytes())?;
     let labels = serde_json::json!({
         "written_by": format!("surgery {}", env!("CARGO_PKG_VERSION")),
         "labels": ckpt.classifier_labels(),

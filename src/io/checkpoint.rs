@@ -52,13 +52,17 @@ impl Checkpoint {
         let config_path = dir.join("config.json");
         let config = BertConfig::load(&config_path)?;
         let store = TensorStore::open_dir(dir)?;
-        let layout = detect_layout(store.names()).ok_or_else(|| Error::Safetensors {
-            path: store.main_path().to_path_buf(),
-            msg: format!(
-                "expected exactly one of `{}` or `{}`",
-                Key::WordEmbeddings.name(Layout::Bare),
-                Key::WordEmbeddings.name(Layout::BertPrefixed)
-            ),
+        let family = config.family();
+        let layout = detect_layout(family, store.names()).ok_or_else(|| {
+            let name = |prefixed| Key::WordEmbeddings.name(Layout { family, prefixed });
+            Error::Safetensors {
+                path: store.main_path().to_path_buf(),
+                msg: format!(
+                    "expected exactly one of `{}` or `{}` (a {family:?} checkpoint, from config.json's model_type)",
+                    name(false),
+                    name(true)
+                ),
+            }
         })?;
         let has = |key: Key| {
             key.read_names(layout)
@@ -252,8 +256,7 @@ impl Checkpoint {
         config.num_hidden_layers = self.arch.num_layers();
         config.surgery = self.arch.surgery_info(history, &self.config);
         let folder = AtomicDir::create(out, force)?;
-        let config_json = serde_json::to_string_pretty(&config).expect("config serialises");
-        folder.write("config.json", config_json.as_bytes())?;
+        folder.write("config.json", config.to_json().as_bytes())?;
 
         let mut tensors = vec![];
         for (key, _) in self.arch.expected_tensors() {

@@ -98,11 +98,7 @@ pub fn write_zero_checkpoint(
     use std::io::Write;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        serde_json::to_string_pretty(config).expect("json"),
-    )
-    .map_err(|e| Error::io(&config_path, e))?;
+    std::fs::write(&config_path, config.to_json()).map_err(|e| Error::io(&config_path, e))?;
     let arch = Arch::resolve(config, layout, false, with_classifier).map_err(Error::Spec)?;
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;

@@ -13,7 +13,7 @@ pub mod student;
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::arch::{Arch, EmbeddingKind, Key, LayerNormSlot, LinearSlot, NormPart};
+use crate::arch::{Arch, EmbeddingKind, Key, LayerNormSlot, LinearSlot, NormPart, Positions};
 use crate::error::Result;
 use crate::io::Checkpoint;
 pub use crate::kernels::Precision;
@@ -71,13 +71,17 @@ pub struct Batch {
     pub attention_mask: Tensor,
 }
 
-/// HF `BertEmbeddings` (+ an optional E→H projection for factorized word embeddings).
+/// HF `BertEmbeddings` / `RobertaEmbeddings` / DistilBERT's `Embeddings` / `ElectraEmbeddings`
+/// (+ an optional projection for factorized word embeddings), then ELECTRA's
+/// `embeddings_project` when the block is narrower than the encoder.
 struct Embeddings {
     word: Tensor,
     projection: Option<Tensor>,
     position: Tensor,
-    token_type: Tensor,
+    /// None for a family without token types (DistilBERT).
+    token_type: Option<Tensor>,
     norm: Norm,
+    to_hidden: Option<Linear>,
 }
 
 /// HF `BertForTokenClassification` (or `BertModel` without a classifier; the pooler is unused).
@@ -122,11 +126,17 @@ impl Bert {
                 EmbeddingKind::Factorized { .. } => Some(params.get(Key::WordProjection)),
             },
             position: params.get(Key::PositionEmbeddings),
-            token_type: params.get(Key::TokenTypeEmbeddings),
+            token_type: (arch.type_vocab > 0).then(|| params.get(Key::TokenTypeEmbeddings)),
             norm: norm(
                 Key::EmbeddingNorm(NormPart::Weight),
                 Key::EmbeddingNorm(NormPart::Bias),
             ),
+            to_hidden: arch.has_embedding_projection().then(|| Linear {
+                weights: LinearWeights::Dense(
+                    params.get(Key::EmbeddingProjection(NormPart::Weight)),
+                ),
+                bias: params.get(Key::EmbeddingProjection(NormPart::Bias)),
+            }),
         };
         let layers = arch
             .layers
@@ -299,7 +309,8 @@ impl Bert {
         })
     }
 
-    /// The embedding block (word + position + token type, LayerNorm, dropout): [B, L, H].
+    /// The embedding block (word + position + token type, LayerNorm, dropout, and ELECTRA's
+    /// projection): [B, L, H].
     pub fn embed(&self, batch: &Batch, mode: &mut Mode) -> candle_core::Result<Tensor> {
         let (b, l) = batch.input_ids.dims2()?;
         if l > self.arch.max_positions {
@@ -314,15 +325,31 @@ impl Bert {
         if let Some(p) = &e.projection {
             x = kernels::linear(self.kernels, &x, p, None, Precision::F32)?;
         }
-        let x = x
-            .reshape((b, l, self.arch.hidden))?
-            .broadcast_add(&e.position.narrow(0, 0, l)?)?
-            .broadcast_add(&e.token_type.narrow(0, 0, 1)?)?;
-        self.dropout(
-            &e.norm.forward(self.kernels, &x)?,
-            self.hidden_dropout,
-            mode,
-        )
+        let width = self.arch.embedding_size;
+        let mut x = x.reshape((b, l, width))?;
+        x = match self.arch.positions {
+            Positions::FromZero => x.broadcast_add(&e.position.narrow(0, 0, l)?)?,
+            positions => {
+                let ids: Vec<u32> = batch
+                    .input_ids
+                    .to_vec2::<u32>()?
+                    .iter()
+                    .flat_map(|row| positions.ids(row))
+                    .collect();
+                let ids = Tensor::from_vec(ids, b * l, x.device())?;
+                (x + e.position.index_select(&ids, 0)?.reshape((b, l, width))?)?
+            }
+        };
+        if let Some(token_type) = &e.token_type {
+            x = x.broadcast_add(&token_type.narrow(0, 0, 1)?)?;
+        }
+        let x = self.dropout(&e.norm.forward(self.kernels, &x)?, self.hidden_dropout, mode)?;
+        match &e.to_hidden {
+            Some(projection) => projection
+                .forward(self.kernels, &x.reshape((b * l, width))?, Precision::F32)?
+                .reshape((b, l, self.arch.hidden)),
+            None => Ok(x),
+        }
     }
 
     /// Runs logical layer `layer` in eval mode on `x` [B, L, H]; with `capture`, also returns

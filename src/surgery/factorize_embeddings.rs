@@ -2,6 +2,8 @@
 //! truncated SVD. A = U_E Σ_E and B = V_Eᵀ: B has orthonormal rows, so the projection preserves
 //! norms and A's rows keep the scale of the original embeddings (LayerNorm and AdamW see the same
 //! magnitudes as before); the balanced split √Σ on both sides has no such property.
+//! ELECTRA's embedding block narrower than the encoder is already such a factorization (at rank
+//! `embedding_size`, by `embeddings_project`): there the table is factorized within that width.
 
 use std::time::Instant;
 
@@ -24,11 +26,19 @@ pub struct Spec {
 
 /// The architecture after factorizing at `spec.rank` (checks the rank).
 pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
-    let (v, h) = (arch.vocab, arch.hidden);
+    let (v, h) = (arch.vocab, arch.embedding_size);
     let e = spec.rank;
+    let width = if arch.has_embedding_projection() {
+        format!(
+            "embedding_size {h}, already projected to hidden {}",
+            arch.hidden
+        )
+    } else {
+        format!("hidden {h}")
+    };
     if e == 0 || e >= v.min(h) {
         return Err(Error::Spec(format!(
-            "--rank {e}: must be in 1..{} (below min(vocab {v}, hidden {h}); a larger rank saves nothing)",
+            "--rank {e}: must be in 1..{} (below min(vocab {v}, {width}); a larger rank saves nothing)",
             v.min(h)
         )));
     }
@@ -56,7 +66,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     };
     let svd = truncated_svd(to_mat(&dense)?.as_ref(), e)?;
     let table = to_tensor(svd.left.as_ref())?;
-    let projection = to_tensor(svd.right.as_ref())?; // H×E: the E→H linear's weight
+    let projection = to_tensor(svd.right.as_ref())?; // width×E: the E→width linear's weight
     let mut out = ckpt.clone();
     out.set_tensor(Key::WordEmbeddings, table);
     out.set_tensor(Key::WordProjection, projection);

@@ -1,6 +1,10 @@
 //! prune-vocab: keep the word pieces the tokenizer produces on a corpus, every special token and
 //! every single-character piece (so every word still tokenises), renumber them in their original
 //! order, slice the embedding rows, and write a matching `tokenizer.json` (and `vocab.txt`).
+//! WordPiece keeps its vocabulary map; BPE also keeps every piece a kept piece is merged from and
+//! the merges among kept pieces (a merge never applied to a kept word is never the one BPE picks,
+//! so kept words get the same pieces); Unigram keeps its pieces' scores (removing pieces that are
+//! not on a kept word's best segmentation leaves that segmentation the best).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::registry::Surgery;
 use super::{cpu, Outcome, Planned};
-use crate::arch::{Arch, Key};
+use crate::arch::{Arch, Key, Positions};
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, ReadOptions};
 use crate::error::{Error, Result};
@@ -63,24 +67,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let mut json: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    let vocab = json
-        .pointer("/model/vocab")
-        .and_then(|v| v.as_object())
-        .filter(|_| json.pointer("/model/type").and_then(|t| t.as_str()) == Some("WordPiece"))
-        .ok_or_else(|| bad("only WordPiece tokenizers (model.vocab) can be pruned".into()))?
-        .clone();
-    let mut pieces: Vec<(u32, String)> = vocab
-        .iter()
-        .map(|(t, id)| {
-            Ok((
-                id.as_u64()
-                    .ok_or_else(|| bad(format!("id of `{t}` is not a number")))?
-                    as u32,
-                t.clone(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    pieces.sort();
+    let model = ModelKind::of(&json).map_err(bad)?;
+    let pieces = model.pieces(&json).map_err(bad)?;
     if pieces.len() != ckpt.arch.vocab {
         return Err(bad(format!(
             "the tokenizer has {} pieces but the model's vocab_size is {}",
@@ -110,20 +98,37 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         if special_names.contains(piece) {
             keep.insert(*id);
         }
+        // A single character, alone or after the continuation (`##`) or word-start (`▁`) mark.
         let core = piece.strip_prefix("##").unwrap_or(piece);
+        let core = core
+            .strip_prefix('▁')
+            .filter(|c| !c.is_empty())
+            .unwrap_or(core);
         if core.chars().count() == 1 {
             keep.insert(*id);
         }
     }
+    if model == ModelKind::Bpe {
+        keep_merge_sources(&json, &pieces, &mut keep).map_err(bad)?;
+    }
     let old_to_new = |old: u32| keep.iter().position(|&k| k == old).map(|p| p as u64);
     let kept: Vec<u32> = keep.iter().copied().collect();
-    let new_vocab: serde_json::Map<String, serde_json::Value> = kept
-        .iter()
-        .enumerate()
-        .map(|(new, &old)| (pieces[old as usize].1.clone(), (new as u64).into()))
-        .collect();
-    json["model"]["vocab"] = new_vocab.into();
+    model.rewrite(&mut json, &pieces, &keep);
     remap_ids(&mut json, &old_to_new);
+    if let Some(unk) = json.pointer_mut("/model/unk_id") {
+        if let Some(new) = unk.as_u64().and_then(|v| old_to_new(v as u32)) {
+            *unk = new.into();
+        }
+    }
+    let new_pad = old_to_new(ckpt.config.pad_token_id as u32).unwrap_or(0) as usize;
+    if matches!(ckpt.arch.positions, Positions::AfterPadding { .. })
+        && new_pad != ckpt.config.pad_token_id
+    {
+        return Err(bad(format!(
+            "the padding id would change from {} to {new_pad}, and this family's position ids count from it",
+            ckpt.config.pad_token_id
+        )));
+    }
     let mut out = ckpt.clone();
     let index = Tensor::from_vec(kept.clone(), kept.len(), &candle_core::Device::Cpu)?;
     out.set_tensor(
@@ -131,7 +136,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         cpu(ckpt, Key::WordEmbeddings)?.index_select(&index, 0)?,
     );
     out.config.vocab_size = kept.len();
-    out.config.pad_token_id = old_to_new(ckpt.config.pad_token_id as u32).unwrap_or(0) as usize;
+    out.config.pad_token_id = new_pad;
     let mut arch = out.arch.clone();
     arch.vocab = kept.len();
     out.set_arch(arch)?;
@@ -167,6 +172,159 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["coverage_sentences"] = (whole as f64 / sentences.len().max(1) as f64).into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
+}
+
+/// The tokenizer models prune-vocab rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelKind {
+    /// `model.vocab`: {piece: id}.
+    WordPiece,
+    /// `model.vocab`: {piece: id}, and `model.merges`.
+    Bpe,
+    /// `model.vocab`: [[piece, score], …], the id being the position.
+    Unigram,
+}
+
+impl ModelKind {
+    fn of(json: &serde_json::Value) -> std::result::Result<Self, String> {
+        match json.pointer("/model/type").and_then(|t| t.as_str()) {
+            Some("WordPiece") => Ok(ModelKind::WordPiece),
+            Some("BPE") => {
+                for affix in ["continuing_subword_prefix", "end_of_word_suffix"] {
+                    let value = json.pointer(&format!("/model/{affix}"));
+                    if value.is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+                        return Err(format!("BPE with a `{affix}` cannot be pruned"));
+                    }
+                }
+                Ok(ModelKind::Bpe)
+            }
+            Some("Unigram") => Ok(ModelKind::Unigram),
+            other => Err(format!(
+                "tokenizer model {other:?} cannot be pruned (WordPiece, BPE and Unigram can)"
+            )),
+        }
+    }
+
+    /// (id, piece) of every piece, in id order.
+    fn pieces(self, json: &serde_json::Value) -> std::result::Result<Vec<(u32, String)>, String> {
+        let vocab = &json["model"]["vocab"];
+        let mut pieces: Vec<(u32, String)> = match self {
+            ModelKind::WordPiece | ModelKind::Bpe => vocab
+                .as_object()
+                .ok_or("model.vocab is not a map")?
+                .iter()
+                .map(|(t, id)| {
+                    let id = id.as_u64().ok_or(format!("id of `{t}` is not a number"))?;
+                    Ok((id as u32, t.clone()))
+                })
+                .collect::<std::result::Result<_, String>>()?,
+            ModelKind::Unigram => vocab
+                .as_array()
+                .ok_or("model.vocab is not a list")?
+                .iter()
+                .enumerate()
+                .map(|(id, entry)| {
+                    let piece = entry[0].as_str().ok_or(format!("piece {id} has no text"))?;
+                    Ok((id as u32, piece.to_string()))
+                })
+                .collect::<std::result::Result<_, String>>()?,
+        };
+        pieces.sort();
+        if pieces
+            .iter()
+            .enumerate()
+            .any(|(i, (id, _))| *id as usize != i)
+        {
+            return Err("model.vocab ids are not 0..N".into());
+        }
+        Ok(pieces)
+    }
+
+    /// Writes the kept pieces (renumbered in their order) and, for BPE, the kept merges.
+    fn rewrite(self, json: &mut serde_json::Value, pieces: &[(u32, String)], keep: &BTreeSet<u32>) {
+        let model = &mut json["model"];
+        match self {
+            ModelKind::WordPiece | ModelKind::Bpe => {
+                let vocab: serde_json::Map<String, serde_json::Value> = keep
+                    .iter()
+                    .enumerate()
+                    .map(|(new, &old)| (pieces[old as usize].1.clone(), (new as u64).into()))
+                    .collect();
+                model["vocab"] = vocab.into();
+            }
+            ModelKind::Unigram => {
+                let old = model["vocab"].as_array().cloned().unwrap_or_default();
+                let vocab: Vec<serde_json::Value> =
+                    keep.iter().map(|&id| old[id as usize].clone()).collect();
+                model["vocab"] = vocab.into();
+            }
+        }
+        if self == ModelKind::Bpe {
+            let kept: std::collections::HashSet<&str> = keep
+                .iter()
+                .map(|&id| pieces[id as usize].1.as_str())
+                .collect();
+            if let Some(merges) = model["merges"].as_array_mut() {
+                merges.retain(|m| {
+                    merge_pair(m).is_some_and(|(a, b)| {
+                        kept.contains(a.as_str())
+                            && kept.contains(b.as_str())
+                            && kept.contains(format!("{a}{b}").as_str())
+                    })
+                });
+            }
+        }
+    }
+}
+
+/// A merge as stored: `"a b"` or `["a", "b"]`.
+fn merge_pair(merge: &serde_json::Value) -> Option<(String, String)> {
+    match merge {
+        serde_json::Value::String(s) => {
+            let (a, b) = s.split_once(' ')?;
+            Some((a.to_string(), b.to_string()))
+        }
+        serde_json::Value::Array(pair) if pair.len() == 2 => {
+            Some((pair[0].as_str()?.to_string(), pair[1].as_str()?.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Adds to `keep` every piece a kept piece is merged from, until nothing changes.
+fn keep_merge_sources(
+    json: &serde_json::Value,
+    pieces: &[(u32, String)],
+    keep: &mut BTreeSet<u32>,
+) -> std::result::Result<(), String> {
+    let id_of: std::collections::HashMap<&str, u32> =
+        pieces.iter().map(|(id, p)| (p.as_str(), *id)).collect();
+    let merges: Vec<(u32, u32, u32)> = json["model"]["merges"]
+        .as_array()
+        .ok_or("model.merges is not a list")?
+        .iter()
+        .filter_map(merge_pair)
+        .filter_map(|(a, b)| {
+            let merged = format!("{a}{b}");
+            Some((
+                *id_of.get(a.as_str())?,
+                *id_of.get(b.as_str())?,
+                *id_of.get(merged.as_str())?,
+            ))
+        })
+        .collect();
+    loop {
+        let before = keep.len();
+        for &(a, b, merged) in &merges {
+            if keep.contains(&merged) {
+                keep.insert(a);
+                keep.insert(b);
+            }
+        }
+        if keep.len() == before {
+            return Ok(());
+        }
+    }
 }
 
 /// Renumbers the ids the tokenizer stores outside the vocabulary: added tokens, the
@@ -218,7 +376,7 @@ fn remap_ids(json: &mut serde_json::Value, map: &dyn Fn(u32) -> Option<u64>) {
 impl Surgery for Spec {
     const NAME: &'static str = "prune-vocab";
     const ABOUT: &'static str =
-        "Keep only the word pieces a corpus uses (plus specials and single characters)";
+        "Keep only the word pieces a corpus uses (plus specials and single characters; WordPiece, BPE or Unigram)";
     const EXAMPLE: &'static [&'static str] = &["--corpus", "{calib}"];
 
     fn reads(&self) -> Vec<&std::path::Path> {
