@@ -82,16 +82,7 @@ fn cut(s: &Setup, name: &str, args: &[&str]) -> PathBuf {
 #[test]
 fn generic_kernels_fine_tune_like_fused_on_every_structure() {
     let s = setup(64);
-    let structures: [(&str, &[&str]); 6] = [
-        ("dense", &[]),
-        ("factorized", &["factorize-embeddings", "--rank", "8"]),
-        ("low-rank", &["lowrank-layers", "--rank", "4"]),
-        ("shared", &["tie-layers", "--groups", "0-1"]),
-        // Layer 0 loses all four heads, layer 1 one of them.
-        ("heads", &["remove-heads", "--heads", "0:0,1,2,3;1:1"]),
-        ("sparse", &["magnitude", "--sparsity", "0.5"]),
-    ];
-    for (name, args) in structures {
+    for (name, args) in surgery::pipeline::device_check::STRUCTURES {
         let model = cut(&s, name, args);
         let curves: Vec<Vec<f64>> = KERNELS
             .iter()
@@ -224,4 +215,26 @@ fn cuda_without_the_feature_and_fused_off_the_cpu_are_user_errors() {
         assert!(run.stderr.contains(want), "{device}: {}", run.stderr);
     }
     assert!(!out.join("run.json").exists());
+}
+
+/// `check-device` on the CPU's generic kernels passes every structure's logits, gradients and
+/// loss curve against the fused ones, and says so in its JSON.
+#[test]
+fn check_device_passes_the_generic_kernels_on_the_cpu() {
+    let run = surgery(&[
+        "check-device",
+        "--kernels",
+        "generic",
+        "--steps",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let structures = report["structures"].as_array().unwrap();
+    assert_eq!(structures.len(), 6);
+    for s in structures {
+        assert_eq!(s["ok"], true, "{s}");
+        assert_eq!(s["steps"], 10, "{s}");
+    }
 }

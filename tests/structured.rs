@@ -130,6 +130,7 @@ fn removing_neurons_without_outgoing_weights_changes_no_logit() {
 fn low_rank_ffn_linears_lose_a_factor_row_or_column() {
     let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 82);
     let spec = lowrank_layers::Spec {
+        compute: Default::default(),
         rank: Some(6),
         energy: None,
         params_target: None,
@@ -162,6 +163,7 @@ fn low_rank_ffn_linears_lose_a_factor_row_or_column() {
 /// remove-heads of the named heads.
 fn heads_spec(heads: &str) -> surgery::surgery::remove_heads::Spec {
     surgery::surgery::remove_heads::Spec {
+        compute: Default::default(),
         heads: Some(heads.into()),
         gates: None,
         threshold: 0.5,
@@ -363,6 +365,7 @@ fn structured_pruning_cuts_low_rank_and_shared_layers_and_layers_missing_heads()
         .unwrap()
         .checkpoint;
     let low = lowrank_layers::Spec {
+        compute: Default::default(),
         rank: Some(4),
         energy: None,
         params_target: None,

@@ -343,7 +343,11 @@ impl Bert {
         if let Some(token_type) = &e.token_type {
             x = x.broadcast_add(&token_type.narrow(0, 0, 1)?)?;
         }
-        let x = self.dropout(&e.norm.forward(self.kernels, &x)?, self.hidden_dropout, mode)?;
+        let x = self.dropout(
+            &e.norm.forward(self.kernels, &x)?,
+            self.hidden_dropout,
+            mode,
+        )?;
         match &e.to_hidden {
             Some(projection) => projection
                 .forward(self.kernels, &x.reshape((b * l, width))?, Precision::F32)?
