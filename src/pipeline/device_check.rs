@@ -17,7 +17,7 @@ use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
 use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
-use crate::kernels::{device, Compute, KernelChoice, Kernels};
+use crate::kernels::{device, Compute, Kernels};
 use crate::model::generate::{attach_classifier, random_checkpoint};
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
@@ -85,18 +85,12 @@ pub fn check(compute: Compute, steps: usize) -> Result<DeviceCheck> {
             Compute::default(),
             &work.path.join(format!("{name}-cpu")),
         )?;
-        let target = Compute {
-            kernels: match kernels {
-                Kernels::Fused => KernelChoice::Fused,
-                Kernels::Generic => KernelChoice::Generic,
-            },
-            ..compute
-        };
+        // The same option the command got: it resolves to the same kernels again.
         let curve = fine_tune(
             &model,
             &data,
             steps,
-            target,
+            compute,
             &work.path.join(format!("{name}-target")),
         )?;
         let losses = reference
