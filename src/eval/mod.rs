@@ -3,7 +3,10 @@
 
 pub mod infer;
 pub mod predict;
+mod run;
 pub mod score;
+
+pub use run::{run_eval, EvalReport, EvalRequest};
 
 use std::time::Instant;
 
