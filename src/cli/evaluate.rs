@@ -1,4 +1,5 @@
-//! `surgery eval`, `surgery score` and `surgery predict`.
+//! `surgery eval`, `surgery score` and `surgery predict`: options in, the library's call, output
+//! printed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,15 +8,13 @@ use std::process::ExitCode;
 use clap::Args;
 
 use surgery::data::labels::UnknownLabels;
-use surgery::data::tokenize::WordTokenizer;
-use surgery::data::{read_dataset, Alignment, LabelSet, ReadOptions};
-use surgery::eval::{evaluate_model, Prepared};
-use surgery::io::output::{check_file_output, FileKind};
+use surgery::data::ReadOptions;
+use surgery::eval::predict::{Prediction, Predictor};
+use surgery::eval::EvalRequest;
 use surgery::io::text_input::Lines;
-use surgery::io::Checkpoint;
 use surgery::kernels::Compute;
 use surgery::metrics::{format_report, Matching};
-use surgery::model::{Bert, Precision};
+use surgery::model::Precision;
 use surgery::util::options;
 
 #[derive(Args)]
@@ -69,89 +68,44 @@ fn mode(strict: bool) -> Matching {
     }
 }
 
-fn checkpoint_labels(ckpt: &Checkpoint) -> anyhow::Result<LabelSet> {
-    Ok(LabelSet::new(ckpt.require_labels()?)?)
+/// `--unknown-labels`: `error` or `o`.
+fn unknown_labels(text: &str) -> anyhow::Result<UnknownLabels> {
+    match text {
+        "error" => Ok(UnknownLabels::Error),
+        "o" | "O" => Ok(UnknownLabels::Outside),
+        other => Err(surgery::Error::Spec(format!(
+            "--unknown-labels `{other}`: expected error or o"
+        ))
+        .into()),
+    }
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let ckpt = Checkpoint::open(&args.checkpoint)?;
-    let labels = checkpoint_labels(&ckpt)?;
-    let unknown = match args.unknown_labels.as_str() {
-        "error" => UnknownLabels::Error,
-        "o" | "O" => UnknownLabels::Outside,
-        other => {
-            return Err(surgery::Error::Spec(format!(
-                "--unknown-labels `{other}`: expected error or o"
-            ))
-            .into())
-        }
+    let request = EvalRequest {
+        unknown_labels: unknown_labels(&args.unknown_labels)?,
+        read: ReadOptions {
+            iob1_to_iob2: args.iob1,
+            tag_names: (!args.tag_names.is_empty()).then_some(args.tag_names),
+        },
+        matching: mode(args.strict),
+        checkpoint: args.checkpoint,
+        data: args.data,
+        batch_size: args.batch_size,
+        max_len: args.max_len,
+        precision: args.precision,
+        compute: args.compute,
+        write_predictions: args.write_predictions,
+        save_json: args.save_json,
+        force: args.force,
     };
-    let options = ReadOptions {
-        iob1_to_iob2: args.iob1,
-        tag_names: (!args.tag_names.is_empty()).then(|| args.tag_names.clone()),
-    };
-    let outputs = [
-        (&args.save_json, FileKind::EvalJson),
-        (&args.write_predictions, FileKind::Predictions),
-    ];
-    for (out, kind) in outputs {
-        if let Some(out) = out {
-            check_file_output(out, &[&args.checkpoint, &args.data], args.force, kind)?;
-        }
-    }
-    let data = read_dataset(&args.data, &options)?;
-    let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
-    let max_len = match args.max_len {
-        Some(n) => {
-            options::check_max_len("--max-len", n, ckpt.arch.max_positions)?;
-            n
-        }
-        None => ckpt.arch.max_positions.min(128),
-    };
-    let prepared = Prepared::new(
-        &tokenizer,
-        data,
-        &labels,
-        unknown,
-        Alignment::FirstSubtoken,
-        max_len,
-    )?;
-    let (device, kernels) = args.compute.open()?;
-    let model = Bert::load(&ckpt, &device)?
-        .with_precision(args.precision)
-        .with_kernels(kernels);
-    let e = evaluate_model(
-        &model,
-        &prepared,
-        &labels,
-        tokenizer.pad_id(),
-        args.batch_size,
-        mode(args.strict),
-        &device,
-    )?;
-    if let Some(path) = &args.write_predictions {
-        let mut text = String::new();
-        for (s, pred) in prepared.data.sentences.iter().zip(&e.predicted) {
-            for ((w, g), p) in s.words.iter().zip(&s.tags).zip(pred) {
-                text.push_str(&format!("{w} {g} {p}\n"));
-            }
-            text.push('\n');
-        }
-        surgery::io::atomic::write_text(path, &text)?;
-    }
-    let record = e.record(&args.checkpoint, &args.data);
-    if let Some(path) = &args.save_json {
-        surgery::io::artefacts::write_json(path, &record)?;
-    }
+    let e = surgery::eval::run_eval(&request)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        println!("{}", serde_json::to_string_pretty(&e.record)?);
     } else {
         print!("{}", format_report(&e.report));
         println!(
             "\n{} sentences, {:.0} tokens/s ({:.2} s)",
-            prepared.data.sentences.len(),
-            e.tokens_per_second,
-            e.seconds
+            e.sentences, e.tokens_per_second, e.seconds
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -194,14 +148,13 @@ pub struct PredictArgs {
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
-    let ckpt = Checkpoint::open(&args.checkpoint)?;
-    let (device, kernels) = args.compute.open()?;
-    let model = Bert::load(&ckpt, &device)?
-        .with_precision(args.precision)
-        .with_kernels(kernels);
-    let tag = |lines: &[String]| -> anyhow::Result<()> {
-        let predictions =
-            surgery::eval::predict::predict_lines(&ckpt, &model, lines, args.batch_size)?;
+    let predictor = Predictor::open(
+        &args.checkpoint,
+        args.precision,
+        args.compute,
+        args.batch_size,
+    )?;
+    let print = |predictions: Vec<Prediction>| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         for p in predictions {
             writeln!(out, "{}", serde_json::to_string(&p)?)?;
@@ -210,33 +163,11 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     match &args.input {
-        Some(path) => tag_as_they_arrive(Lines::open(path)?, args.batch_size, tag)?,
+        Some(path) => predictor.predict_stream(Lines::open(path)?, print)?,
         None => {
             let stdin = std::io::BufReader::new(std::io::stdin());
-            let lines = Lines::new(stdin, std::path::Path::new("<stdin>"));
-            tag_as_they_arrive(lines, args.batch_size, tag)?
+            predictor.predict_stream(Lines::new(stdin, std::path::Path::new("<stdin>")), print)?
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Tags lines as they arrive: a batch ends when it is full or when no more input is waiting, so
-/// an interactive session gets each answer at once. Raw text may hold NUL (it is dropped).
-fn tag_as_they_arrive<R: std::io::Read>(
-    lines: Lines<std::io::BufReader<R>>,
-    batch_size: usize,
-    tag: impl Fn(&[String]) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut lines = lines.allow_nul();
-    let mut batch = vec![];
-    while let Some(line) = lines.next() {
-        batch.push(line?);
-        if batch.len() >= batch_size || !lines.has_buffered() {
-            tag(&std::mem::take(&mut batch))?;
-        }
-    }
-    if !batch.is_empty() {
-        tag(&batch)?;
-    }
-    Ok(())
 }

@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use surgery::io::Checkpoint;
+use surgery::kernels::threads::{self, Workload};
 use surgery::util::exit::ExitStatus;
 use surgery::util::options;
 
@@ -99,42 +100,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     run_command(cli.command)
 }
 
-/// candle's elementwise pool parks its worker only after 25,000 spins. In a forward-only command
-/// that spinning takes a core from the matrix products in rayon's pool: measured on the test set,
-/// 0 spins gives +5% tokens/s for inference, but −9% for training, so only inference commands
-/// change it. Must run before the first tensor op; a setting in the environment wins.
-fn tune_for_inference() {
-    const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(SPIN).is_none() {
-        std::env::set_var(SPIN, "0");
-    }
-}
-
-/// candle's elementwise pool has one worker besides the calling thread here (2 cores), pinned to
-/// a core, where it spins between ops while rayon's threads run the matrix products. In training
-/// (and recipes, which train) leaving the elementwise ops to the calling thread alone was faster
-/// in every alternating run: +4–5% real tokens/s at f32 and +1.5–12% at bf16 over 100 steps
-/// (docs/results.md, session 5). Inference showed no difference beyond noise, so it keeps the
-/// pool. A setting in the environment wins.
-fn tune_for_training() {
-    const THREADS: &str = "CANDLE_NUM_THREADS";
-    if std::env::var_os(THREADS).is_none() {
-        std::env::set_var(THREADS, "1");
-    }
-}
-
 fn run_command(command: Command) -> anyhow::Result<ExitCode> {
-    if matches!(
-        command,
-        Command::Eval(_) | Command::Predict(_) | Command::Forward { .. }
-    ) {
-        tune_for_inference();
-    }
-    if matches!(
-        command,
-        Command::Train(_) | Command::Run(_) | Command::Quickstart { .. }
-    ) {
-        tune_for_training();
+    // Before the first tensor op: candle reads its thread settings once.
+    let workload = match command {
+        Command::Eval(_) | Command::Predict(_) | Command::Forward { .. } => {
+            Some(Workload::Inference)
+        }
+        Command::Train(_) | Command::Run(_) | Command::Quickstart { .. } => {
+            Some(Workload::Training)
+        }
+        _ => None,
+    };
+    if let Some(workload) = workload {
+        threads::apply_defaults(workload);
     }
     match command {
         Command::Quickstart { out, force } => quickstart(&out, force),

@@ -1,21 +1,19 @@
-//! `surgery run RECIPE.toml`: runs a recipe's steps in order, each through the CLI's own parser,
-//! skipping the steps whose output is complete with the same spec hash (so a rerun resumes), and
-//! writes the provenance of every output (step.json, recipe-step.toml, README.md model card).
+//! `surgery run RECIPE.toml`: the recipe runner of `surgery::pipeline::runner` with the CLI's
+//! own parser for the steps' command lines, and the plan of `--dry-run` (the predicted budget
+//! after every step).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::{Args, CommandFactory, Parser};
 
 use surgery::arch::Arch;
 use surgery::budget::{group, Budget};
 use surgery::data::{read_dataset, LabelSet};
-use surgery::io::artefacts::{read_json, StepRecord};
-use surgery::io::lock::FolderLock;
 use surgery::io::Checkpoint;
-use surgery::pipeline::recipe::{did_you_mean, Arg, Kind, Recipe, Step, PLACEMENT_OPTIONS};
+use surgery::pipeline::recipe::{Arg, Step};
+use surgery::pipeline::runner::{self, Outcome, Plan, Progress, StepCommands, StepFailure};
 use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
 use surgery::util::shell::shell_words;
@@ -59,182 +57,94 @@ fn parse_var(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}`: expected NAME=VALUE"))
 }
 
-/// A checked recipe: every step's command line parsed by the CLI.
-pub struct Plan {
-    pub recipe: Recipe,
-    pub root: PathBuf,
-    commands: Vec<Option<Command>>,
+/// The CLI's side of a recipe run: each step parsed by the CLI's own parser, run by
+/// [`super::run_command`], its progress printed.
+#[derive(Default)]
+struct CliSteps {
+    /// The commands parsed when the plan was checked, by step; each runs once.
+    commands: BTreeMap<usize, Command>,
 }
 
-/// Options the runner fills in, or that name files a step writes (not checked for existence).
-const WRITTEN: [&str; 5] = [
-    "out",
-    "output",
-    "save-json",
-    "write-predictions",
-    "cache-teacher",
-];
+/// A failed step's exit status, and its error when the command returned one (a failed budget
+/// check prints its own message and returns exit code 3).
+type StepFailed = (ExitCode, Option<anyhow::Error>);
 
-impl Plan {
-    /// Reads the recipe and parses every step; all problems are reported together.
-    pub fn new(path: &Path, vars: &[(String, String)], runs: &Path) -> anyhow::Result<Plan> {
-        let (recipe, mut problems) = Recipe::load_lenient(path, vars)?;
-        let root = runs.join(&recipe.name);
-        let mut plan = Plan {
-            recipe,
-            root,
-            commands: vec![],
+impl StepCommands for CliSteps {
+    type Failure = StepFailed;
+
+    fn check(&mut self, step: &Step, argv: &[String]) -> Result<(), String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("surgery").chain(argv.iter().map(String::as_str)))
+                .map_err(|e| clap_problem(&e))?;
+        self.commands.insert(step.index, cli.command);
+        Ok(())
+    }
+
+    fn takes_option(&self, step: &Step, key: &str) -> bool {
+        kind_command(step)
+            .get_arguments()
+            .any(|a| a.get_long() == Some(key))
+    }
+
+    fn is_path_option(&self, step: &Step, key: &str) -> bool {
+        kind_command(step)
+            .get_arguments()
+            .any(|a| a.get_long() == Some(key) && a.get_value_hint() == clap::ValueHint::AnyPath)
+    }
+
+    fn run(&mut self, step: &Step, _argv: &[String]) -> Result<(), StepFailure<StepFailed>> {
+        let Some(mut command) = self.commands.remove(&step.index) else {
+            let err = surgery::Error::Internal(format!("step {} was not checked", step.index + 1));
+            return Err(StepFailure {
+                failure: (ExitStatus::Failure.into(), Some(err.into())),
+                folder_in_use: false,
+            });
         };
-        for step in &plan.recipe.steps {
-            if !step.is_valid() {
-                plan.commands.push(None);
-                continue;
-            }
-            let label = format!("step {} ({})", step.index + 1, step.name);
-            let argv = plan.argv(step);
-            match Cli::try_parse_from(std::iter::once("surgery".to_string()).chain(argv)) {
-                Ok(cli) => plan.commands.push(Some(cli.command)),
-                Err(e) => {
-                    problems.push(format!("{label}: {}", clap_problem(&e)));
-                    plan.commands.push(None);
-                    continue;
-                }
-            }
-            for (key, value) in plan.read_paths(step) {
-                if !Path::new(&value).exists() {
-                    problems.push(format!("{label}: {key}: `{value}` does not exist"));
-                }
-            }
+        if let Command::Train(train) = &mut command {
+            // A step's folder holds a training's last/ only when the runner continues it.
+            train.resume_if_present();
         }
-        if !problems.is_empty() {
-            return Err(surgery::Error::Recipe {
-                path: path.to_path_buf(),
-                problems,
-            }
-            .into());
-        }
-        Ok(plan)
-    }
-
-    pub fn dir(&self, index: usize) -> PathBuf {
-        self.root.join(self.recipe.steps[index].folder_name())
-    }
-
-    /// The checkpoint a step hands on: its folder, its run's best/, or (eval, assert-budget)
-    /// its own input.
-    pub fn output_checkpoint(&self, index: usize) -> PathBuf {
-        let step = &self.recipe.steps[index];
-        match step.kind {
-            _ if !step.is_valid() => self.dir(index),
-            k if k.is_surgery() => self.dir(index),
-            k if k.is_training() => self.dir(index).join("best"),
-            _ => PathBuf::from(self.resolve(&step.input)),
-        }
-    }
-
-    fn resolve(&self, arg: &Arg) -> String {
-        match arg {
-            Arg::Text(t) => t.clone(),
-            Arg::Step { index, sub } if sub.is_empty() => {
-                self.output_checkpoint(*index).display().to_string()
-            }
-            Arg::Step { index, sub } => self.dir(*index).join(sub).display().to_string(),
-        }
-    }
-
-    /// The step's command line; the `device` and `kernels` variables, when the recipe has them,
-    /// go to every step whose command takes them (and that does not set them itself).
-    pub fn argv(&self, step: &Step) -> Vec<String> {
-        let mut argv = step.argv(&self.dir(step.index), &|a| self.resolve(a));
-        for key in PLACEMENT_OPTIONS {
-            let Some(value) = self.recipe.vars.get(key) else {
-                continue;
-            };
-            let set_by_step = step.options.iter().any(|o| o.key == key);
-            if !set_by_step && takes_option(step, key) {
-                argv.extend([format!("--{key}"), value.clone()]);
-            }
-        }
-        argv
-    }
-
-    /// The step's literal path arguments that it reads (its input and every path option but the
-    /// ones it writes); paths from earlier steps are not checked, they do not exist yet.
-    fn read_paths(&self, step: &Step) -> Vec<(String, String)> {
-        let sub = kind_command(step);
-        let is_path = |key: &str| {
-            sub.get_arguments().any(|a| {
-                a.get_long() == Some(key) && a.get_value_hint() == clap::ValueHint::AnyPath
-            })
+        let failure = match super::run_command(command) {
+            Ok(code) if code == ExitCode::SUCCESS => return Ok(()),
+            Ok(code) => (code, None),
+            Err(e) => (super::exit_status(&e).into(), Some(e)),
         };
-        let mut out = vec![];
-        if let Arg::Text(t) = &step.input {
-            out.push(("input".to_string(), t.clone()));
-        }
-        for option in &step.options {
-            if WRITTEN.contains(&option.key.as_str()) || !is_path(&option.key) {
-                continue;
-            }
-            for v in &option.values {
-                if let Arg::Text(t) = v {
-                    out.push((option.key.clone(), t.clone()));
-                }
-            }
-        }
-        out
+        // A folder another process holds is not the runner's to remove.
+        let folder_in_use = failure.1.as_ref().is_some_and(|e| {
+            e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(surgery::Error::Locked { .. })))
+        });
+        Err(StepFailure {
+            failure,
+            folder_in_use,
+        })
     }
 
-    /// Creates and locks the recipe's run folder for the whole run. It must not overlap what the
-    /// recipe reads, and an existing one must be a recipe run this tool wrote.
-    fn lock_root(&self) -> anyhow::Result<FolderLock> {
-        let mut reads = vec![self.recipe.path.clone()];
-        for step in &self.recipe.steps {
-            reads.extend(
-                self.read_paths(step)
-                    .into_iter()
-                    .map(|(_, v)| PathBuf::from(v)),
-            );
-        }
-        let reads: Vec<&Path> = reads.iter().map(|p| p.as_path()).collect();
-        surgery::io::output::check_no_overlap(&self.root, &reads)?;
-        if self.root.exists() && !is_recipe_root(&self.root) {
-            return Err(surgery::Error::NotOurs {
-                path: self.root.clone(),
+    fn progress(&mut self, event: Progress<'_>) {
+        match event {
+            Progress::Skipped { step, total } => println!(
+                "── {}/{total} {} ({}): done, skipped",
+                step.index + 1,
+                step.name,
+                step.kind.name()
+            ),
+            Progress::Running { step, total, argv } => println!(
+                "── {}/{total} {} ({}): surgery {}",
+                step.index + 1,
+                step.name,
+                step.kind.name(),
+                shell_words(argv)
+            ),
+            Progress::Continuing { dir } => {
+                println!("   continuing the interrupted run in {}", dir.display())
             }
-            .into());
-        }
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("creating {}", self.root.display()))?;
-        surgery::io::output::mark(&self.root, "recipe run")?;
-        Ok(FolderLock::acquire(&self.root)?)
-    }
-
-    /// True when the step's folder holds a finished output with the step's current hash, and
-    /// the output is still there (a deleted `model.safetensors` makes the step run again).
-    fn is_done(&self, index: usize) -> bool {
-        read_json::<StepRecord>(&self.dir(index).join("step.json"))
-            .is_ok_and(|step| step.hash == self.recipe.steps[index].hash)
-            && self.outputs_present(index)
-    }
-
-    /// The files a finished step leaves: a checkpoint (config and weights) for surgeries and
-    /// training, `eval.json` for an evaluation; `assert-budget` writes nothing.
-    fn outputs_present(&self, index: usize) -> bool {
-        let kind = self.recipe.steps[index].kind;
-        if kind.is_surgery() || kind.is_training() {
-            let ckpt = self.output_checkpoint(index);
-            ckpt.join("config.json").is_file()
-                && (ckpt.join("model.safetensors").is_file()
-                    || ckpt.join("model.safetensors.index.json").is_file())
-        } else if kind == Kind::Eval {
-            self.dir(index).join("eval.json").is_file()
-        } else {
-            true
+            Progress::Finished { step, seconds } => {
+                println!("   {} finished in {seconds:.1} s", step.name)
+            }
         }
     }
 }
 
-/// One line for a clap error: unknown options with the closest known one, else clap's message.
 /// The CLI's definition of a step's command.
 fn kind_command(step: &Step) -> clap::Command {
     let mut command = Cli::command();
@@ -247,13 +157,7 @@ fn kind_command(step: &Step) -> clap::Command {
     command
 }
 
-/// Whether a step's command has the option `--key`.
-fn takes_option(step: &Step, key: &str) -> bool {
-    kind_command(step)
-        .get_arguments()
-        .any(|a| a.get_long() == Some(key))
-}
-
+/// One line for a clap error: unknown options with the closest known one, else clap's message.
 fn clap_problem(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let text = |kind| match e.get(kind) {
@@ -278,30 +182,21 @@ fn clap_problem(e: &clap::Error) -> String {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = Plan::new(&args.recipe, &args.set, &args.runs)?;
-    let start = match &args.from {
-        Some(key) => Some(plan.recipe.find_step(key).ok_or_else(|| {
-            let steps = plan.recipe.steps.len();
-            surgery::Error::Spec(match key.parse::<usize>() {
-                Ok(_) => format!(
-                    "--from {key}: the recipe has {steps} step(s); give a number in 1..={steps} or a step's name"
-                ),
-                Err(_) => format!(
-                    "--from `{key}`: no such step{}",
-                    did_you_mean(key, plan.recipe.steps.iter().map(|s| s.name.as_str()))
-                ),
-            })
-        })?),
-        None => None,
-    };
+    let mut steps = CliSteps::default();
+    let plan = Plan::check(&args.recipe, &args.set, &args.runs, &mut steps)?;
+    let start = args
+        .from
+        .as_deref()
+        .map(|key| plan.start_at(key))
+        .transpose()?;
     if args.dry_run {
-        return dry_run(&plan, start);
+        return dry_run(&plan, &steps, start);
     }
-    execute(plan, start)
+    execute(&plan, start, &mut steps)
 }
 
 /// Prints each step, its state and the predicted unique parameters after it.
-fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
+fn dry_run(plan: &Plan, parsed: &CliSteps, start: Option<usize>) -> anyhow::Result<ExitCode> {
     let steps = &plan.recipe.steps;
     println!(
         "recipe `{}`: {} steps → {}",
@@ -328,7 +223,7 @@ fn dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
     let mut archs: Vec<Result<Arch, usize>> = vec![];
     let mut over_budget = false;
     for step in steps {
-        let command = plan.commands[step.index].as_ref().expect("checked");
+        let command = &parsed.commands[&step.index];
         let mut why = None;
         let input = match &step.input {
             Arg::Step { index, .. } => archs[*index].clone(),
@@ -443,168 +338,35 @@ fn planned_arch(command: &Command, arch: Arch) -> Result<Arch, String> {
     }
 }
 
-/// Runs the steps in order; a failed step leaves no folder, so a rerun starts at it.
-fn execute(mut plan: Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
-    let _lock = plan.lock_root()?;
-    // The commands parsed when the plan was checked, each run once.
-    let mut commands = std::mem::take(&mut plan.commands);
-    let plan = &plan;
-    let started = Instant::now();
-    let mut summary = vec![];
-    let total = plan.recipe.steps.len();
-    // Steps run in this invocation: a step reading one of them cannot continue an old run.
-    let mut ran = std::collections::BTreeSet::new();
-    for step in &plan.recipe.steps {
-        let dir = plan.dir(step.index);
-        let forced = start.is_some_and(|s| step.index >= s);
-        if !forced && plan.is_done(step.index) {
+/// Runs the checked plan and prints how it ended; a failed step's exit status is the run's.
+fn execute(plan: &Plan, start: Option<usize>, steps: &mut CliSteps) -> anyhow::Result<ExitCode> {
+    match runner::execute(plan, start, steps)? {
+        Outcome::Finished(summary) => {
             println!(
-                "── {}/{total} {} ({}): done, skipped",
-                step.index + 1,
-                step.name,
-                step.kind.name()
+                "\nrecipe `{}` finished in {:.1} s",
+                summary.recipe, summary.wall_seconds
             );
-            summary.push(
-                serde_json::json!({"step": step.folder_name(), "kind": step.kind.name(),
-                "status": "skipped", "seconds": recorded_seconds(&dir)}),
-            );
-            continue;
-        }
-        let argv = plan.argv(step);
-        println!(
-            "── {}/{total} {} ({}): surgery {}",
-            step.index + 1,
-            step.name,
-            step.kind.name(),
-            shell_words(&argv)
-        );
-        let mut command = commands[step.index]
-            .take()
-            .expect("every step of a checked plan parsed");
-        let pending = dir.join(PENDING);
-        let interrupted = step.kind.is_training()
-            && !forced
-            && step.dependencies().is_disjoint(&ran)
-            && pending_hash(&pending).as_deref() == Some(step.hash.as_str());
-        if interrupted {
-            println!("   continuing the interrupted run in {}", dir.display());
-        } else if dir.exists() {
-            // Not while another process (a manual `train --resume` into it) works there.
-            let _step_lock = FolderLock::acquire(&dir)?;
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("removing the stale {}", dir.display()))?;
-        }
-        ran.insert(step.index);
-        if let Command::Train(train) = &mut command {
-            // The step's folder records which step it belongs to, so a rerun after a kill
-            // continues its training from last/ instead of starting it again.
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            surgery::io::output::mark(&dir, "recipe step")?;
-            let text = serde_json::json!({"hash": step.hash}).to_string();
-            surgery::io::atomic::write_text(&pending, &text)?;
-            train.resume_if_present();
-        }
-        if !step.kind.is_surgery() && !step.kind.is_training() {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let step_start = Instant::now();
-        let result = super::run_command(command);
-        let seconds = step_start.elapsed().as_secs_f64();
-        // The exit code, and the error when the command returned one (a failed budget check
-        // prints its own message and returns exit code 3).
-        let failure = match result {
-            Ok(code) if code == ExitCode::SUCCESS => None,
-            Ok(code) => Some((code, None)),
-            Err(e) => Some((super::exit_status(&e).into(), Some(e))),
-        };
-        if let Some((code, err)) = failure {
-            // A folder another process holds is not ours to remove; an interrupted training
-            // keeps its last/ so that the rerun continues it.
-            let locked = err.as_ref().is_some_and(|e| {
-                e.chain()
-                    .any(|c| matches!(c.downcast_ref(), Some(surgery::Error::Locked { .. })))
-            });
-            let resumable =
-                step.kind.is_training() && dir.join("last/state/progress.json").is_file();
-            if dir.exists() && !locked && !resumable {
-                if let Ok(_step_lock) = FolderLock::acquire(&dir) {
-                    std::fs::remove_dir_all(&dir).ok();
-                }
+            for s in &summary.steps {
+                println!("  {:<28} {:<8} {:>9.1} s", s.step, s.status, s.seconds);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed {
+            step,
+            seconds,
+            failure: (code, err),
+        } => {
             eprintln!(
                 "step {} ({}) failed after {seconds:.1} s; the earlier steps' outputs stay valid and \
                  `surgery run {}` resumes at this step",
-                step.index + 1,
-                step.name,
+                step + 1,
+                plan.recipe.steps[step].name,
                 plan.recipe.path.display()
             );
             if let Some(err) = err {
                 eprintln!("error: {err:#}");
             }
-            return Ok(code);
+            Ok(code)
         }
-        surgery::pipeline::provenance::record(
-            &plan.recipe,
-            step,
-            &dir,
-            &plan.output_checkpoint(step.index),
-            &argv,
-            seconds,
-        )
-        .with_context(|| format!("writing the provenance of {}", dir.display()))?;
-        if pending.exists() {
-            std::fs::remove_file(&pending)
-                .with_context(|| format!("removing {}", pending.display()))?;
-        }
-        println!("   {} finished in {seconds:.1} s", step.name);
-        summary.push(
-            serde_json::json!({"step": step.folder_name(), "kind": step.kind.name(),
-            "status": "ran", "seconds": seconds}),
-        );
     }
-    let wall = started.elapsed().as_secs_f64();
-    println!("\nrecipe `{}` finished in {wall:.1} s", plan.recipe.name);
-    for s in &summary {
-        println!(
-            "  {:<28} {:<8} {:>9.1} s",
-            s["step"].as_str().unwrap_or_default(),
-            s["status"].as_str().unwrap_or_default(),
-            s["seconds"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    let json =
-        serde_json::json!({"recipe": plan.recipe.name, "wall_seconds": wall, "steps": summary});
-    surgery::io::atomic::write_text(
-        &plan.root.join("summary.json"),
-        &serde_json::to_string_pretty(&json).expect("json"),
-    )?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The file in a training step's folder that names the step it belongs to while it runs.
-const PENDING: &str = ".step-pending.json";
-
-fn pending_hash(path: &Path) -> Option<String> {
-    let value: serde_json::Value = read_json(path).ok()?;
-    value["hash"].as_str().map(String::from)
-}
-
-/// A recipe run folder: marked, or (written before the marker existed) empty but for hidden
-/// files, or holding `summary.json` or step folders with `step.json`.
-fn is_recipe_root(root: &Path) -> bool {
-    if surgery::io::output::is_tool_output(root) || root.join("summary.json").is_file() {
-        return true;
-    }
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return false;
-    };
-    let visible: Vec<_> = entries
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    visible.is_empty() || visible.iter().any(|e| e.path().join("step.json").is_file())
-}
-
-fn recorded_seconds(dir: &Path) -> f64 {
-    read_json::<StepRecord>(&dir.join("step.json")).map_or(f64::NAN, |step| step.seconds)
 }

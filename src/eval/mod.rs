@@ -3,7 +3,10 @@
 
 pub mod infer;
 pub mod predict;
+mod run;
 pub mod score;
+
+pub use run::{run_eval, EvalReport, EvalRequest};
 
 use std::time::Instant;
 
@@ -132,7 +135,7 @@ pub fn for_each_word(
         let data = collate(&examples, pad_id, device)?;
         let out = model.forward(&data.batch, &mut Mode::Eval, Outputs::default())?;
         let logits = out.logits.ok_or_else(|| {
-            crate::Error::Spec("the checkpoint has no classifier to predict with".into())
+            crate::Error::Internal("the checkpoint has no classifier to predict with".into())
         })?;
         let logits = logits.to_vec3::<f32>()?;
         for (row, ex) in logits.iter().zip(&examples) {

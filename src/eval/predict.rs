@@ -1,15 +1,20 @@
 //! Plain text in, entities out: raw text is split into words (whitespace and punctuation, as
 //! BERT's basic tokenizer does), tagged word by word, and entities are read from the tags.
 
+use std::io::{BufReader, Read};
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{Dataset, LabelSet, Sentence};
 use crate::error::Result;
 use crate::eval::{predict_words, Prepared};
+use crate::io::text_input::Lines;
 use crate::io::Checkpoint;
+use crate::kernels::Compute;
 use crate::metrics::entities_default;
-use crate::model::Bert;
+use crate::model::{Bert, Precision};
 
 /// A word of raw text with its character span.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +89,62 @@ pub struct Entity {
 pub struct Prediction {
     pub text: String,
     pub entities: Vec<Entity>,
+}
+
+/// A checkpoint loaded for tagging text (`surgery predict`).
+pub struct Predictor {
+    ckpt: Checkpoint,
+    model: Bert,
+    batch_size: usize,
+}
+
+impl Predictor {
+    /// Opens the checkpoint and loads its model where `compute` says.
+    pub fn open(
+        checkpoint: &Path,
+        precision: Precision,
+        compute: Compute,
+        batch_size: usize,
+    ) -> Result<Self> {
+        crate::util::options::require_positive("--batch-size", batch_size)?;
+        let ckpt = Checkpoint::open(checkpoint)?;
+        let (device, kernels) = compute.open()?;
+        let model = Bert::load(&ckpt, &device)?
+            .with_precision(precision)
+            .with_kernels(kernels);
+        Ok(Predictor {
+            ckpt,
+            model,
+            batch_size,
+        })
+    }
+
+    /// The entities of each line.
+    pub fn predict(&self, lines: &[String]) -> Result<Vec<Prediction>> {
+        predict_lines(&self.ckpt, &self.model, lines, self.batch_size)
+    }
+
+    /// Tags lines as they arrive and hands each batch's predictions to `emit`: a batch ends when
+    /// it is full or when no more input is waiting, so an interactive session gets each answer
+    /// at once. Raw text may hold NUL (it is dropped).
+    pub fn predict_stream<R: Read, E: From<crate::Error>>(
+        &self,
+        lines: Lines<BufReader<R>>,
+        mut emit: impl FnMut(Vec<Prediction>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let mut lines = lines.allow_nul();
+        let mut batch = vec![];
+        while let Some(line) = lines.next() {
+            batch.push(line?);
+            if batch.len() >= self.batch_size || !lines.has_buffered() {
+                emit(self.predict(&std::mem::take(&mut batch))?)?;
+            }
+        }
+        if !batch.is_empty() {
+            emit(self.predict(&batch)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Tags each line of text and returns its entities.

@@ -1,5 +1,6 @@
 //! The files a run leaves behind, typed: `run.json` ([`RunRecord`]), `step.json`
-//! ([`StepRecord`]), evaluation JSON (`eval --save-json`, a run's `test.json`: [`EvalRecord`]) and
+//! ([`StepRecord`]), a recipe run's `summary.json` ([`RunSummary`]) and `.step-pending.json`
+//! ([`PendingStep`]), evaluation JSON (`eval --save-json`, a run's `test.json`: [`EvalRecord`]) and
 //! the lines of `metrics.jsonl` ([`MetricLine`]). Every writer and reader uses these types, so a
 //! renamed field is a compile error, not a silent "—" in a report.
 
@@ -66,6 +67,58 @@ pub struct StepRecord {
     pub eval_f1: Option<f64>,
     pub eval_data: Option<String>,
     pub tokens_per_s: Option<f64>,
+}
+
+/// `summary.json` in a recipe's run folder: what each step did in the last `surgery run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    pub recipe: String,
+    pub wall_seconds: f64,
+    pub steps: Vec<StepSummary>,
+}
+
+impl RunSummary {
+    pub const FILE: &'static str = "summary.json";
+}
+
+/// One step of a [`RunSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepSummary {
+    /// The step's folder name, `NN-name`.
+    pub step: String,
+    pub kind: String,
+    pub status: StepStatus,
+    /// How long it ran (for a skipped step, when it ran; NaN, written `null`, when unknown).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub seconds: f64,
+}
+
+/// Whether a step ran in the last run or was left as it was.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Ran,
+    Skipped,
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            StepStatus::Ran => "ran",
+            StepStatus::Skipped => "skipped",
+        })
+    }
+}
+
+/// `.step-pending.json` in a training step's folder while it runs: the spec hash of the step
+/// it belongs to, so that a rerun after a kill continues that training instead of starting over.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingStep {
+    pub hash: String,
+}
+
+impl PendingStep {
+    pub const FILE: &'static str = ".step-pending.json";
 }
 
 /// An evaluation: `eval --save-json`, and `test.json` of a training run.
@@ -310,6 +363,37 @@ mod tests {
             .collect();
         assert!(matches!(&parsed[0], MetricLine::Train(t) if t.extra.contains_key("gates")));
         assert_eq!(best_dev_f1(&parsed), Some(0.5));
+    }
+
+    #[test]
+    fn a_run_summary_round_trips_with_an_unknown_duration() {
+        let summary = RunSummary {
+            recipe: "r".into(),
+            wall_seconds: 1.5,
+            steps: vec![
+                StepSummary {
+                    step: "01-a".into(),
+                    kind: "eval".into(),
+                    status: StepStatus::Skipped,
+                    seconds: f64::NAN,
+                },
+                StepSummary {
+                    step: "02-b".into(),
+                    kind: "drop-layers".into(),
+                    status: StepStatus::Ran,
+                    seconds: 2.0,
+                },
+            ],
+        };
+        let text = serde_json::to_string(&summary).unwrap();
+        assert_eq!(
+            text,
+            r#"{"recipe":"r","wall_seconds":1.5,"steps":[{"step":"01-a","kind":"eval","status":"skipped","seconds":null},{"step":"02-b","kind":"drop-layers","status":"ran","seconds":2.0}]}"#
+        );
+        let back: RunSummary = serde_json::from_str(&text).unwrap();
+        assert!(back.steps[0].seconds.is_nan());
+        assert_eq!(back.steps[1], summary.steps[1]);
+        assert_eq!(format!("{:<8}|", StepStatus::Ran), "ran     |");
     }
 
     #[test]

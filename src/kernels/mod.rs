@@ -12,6 +12,7 @@
 pub mod cpu;
 pub mod device;
 pub mod generic;
+pub mod threads;
 
 use candle_core::{Device, Tensor};
 

@@ -198,7 +198,7 @@ pub fn evaluate<S: AsRef<str>>(
     mode: Matching,
 ) -> Result<Report> {
     if gold.len() != predicted.len() {
-        return Err(Error::Spec(format!(
+        return Err(Error::Internal(format!(
             "{} gold sentences but {} predicted",
             gold.len(),
             predicted.len()
@@ -206,7 +206,7 @@ pub fn evaluate<S: AsRef<str>>(
     }
     for (i, (g, p)) in gold.iter().zip(predicted).enumerate() {
         if g.len() != p.len() {
-            return Err(Error::Spec(format!(
+            return Err(Error::Internal(format!(
                 "sentence {}: {} gold tags but {} predicted",
                 i + 1,
                 g.len(),

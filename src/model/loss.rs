@@ -48,7 +48,7 @@ fn scored(out: &ForwardOutput, labels: &[Vec<i64>]) -> Result<(Tensor, Tensor, T
     let logits = out
         .logits
         .as_ref()
-        .ok_or_else(|| Error::Spec("the model has no classifier".into()))?;
+        .ok_or_else(|| Error::Internal("the model has no classifier".into()))?;
     let (pos, tgt) = scored_positions(labels);
     let device = logits.device();
     let pos = Tensor::from_vec(pos.clone(), pos.len(), device)?;

@@ -183,7 +183,7 @@ impl Workspace {
                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}"#,
             data.vocab
         ))
-        .map_err(Error::Spec)?;
+        .map_err(|e| Error::Internal(format!("the check model's config: {e}")))?;
         let mut ckpt = random_checkpoint(config, Layout::Bare, false, false, 0.02, 1)?;
         attach_classifier(&mut ckpt, data.labels.labels(), 0.02, 2)?;
         ckpt.tokenizer_files.insert(

@@ -1,5 +1,5 @@
-//! Whole pipelines: recipes (checked TOML step lists), the embedded quickstart, and the report
-//! with its plots made from run folders.
+//! Whole pipelines: recipes (checked TOML step lists) and their runner, the embedded quickstart,
+//! and the report with its plots made from run folders.
 
 pub mod device_check;
 pub mod plot;
@@ -7,4 +7,5 @@ pub mod provenance;
 pub mod quickstart;
 pub mod recipe;
 pub mod report;
+pub mod runner;
 pub mod seeds;

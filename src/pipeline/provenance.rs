@@ -66,7 +66,7 @@ pub fn record(
         recipe.name,
         recipe.path.display(),
         toml::to_string(&step.fragment)
-            .map_err(|e| Error::Spec(format!("serialising step {}: {e}", step.name)))?
+            .map_err(|e| Error::Internal(format!("serialising step {}: {e}", step.name)))?
     );
     write(&dir.join("recipe-step.toml"), &fragment)?;
 

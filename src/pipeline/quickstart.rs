@@ -64,7 +64,7 @@ pub fn prepare(out: &Path, force: bool) -> Result<Workspace> {
             "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 256, "vocab_size": {vocab}, "max_position_embeddings": 64}}"#
     ))
-    .map_err(Error::Spec)?;
+    .map_err(|e| Error::Internal(format!("the quickstart model's config: {e}")))?;
     let mut ckpt = random_checkpoint(config, Layout::BertPrefixed, false, false, 0.02, 7)?;
     ckpt.tokenizer_files
         .insert("tokenizer.json".into(), tokenizer.into_bytes());

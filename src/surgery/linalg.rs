@@ -64,7 +64,7 @@ pub fn energy(singular_values: &[f64], rank: usize) -> f64 {
 pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
     let (m, n) = (w.nrows(), w.ncols());
     if rank == 0 || rank > m.min(n) {
-        return Err(Error::Spec(format!(
+        return Err(Error::Internal(format!(
             "rank {rank} is outside 1..={}",
             m.min(n)
         )));
@@ -93,7 +93,7 @@ pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
     }
     let svd = w
         .thin_svd()
-        .map_err(|e| Error::Spec(format!("SVD did not converge: {e:?}")))?;
+        .map_err(|e| Error::Internal(format!("SVD did not converge: {e:?}")))?;
     let (u, s, v) = (svd.U(), svd.S(), svd.V());
     let sigma: Vec<f64> = (0..m.min(n)).map(|k| s[k]).collect();
     let left = Mat::from_fn(m, rank, |i, k| u[(i, k)] * sigma[k]);
@@ -111,7 +111,7 @@ fn gram_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
     let gram: Mat<f64> = w.transpose() * w;
     let eig = gram
         .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::Spec(format!("eigendecomposition did not converge: {e:?}")))?;
+        .map_err(|e| Error::Internal(format!("eigendecomposition did not converge: {e:?}")))?;
     // Eigenvalues come in nondecreasing order: reverse for largest first.
     let (values, vectors) = (eig.S(), eig.U());
     let order: Vec<usize> = (0..n).rev().collect();

@@ -194,7 +194,13 @@ fn decompose(
         Method::Whiten => {
             let gram = calib
                 .and_then(|c| c.grams.get(&(layer, Input::of(slot))))
-                .ok_or_else(|| Error::Spec("--method whiten needs --calib".into()))?;
+                .ok_or_else(|| {
+                    // apply() requires --calib for whiten, and every selected linear has inputs.
+                    Error::Internal(format!(
+                        "no calibration statistics for layer {layer} {}",
+                        slot.as_str()
+                    ))
+                })?;
             // The mean XᵀX/n (not the sum) keeps L at the scale of the activations, so the
             // factors stay at the scale of ordinary weights.
             let tokens = calib.map_or(1, |c| c.tokens.max(1)) as f64;
@@ -240,10 +246,12 @@ fn structural_ranks(
         }
         return Ok(None);
     }
-    let text = spec
-        .params_target
-        .as_deref()
-        .expect("clap requires one target");
+    // The command line requires one target; a spec built otherwise may have none.
+    let Some(text) = spec.params_target.as_deref() else {
+        return Err(Error::Spec(
+            "lowrank-layers: give --rank, --energy or --params-target".into(),
+        ));
+    };
     let goal = parse_count(text).map_err(Error::Spec)?;
     let now = Budget::of_arch(arch).unique;
     if goal >= now {
@@ -337,10 +345,12 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         .collect::<Result<Vec<_>>>()?;
     let ranks = match structural_ranks(&ckpt.arch, &selection, spec)? {
         Some(ranks) => ranks,
-        None => energy_ranks(
-            &targets,
-            spec.energy.expect("only --energy has no structural rank"),
-        ),
+        None => {
+            let energy = spec.energy.ok_or_else(|| {
+                Error::Internal("only --energy leaves the ranks to the spectra".into())
+            })?;
+            energy_ranks(&targets, energy)
+        }
     };
     let mut out = ckpt.clone();
     let mut details = vec![];

@@ -114,7 +114,12 @@ fn budgeted(arch: &Arch, spec: &Spec) -> Result<Budgeted> {
             let limit = parse_count(text).map_err(Error::Spec)?;
             (Budget::of_arch(arch).unique, limit, "unique parameters")
         }
-        (None, None) => unreachable!("clap requires --flops or --params"),
+        // The command line requires one; a spec built otherwise may have neither.
+        (None, None) => {
+            return Err(Error::Spec(
+                "prune-structured: give --flops or --params".into(),
+            ))
+        }
     };
     let floor = now.saturating_sub(units);
     if limit < floor {

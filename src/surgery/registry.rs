@@ -109,3 +109,49 @@ registry! {
     PruneNeurons => super::prune_neurons::Spec,
     PruneStructured => super::prune_structured::Spec,
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::arch::{Arch, BertConfig, Layout};
+
+    use super::Surgery;
+
+    fn arch() -> Arch {
+        let config = BertConfig::from_json(
+            r#"{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "intermediate_size": 64, "vocab_size": 50, "max_position_embeddings": 16}"#,
+        )
+        .unwrap();
+        Arch::resolve(&config, Layout::Bare, false, false).unwrap()
+    }
+
+    /// The command line requires one of a surgery's alternative options; a spec read from JSON
+    /// (a recipe's history, a library caller) may have none, which is a user error, not a panic.
+    #[test]
+    fn a_spec_without_its_required_choice_is_refused() {
+        let arch = arch();
+        let remove_heads: super::super::remove_heads::Spec = serde_json::from_str(
+            r#"{"threshold": 0.5, "by": "importance", "data_sentences": 8, "allow_empty": false}"#,
+        )
+        .unwrap();
+        let lowrank: super::super::lowrank_layers::Spec = serde_json::from_str(
+            r#"{"modules": ["query"], "method": "svd", "calib_sentences": 8, "damp": 0.01}"#,
+        )
+        .unwrap();
+        let structured: super::super::prune_structured::Spec = serde_json::from_str(
+            r#"{"seq_len": 16, "calib": "c.txt", "calib_sentences": 8, "no_reconstruct": false,
+                "damp": 0.01, "heldout_sentences": 8}"#,
+        )
+        .unwrap();
+        let errors = [
+            remove_heads.plan(&arch).err(),
+            lowrank.plan(&arch).err(),
+            structured.plan(&arch).err(),
+        ];
+        for e in errors {
+            let e = e.expect("refused");
+            assert!(e.is_user_error(), "{e}");
+            assert!(e.to_string().contains("give --"), "{e}");
+        }
+    }
+}

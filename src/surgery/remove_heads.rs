@@ -145,6 +145,12 @@ pub fn importance(
     Ok(scores)
 }
 
+/// A spec that selects no heads: the command line cannot make one, a recipe's or a library
+/// caller's spec can.
+fn no_selection() -> Error {
+    Error::Spec("remove-heads: give --heads, --gates or --keep".into())
+}
+
 /// The heads to remove, as (logical layer, head).
 fn heads_to_remove(
     ckpt: &Checkpoint,
@@ -160,7 +166,7 @@ fn heads_to_remove(
         let remove = gated_heads(&file, spec.threshold);
         return Ok((remove, serde_json::json!({"gates": file.gates})));
     }
-    let keep = spec.keep.expect("clap requires one selection");
+    let keep = spec.keep.ok_or_else(no_selection)?;
     let scores = match spec.by {
         Ranking::Gates => {
             let path = spec
@@ -252,7 +258,7 @@ pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
         }
         remove
     } else {
-        let path = spec.gates.as_ref().expect("clap requires one selection");
+        let path = spec.gates.as_ref().ok_or_else(no_selection)?;
         if !path.exists() {
             return Ok(Planned::Unknown(format!(
                 "the heads below the threshold are known once {} exists",

@@ -72,7 +72,7 @@ pub fn arch_with_counts(arch: &Arch, heads: &[usize], neurons: &[usize]) -> Resu
     let mut out = arch.clone();
     for (s, layer) in arch.layers.iter().enumerate() {
         if heads[s] > layer.num_heads || neurons[s] > layer.intermediate {
-            return Err(Error::Spec(format!(
+            return Err(Error::Internal(format!(
                 "stored layer {s} has {} heads and {} neurons; cannot keep {} and {}",
                 layer.num_heads, layer.intermediate, heads[s], neurons[s]
             )));

@@ -1,0 +1,409 @@
+//! Runs a recipe: its steps in order under `runs/<recipe>/NN-step/`, skipping the steps whose
+//! folder holds a finished output with the same spec hash (so a rerun resumes, and a changed step
+//! re-runs with everything downstream), continuing a training step a kill interrupted, removing
+//! what a failed step leaves, and recording each output's provenance and `summary.json`.
+//!
+//! A step's command line is parsed and run by the caller through [`StepCommands`]: the CLI's
+//! parser lives in the binary, and parsing recipes with it means a recipe and a command line can
+//! never disagree.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::io::artefacts::{read_json, write_json, PendingStep, RunSummary, StepRecord};
+use crate::io::artefacts::{StepStatus, StepSummary};
+use crate::io::lock::FolderLock;
+use crate::pipeline::recipe::{did_you_mean, Arg, Kind, Recipe, Step, PLACEMENT_OPTIONS};
+
+/// What the runner needs from the command line: parsing a step's arguments, what its options
+/// are, and running it. The binary implements it with its own parser.
+pub trait StepCommands {
+    /// How a failed command ended (an error, or an exit status of its own); handed back to the
+    /// caller unchanged in [`Outcome::Failed`].
+    type Failure;
+
+    /// Parses a step's command line (without the program name) and keeps the command for
+    /// [`run`](Self::run); the error is one line saying what is wrong.
+    fn check(&mut self, step: &Step, argv: &[String]) -> std::result::Result<(), String>;
+
+    /// Whether the step's command has the option `--key`.
+    fn takes_option(&self, step: &Step, key: &str) -> bool;
+
+    /// Whether the step's option `--key` names a file or folder.
+    fn is_path_option(&self, step: &Step, key: &str) -> bool;
+
+    /// Runs a checked step. A training command continues from the `last/` state its output
+    /// folder holds, if any (the runner has removed the folder unless the step is continued).
+    fn run(
+        &mut self,
+        step: &Step,
+        argv: &[String],
+    ) -> std::result::Result<(), StepFailure<Self::Failure>>;
+
+    /// Where the run is, for the caller to show.
+    fn progress(&mut self, event: Progress<'_>);
+}
+
+/// A failed step's command.
+pub struct StepFailure<F> {
+    pub failure: F,
+    /// Another process holds the step's folder: it is not the runner's to remove.
+    pub folder_in_use: bool,
+}
+
+/// The runner's progress through the steps.
+pub enum Progress<'a> {
+    /// A finished step with the same spec hash, left as it is.
+    Skipped {
+        step: &'a Step,
+        total: usize,
+    },
+    /// A step about to run this command line.
+    Running {
+        step: &'a Step,
+        total: usize,
+        argv: &'a [String],
+    },
+    /// The training of a step a kill interrupted continues in `dir`.
+    Continuing {
+        dir: &'a Path,
+    },
+    Finished {
+        step: &'a Step,
+        seconds: f64,
+    },
+}
+
+/// How a run ended.
+pub enum Outcome<F> {
+    /// Every step is done; the summary is also in `summary.json`.
+    Finished(RunSummary),
+    /// Step `step` failed after `seconds`; the steps before it keep their outputs and a rerun
+    /// starts at it.
+    Failed {
+        step: usize,
+        seconds: f64,
+        failure: F,
+    },
+}
+
+/// Options the runner fills in, or that name files a step writes (not checked for existence).
+const WRITTEN: [&str; 5] = [
+    "out",
+    "output",
+    "save-json",
+    "write-predictions",
+    "cache-teacher",
+];
+
+/// A checked recipe: every step's command line parsed, every file it names present.
+pub struct Plan {
+    pub recipe: Recipe,
+    /// The recipe's run folder, `runs/<recipe>`.
+    pub root: PathBuf,
+    /// Each step's command line.
+    argv: Vec<Vec<String>>,
+    /// What the steps read that exists before the run (the recipe file, inputs, data): the run
+    /// folder must not overlap it.
+    reads: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// Reads the recipe and parses every step with `commands`; every problem of the recipe is
+    /// reported together, before anything runs.
+    pub fn check(
+        path: &Path,
+        vars: &[(String, String)],
+        runs: &Path,
+        commands: &mut impl StepCommands,
+    ) -> Result<Plan> {
+        let (recipe, mut problems) = Recipe::load_lenient(path, vars)?;
+        let mut plan = Plan {
+            root: runs.join(&recipe.name),
+            reads: vec![recipe.path.clone()],
+            argv: vec![],
+            recipe,
+        };
+        for step in &plan.recipe.steps {
+            if !step.is_valid() {
+                plan.argv.push(vec![]);
+                continue;
+            }
+            let label = format!("step {} ({})", step.index + 1, step.name);
+            let argv = plan.command_line(step, commands);
+            let parsed = commands.check(step, &argv);
+            plan.argv.push(argv);
+            if let Err(problem) = parsed {
+                problems.push(format!("{label}: {problem}"));
+                continue;
+            }
+            for (key, value) in read_paths(step, commands) {
+                if !Path::new(&value).exists() {
+                    problems.push(format!("{label}: {key}: `{value}` does not exist"));
+                }
+                plan.reads.push(PathBuf::from(value));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Recipe {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(plan)
+    }
+
+    /// The step `--from KEY` names (by name or 1-based number).
+    pub fn start_at(&self, key: &str) -> Result<usize> {
+        self.recipe.find_step(key).ok_or_else(|| {
+            let steps = self.recipe.steps.len();
+            Error::Spec(match key.parse::<usize>() {
+                Ok(_) => format!(
+                    "--from {key}: the recipe has {steps} step(s); give a number in 1..={steps} or a step's name"
+                ),
+                Err(_) => format!(
+                    "--from `{key}`: no such step{}",
+                    did_you_mean(key, self.recipe.steps.iter().map(|s| s.name.as_str()))
+                ),
+            })
+        })
+    }
+
+    /// A step's folder, `runs/<recipe>/NN-name`.
+    pub fn dir(&self, index: usize) -> PathBuf {
+        self.root.join(self.recipe.steps[index].folder_name())
+    }
+
+    /// A step's command line (without the program name).
+    pub fn argv(&self, index: usize) -> &[String] {
+        &self.argv[index]
+    }
+
+    /// The checkpoint a step hands on: its folder, its run's best/, or (eval, assert-budget)
+    /// its own input.
+    pub fn output_checkpoint(&self, index: usize) -> PathBuf {
+        let step = &self.recipe.steps[index];
+        match step.kind {
+            _ if !step.is_valid() => self.dir(index),
+            k if k.is_surgery() => self.dir(index),
+            k if k.is_training() => self.dir(index).join("best"),
+            _ => PathBuf::from(self.resolve(&step.input)),
+        }
+    }
+
+    fn resolve(&self, arg: &Arg) -> String {
+        match arg {
+            Arg::Text(t) => t.clone(),
+            Arg::Step { index, sub } if sub.is_empty() => {
+                self.output_checkpoint(*index).display().to_string()
+            }
+            Arg::Step { index, sub } => self.dir(*index).join(sub).display().to_string(),
+        }
+    }
+
+    /// The step's command line; the `device` and `kernels` variables, when the recipe has them,
+    /// go to every step whose command takes them (and that does not set them itself).
+    fn command_line(&self, step: &Step, commands: &impl StepCommands) -> Vec<String> {
+        let mut argv = step.argv(&self.dir(step.index), &|a| self.resolve(a));
+        for key in PLACEMENT_OPTIONS {
+            let Some(value) = self.recipe.vars.get(key) else {
+                continue;
+            };
+            let set_by_step = step.options.iter().any(|o| o.key == key);
+            if !set_by_step && commands.takes_option(step, key) {
+                argv.extend([format!("--{key}"), value.clone()]);
+            }
+        }
+        argv
+    }
+
+    /// True when the step's folder holds a finished output with the step's current hash, and
+    /// the output is still there (a deleted `model.safetensors` makes the step run again).
+    pub fn is_done(&self, index: usize) -> bool {
+        read_json::<StepRecord>(&self.dir(index).join("step.json"))
+            .is_ok_and(|step| step.hash == self.recipe.steps[index].hash)
+            && self.outputs_present(index)
+    }
+
+    /// The files a finished step leaves: a checkpoint (config and weights) for surgeries and
+    /// training, `eval.json` for an evaluation; `assert-budget` writes nothing.
+    fn outputs_present(&self, index: usize) -> bool {
+        let kind = self.recipe.steps[index].kind;
+        if kind.is_surgery() || kind.is_training() {
+            let ckpt = self.output_checkpoint(index);
+            ckpt.join("config.json").is_file()
+                && (ckpt.join("model.safetensors").is_file()
+                    || ckpt.join("model.safetensors.index.json").is_file())
+        } else if kind == Kind::Eval {
+            self.dir(index).join("eval.json").is_file()
+        } else {
+            true
+        }
+    }
+
+    /// Creates and locks the recipe's run folder for the whole run. It must not overlap what the
+    /// recipe reads, and an existing one must be a recipe run this tool wrote.
+    fn lock_root(&self) -> Result<FolderLock> {
+        let reads: Vec<&Path> = self.reads.iter().map(|p| p.as_path()).collect();
+        crate::io::output::check_no_overlap(&self.root, &reads)?;
+        if self.root.exists() && !is_recipe_root(&self.root) {
+            return Err(Error::NotOurs {
+                path: self.root.clone(),
+            });
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        crate::io::output::mark(&self.root, "recipe run")?;
+        FolderLock::acquire(&self.root)
+    }
+}
+
+/// The step's literal path arguments that it reads (its input and every path option but the
+/// ones it writes); paths from earlier steps are not listed, they do not exist yet.
+fn read_paths(step: &Step, commands: &impl StepCommands) -> Vec<(String, String)> {
+    let mut out = vec![];
+    if let Arg::Text(t) = &step.input {
+        out.push(("input".to_string(), t.clone()));
+    }
+    for option in &step.options {
+        if WRITTEN.contains(&option.key.as_str()) || !commands.is_path_option(step, &option.key) {
+            continue;
+        }
+        for v in &option.values {
+            if let Arg::Text(t) = v {
+                out.push((option.key.clone(), t.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the steps in order from a checked plan; `start` forces the steps from it on to run
+/// again. A failed step leaves no folder (but a training run's resumable state), so a rerun
+/// starts at it.
+pub fn execute<C: StepCommands>(
+    plan: &Plan,
+    start: Option<usize>,
+    commands: &mut C,
+) -> Result<Outcome<C::Failure>> {
+    let _lock = plan.lock_root()?;
+    let started = Instant::now();
+    let mut steps = vec![];
+    let total = plan.recipe.steps.len();
+    // Steps run in this invocation: a step reading one of them cannot continue an old run.
+    let mut ran = BTreeSet::new();
+    for step in &plan.recipe.steps {
+        let dir = plan.dir(step.index);
+        let forced = start.is_some_and(|s| step.index >= s);
+        if !forced && plan.is_done(step.index) {
+            commands.progress(Progress::Skipped { step, total });
+            steps.push(StepSummary {
+                step: step.folder_name(),
+                kind: step.kind.name().to_string(),
+                status: StepStatus::Skipped,
+                seconds: recorded_seconds(&dir),
+            });
+            continue;
+        }
+        let argv = plan.argv(step.index);
+        commands.progress(Progress::Running { step, total, argv });
+        let pending = dir.join(PendingStep::FILE);
+        let interrupted = step.kind.is_training()
+            && !forced
+            && step.dependencies().is_disjoint(&ran)
+            && pending_hash(&pending).as_deref() == Some(step.hash.as_str());
+        if interrupted {
+            commands.progress(Progress::Continuing { dir: &dir });
+        } else if dir.exists() {
+            // Not while another process (a manual `train --resume` into it) works there.
+            let _step_lock = FolderLock::acquire(&dir)?;
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        ran.insert(step.index);
+        if step.kind.is_training() {
+            // The step's folder records which step it belongs to, so a rerun after a kill
+            // continues its training from last/ instead of starting it again.
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            crate::io::output::mark(&dir, "recipe step")?;
+            write_json(
+                &pending,
+                &PendingStep {
+                    hash: step.hash.clone(),
+                },
+            )?;
+        }
+        if !step.kind.is_surgery() && !step.kind.is_training() {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let step_start = Instant::now();
+        let result = commands.run(step, argv);
+        let seconds = step_start.elapsed().as_secs_f64();
+        if let Err(failed) = result {
+            // An interrupted training keeps its last/ so that the rerun continues it.
+            let resumable =
+                step.kind.is_training() && dir.join("last/state/progress.json").is_file();
+            if dir.exists() && !failed.folder_in_use && !resumable {
+                if let Ok(_step_lock) = FolderLock::acquire(&dir) {
+                    std::fs::remove_dir_all(&dir).ok();
+                }
+            }
+            return Ok(Outcome::Failed {
+                step: step.index,
+                seconds,
+                failure: failed.failure,
+            });
+        }
+        crate::pipeline::provenance::record(
+            &plan.recipe,
+            step,
+            &dir,
+            &plan.output_checkpoint(step.index),
+            argv,
+            seconds,
+        )?;
+        if pending.exists() {
+            std::fs::remove_file(&pending).map_err(|e| Error::io(&pending, e))?;
+        }
+        commands.progress(Progress::Finished { step, seconds });
+        steps.push(StepSummary {
+            step: step.folder_name(),
+            kind: step.kind.name().to_string(),
+            status: StepStatus::Ran,
+            seconds,
+        });
+    }
+    let summary = RunSummary {
+        recipe: plan.recipe.name.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        steps,
+    };
+    write_json(&plan.root.join(RunSummary::FILE), &summary)?;
+    Ok(Outcome::Finished(summary))
+}
+
+/// The spec hash a training step's folder was started for, if a run of it was interrupted.
+fn pending_hash(path: &Path) -> Option<String> {
+    read_json::<PendingStep>(path).ok().map(|p| p.hash)
+}
+
+/// A recipe run folder: marked, or (written before the marker existed) empty but for hidden
+/// files, or holding `summary.json` or step folders with `step.json`.
+fn is_recipe_root(root: &Path) -> bool {
+    if crate::io::output::is_tool_output(root) || root.join(RunSummary::FILE).is_file() {
+        return true;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return false;
+    };
+    let visible: Vec<_> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    visible.is_empty() || visible.iter().any(|e| e.path().join("step.json").is_file())
+}
+
+/// The seconds a skipped step took when it ran (NaN when its record is unreadable).
+fn recorded_seconds(dir: &Path) -> f64 {
+    read_json::<StepRecord>(&dir.join("step.json")).map_or(f64::NAN, |step| step.seconds)
+}
