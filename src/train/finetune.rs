@@ -1,4 +1,5 @@
-//! `train finetune`: supervised fine-tuning, the cross-entropy objective.
+//! `train finetune`: supervised fine-tuning, the cross-entropy objective, and the run every
+//! supervised objective shares.
 
 use std::path::Path;
 
@@ -65,12 +66,7 @@ pub fn supervised(
         "files": prepared.files,
     });
     let inputs = LoopInputs {
-        ckpt: prepared.ckpt,
-        labels: prepared.labels,
-        tokenizer: &prepared.tokenizer,
-        train: prepared.train,
-        dev: prepared.dev,
-        test: prepared.test,
+        prepared,
         spec: spec.clone(),
         device,
         kernels,

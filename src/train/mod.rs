@@ -1,6 +1,7 @@
 //! Training: one generic loop ([`trainer`]) and the objectives it runs ([`finetune`]
-//! cross-entropy, [`distill`] knowledge distillation, [`gates`] head gates with an L0 penalty),
-//! the in-place AdamW, schedules, and the run folder (run.json, metrics.jsonl, best/, last/).
+//! cross-entropy and [`label_smoothing`], [`distill`] knowledge distillation, [`gates`] head gates
+//! with an L0 penalty), the inputs they share ([`inputs`]), the in-place AdamW, schedules, and
+//! the run folder (run.json, metrics.jsonl, best/, last/).
 
 pub mod distill;
 pub mod finetune;
