@@ -6,7 +6,7 @@
 //! on MiniLM: it wound up and closed every gate before relaxing.) The gates are written to
 //! `gates.json` (for `remove-heads --gates`) and their trajectories to `gates.svg`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use crate::model::gates::GatesFile;
 use crate::model::gates::HeadGates;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{Bert, Mode, Outputs};
+use crate::train::command::{CommonArgs, TrainingCommand};
 use crate::train::inputs::{finetune_inputs, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
@@ -49,6 +50,35 @@ pub struct GateSpec {
     /// Initial log α (3: every gate starts ~99% open).
     #[arg(long, default_value_t = 3.0, value_parser = crate::util::options::finite)]
     pub gate_init: f64,
+}
+
+/// `train gates`' own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatesArgs {
+    /// Fine-tuned checkpoint folder.
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub gates: GateSpec,
+}
+
+impl TrainingCommand for GatesArgs {
+    const NAME: &'static str = "train gates";
+    const ABOUT: &'static str =
+        "Learn hard-concrete head gates with an L0 penalty (writes gates.json and gates.svg)";
+    const EXAMPLE: &'static [&'static str] = &["--target-heads", "4"];
+    const OUTPUTS: &'static [(&'static str, &'static str)] = &[("gates", "gates.json")];
+
+    fn train(&self, c: &CommonArgs) -> Result<TrainOutcome> {
+        let (data, spec, out) = (&c.data, &c.spec, &c.run.out);
+        train_gates(
+            &self.checkpoint,
+            data,
+            spec,
+            &self.gates,
+            out,
+            c.run.options(),
+        )
+    }
 }
 
 /// Writes `gates.json` for `remove-heads --gates`.
@@ -150,7 +180,7 @@ struct GatedCrossEntropy {
 
 impl Objective for GatedCrossEntropy {
     fn op(&self) -> &'static str {
-        "train gates"
+        GatesArgs::NAME
     }
 
     fn extra_params(&self) -> Vec<OptParam> {

@@ -22,6 +22,7 @@ use crate::io::Checkpoint;
 use crate::kernels::Kernels;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{log_softmax, Bert, Mode};
+use crate::train::command::{CommonArgs, TrainingCommand};
 use crate::train::inputs::{ensure_classifier, prepare, read_train, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
@@ -96,6 +97,37 @@ impl DistillSpec {
             hidden: self.hidden_weight,
             attention: self.attention_weight,
         }
+    }
+}
+
+/// `train distill`'s own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DistillArgs {
+    /// Student checkpoint folder (from init-student or any surgery).
+    pub student: PathBuf,
+    /// Fine-tuned teacher checkpoint folder.
+    #[arg(long)]
+    pub teacher: PathBuf,
+    #[command(flatten)]
+    pub distill: DistillSpec,
+}
+
+impl TrainingCommand for DistillArgs {
+    const NAME: &'static str = "train distill";
+    const ABOUT: &'static str = "Distill a teacher into a student (KL·τ² on softened logits + hard CE, optional hidden-state / attention matching)";
+    const EXAMPLE: &'static [&'static str] = &["--teacher", "{teacher}", "--hidden-weight", "1"];
+
+    fn train(&self, c: &CommonArgs) -> Result<TrainOutcome> {
+        let (data, spec, out) = (&c.data, &c.spec, &c.run.out);
+        distill(
+            &self.student,
+            &self.teacher,
+            data,
+            spec,
+            &self.distill,
+            out,
+            c.run.options(),
+        )
     }
 }
 
@@ -358,7 +390,7 @@ impl Distillation {
 
 impl Objective for Distillation {
     fn op(&self) -> &'static str {
-        "train distill"
+        DistillArgs::NAME
     }
 
     fn extra_params(&self) -> Vec<OptParam> {
