@@ -752,3 +752,50 @@ fn every_registered_training_command_trains_resumes_and_is_a_recipe_kind() {
         }
     }
 }
+
+/// `train focal` learns on the tiny setup like fine-tuning does, and records γ with the
+/// hyper-parameters (a resume with another γ is refused).
+#[test]
+fn focal_loss_training_learns_and_records_gamma() {
+    let s = setup(1000);
+    let out = s.dir.path().join("focal");
+    let mut spec = quick_spec();
+    spec.epochs = 3;
+    let mut focal = surgery::train::focal::Focal::new(2.0).unwrap();
+    let outcome = surgery::train::finetune::supervised(
+        &s.model,
+        &s.data,
+        &spec,
+        &out,
+        RunOptions::default(),
+        &mut focal,
+    )
+    .unwrap();
+    assert!(outcome.best_dev_f1 > 0.5, "dev F1 {}", outcome.best_dev_f1);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["op"], "train focal");
+    assert_eq!(run["spec"]["objective"]["gamma"], 2.0);
+    assert_eq!(
+        weights(&out.join("best")).history().last().unwrap().op,
+        "train focal"
+    );
+    let model = s.model.to_str().unwrap();
+    let (train, dev) = (s.data.train.to_str().unwrap(), s.data.dev.to_str().unwrap());
+    let r = surgery(&[
+        "train",
+        "focal",
+        model,
+        "--out",
+        out.to_str().unwrap(),
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--gamma",
+        "1",
+        "--resume",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("other hyper-parameters"), "{}", r.stderr);
+}

@@ -6,6 +6,7 @@
 pub mod command;
 pub mod distill;
 pub mod finetune;
+pub mod focal;
 pub mod gates;
 pub mod inputs;
 pub mod label_smoothing;

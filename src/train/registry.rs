@@ -72,6 +72,7 @@ registry! {
     Finetune => crate::train::finetune::FinetuneArgs,
     Distill => crate::train::distill::DistillArgs,
     Gates => crate::train::gates::GatesArgs,
+    Focal => crate::train::focal::FocalArgs,
 }
 
 impl TrainCommand {
