@@ -376,3 +376,51 @@ fn hidden_matching_works_across_tokenizers_word_by_word() {
         "{err}"
     );
 }
+
+/// A cached teacher-logits file that was tampered with (a NaN among the logits) is refused,
+/// naming the file, instead of training on it.
+#[test]
+fn a_damaged_teacher_cache_is_refused_naming_the_file() {
+    let s = setup(48);
+    let mut spec = quick_spec();
+    spec.max_steps = 2;
+    let teacher_run = s.dir.path().join("teacher");
+    finetune(
+        &s.model,
+        &s.data,
+        &spec,
+        &teacher_run,
+        RunOptions::default(),
+    )
+    .unwrap();
+    let teacher = teacher_run.join("best");
+    let mut d = kd();
+    d.cache_teacher = Some(s.dir.path().join("cache"));
+    let run = |name: &str| {
+        let out = s.dir.path().join(name);
+        distill(
+            &s.model,
+            &teacher,
+            &s.data,
+            &spec,
+            &d,
+            &out,
+            Default::default(),
+        )
+    };
+    run("first").unwrap();
+    let file = std::fs::read_dir(s.dir.path().join("cache"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // The first logit (just after the header) becomes a NaN.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header..12 + header].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let err = run("second").unwrap_err().to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("damaged"), "{err}");
+}

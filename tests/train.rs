@@ -644,3 +644,158 @@ fn bf16_training_learns_on_the_detected_kernel_and_on_the_forced_fallback() {
         );
     }
 }
+
+/// Every training command in the registry, run with its declared example options on the tiny
+/// setup: the CLI offers it, it trains and records its name, a run stopped early continues where
+/// it stopped (as the recipe runner resumes it), a recipe runs it through the CLI's parser, and
+/// the report's seed grouping knows its flags.
+#[test]
+fn every_registered_training_command_trains_resumes_and_is_a_recipe_kind() {
+    use clap::Parser;
+    use surgery::train::registry::{TrainCommand, EXAMPLES, NAMES};
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(subcommand)]
+        command: TrainCommand,
+    }
+    let s = setup(48);
+    let root = s.dir.path();
+    let mut spec = quick_spec();
+    spec.max_steps = 2;
+    finetune(
+        &s.model,
+        &s.data,
+        &spec,
+        &root.join("teacher"),
+        Default::default(),
+    )
+    .unwrap();
+    let teacher = root.join("teacher/best").display().to_string();
+    let (train, dev) = (s.data.train.display(), s.data.dev.display());
+    let help = surgery(&["train", "--help"]).stdout;
+    assert_eq!(EXAMPLES.len(), NAMES.len());
+    for (name, example) in EXAMPLES {
+        let sub = name.strip_prefix("train ").expect("`train NAME`");
+        let example: Vec<String> = example
+            .iter()
+            .map(|a| a.replace("{teacher}", &teacher))
+            .collect();
+        let out = root.join(sub);
+        let argv = |extra: &[&str]| -> Vec<String> {
+            let common = format!(
+                "x {sub} {} --out {} --train {train} --dev {dev} --max-steps 4 --batch-size 8 \
+                 --eval-every 2 --log-every 1 --lr 1e-3 --seed 3",
+                s.model.display(),
+                out.display()
+            );
+            let words = common.split(' ').map(String::from);
+            words
+                .chain(example.iter().cloned())
+                .chain(extra.iter().map(|e| e.to_string()))
+                .collect()
+        };
+        let parse = |argv: Vec<String>| {
+            Wrapper::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .command
+        };
+        let stopped = parse(argv(&["--stop-after", "2"]));
+        assert_eq!(stopped.name(), *name);
+        let outcome = stopped.train().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.steps, 2, "{name}");
+        let mut rest = parse(argv(&[]));
+        rest.resume_if_present();
+        let outcome = rest.train().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.steps, 4, "{name}");
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["op"], *name);
+        for (_, file) in rest.outputs() {
+            assert!(out.join(file).is_file(), "{name}: {file}");
+        }
+        assert!(
+            help.contains(&format!("  {sub} ")),
+            "`surgery train --help` lists {sub}"
+        );
+
+        // The same command as a recipe step, checked by the CLI's own parser.
+        let mut options: Vec<String> = example
+            .chunks(2)
+            .map(|kv| format!("{} = \"{}\"", kv[0].trim_start_matches("--"), kv[1]))
+            .collect();
+        options.extend([format!("train = \"{train}\""), format!("dev = \"{dev}\"")]);
+        let recipe = root.join(format!("{sub}.toml"));
+        let input = s.model.display();
+        let step = format!("[[step]]\nkind = \"{name}\"\ninput = \"{input}\"\n");
+        std::fs::write(&recipe, format!("{step}{}\n", options.join("\n"))).unwrap();
+        let runs = root.join("runs").display().to_string();
+        let r = surgery(&[
+            "run",
+            &recipe.display().to_string(),
+            "--runs",
+            &runs,
+            "--dry-run",
+        ]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+
+        // Flags without a value must be known to the report's seed grouping.
+        for line in surgery(&["train", sub, "--help"]).stdout.lines() {
+            if let [flag] = line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                if flag.starts_with("--") && *flag != "--help" {
+                    assert!(
+                        surgery::pipeline::seeds::FLAGS_WITHOUT_VALUE.contains(flag),
+                        "{name}: add {flag} to FLAGS_WITHOUT_VALUE"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `train focal` learns on the tiny setup like fine-tuning does, and records γ with the
+/// hyper-parameters (a resume with another γ is refused).
+#[test]
+fn focal_loss_training_learns_and_records_gamma() {
+    let s = setup(1000);
+    let out = s.dir.path().join("focal");
+    let mut spec = quick_spec();
+    spec.epochs = 3;
+    let mut focal = surgery::train::focal::Focal::new(2.0).unwrap();
+    let outcome = surgery::train::finetune::supervised(
+        &s.model,
+        &s.data,
+        &spec,
+        &out,
+        RunOptions::default(),
+        &mut focal,
+    )
+    .unwrap();
+    assert!(outcome.best_dev_f1 > 0.5, "dev F1 {}", outcome.best_dev_f1);
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["op"], "train focal");
+    assert_eq!(run["spec"]["objective"]["gamma"], 2.0);
+    assert_eq!(
+        weights(&out.join("best")).history().last().unwrap().op,
+        "train focal"
+    );
+    let model = s.model.to_str().unwrap();
+    let (train, dev) = (s.data.train.to_str().unwrap(), s.data.dev.to_str().unwrap());
+    let r = surgery(&[
+        "train",
+        "focal",
+        model,
+        "--out",
+        out.to_str().unwrap(),
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--gamma",
+        "1",
+        "--resume",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("other hyper-parameters"), "{}", r.stderr);
+}

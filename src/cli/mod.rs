@@ -42,7 +42,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Fail (exit code 3) when a checkpoint's unique parameters exceed a budget.
     AssertBudget(inspect::AssertBudgetArgs),
-    /// Training: fine-tuning, distillation, head gates.
+    /// Training: one subcommand per objective (fine-tuning, distillation, head gates, ...).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Evaluate a checkpoint on labelled data (seqeval entity F1, per-type report, tokens/s).

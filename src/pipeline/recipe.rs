@@ -24,41 +24,34 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::util::hash::fnv1a;
 
-/// The commands a step can run: every registered surgery, the training commands, `eval` and
-/// `assert-budget`.
+/// The commands a step can run: every registered surgery, every registered training command,
+/// `eval` and `assert-budget`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A checkpoint-to-checkpoint surgery, by its registered name.
     Surgery(&'static str),
-    TrainFinetune,
-    TrainDistill,
-    TrainGates,
+    /// A training command, by its registered name (`train finetune`).
+    Train(&'static str),
     Eval,
     AssertBudget,
 }
 
 impl Kind {
-    /// Every kind: the surgeries in the registry's order, then the other commands.
+    /// Every kind: the surgeries and the training commands in their registries' order, then
+    /// the other commands.
     pub fn all() -> impl Iterator<Item = Kind> {
-        crate::surgery::registry::NAMES
-            .iter()
+        let surgeries = crate::surgery::registry::NAMES.iter();
+        let training = crate::train::registry::NAMES.iter();
+        surgeries
             .map(|&name| Kind::Surgery(name))
-            .chain([
-                Kind::TrainFinetune,
-                Kind::TrainDistill,
-                Kind::TrainGates,
-                Kind::Eval,
-                Kind::AssertBudget,
-            ])
+            .chain(training.map(|&name| Kind::Train(name)))
+            .chain([Kind::Eval, Kind::AssertBudget])
     }
 
     /// The name in a recipe: the CLI's words.
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Surgery(name) => name,
-            Kind::TrainFinetune => "train finetune",
-            Kind::TrainDistill => "train distill",
-            Kind::TrainGates => "train gates",
+            Kind::Surgery(name) | Kind::Train(name) => name,
             Kind::Eval => "eval",
             Kind::AssertBudget => "assert-budget",
         }
@@ -76,10 +69,7 @@ impl Kind {
 
     /// True for the training commands, whose folder is a run folder with the model in `best/`.
     pub fn is_training(self) -> bool {
-        matches!(
-            self,
-            Kind::TrainFinetune | Kind::TrainDistill | Kind::TrainGates
-        )
+        matches!(self, Kind::Train(_))
     }
 }
 

@@ -1,6 +1,7 @@
-//! `train finetune`: supervised fine-tuning, the cross-entropy objective.
+//! `train finetune`: supervised fine-tuning, the cross-entropy objective (label smoothing with
+//! `--label-smoothing`), and the run every supervised objective shares.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 
@@ -9,7 +10,9 @@ use crate::error::Result;
 use crate::eval::BatchData;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{Bert, Mode, Outputs};
+use crate::train::command::{CommonArgs, TrainingCommand};
 use crate::train::inputs::finetune_inputs;
+use crate::train::label_smoothing::LabelSmoothing;
 use crate::train::objective::Objective;
 use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
 use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
@@ -19,7 +22,7 @@ pub struct CrossEntropy;
 
 impl Objective for CrossEntropy {
     fn op(&self) -> &'static str {
-        "train finetune"
+        FinetuneArgs::NAME
     }
 
     fn loss(
@@ -34,6 +37,32 @@ impl Objective for CrossEntropy {
     }
 }
 
+/// `train finetune`'s own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FinetuneArgs {
+    /// Checkpoint folder to start from (a classifier is added if it has none).
+    pub checkpoint: PathBuf,
+    /// Smooth the targets: (1−ε)·one-hot + ε/C (0 = plain cross-entropy).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::util::options::fraction_below_one)]
+    pub label_smoothing: f64,
+}
+
+impl TrainingCommand for FinetuneArgs {
+    const NAME: &'static str = "train finetune";
+    const ABOUT: &'static str =
+        "Fine-tune a checkpoint on NER data (cross-entropy on the aligned labels)";
+    const EXAMPLE: &'static [&'static str] = &["--label-smoothing", "0.1"];
+
+    fn train(&self, common: &CommonArgs) -> Result<TrainOutcome> {
+        // ε = 0 keeps plain cross-entropy, whose spec hash records no objective settings.
+        if self.label_smoothing != 0.0 {
+            let mut objective = LabelSmoothing::new(self.label_smoothing)?;
+            return train_supervised(&self.checkpoint, common, &mut objective);
+        }
+        train_supervised(&self.checkpoint, common, &mut CrossEntropy)
+    }
+}
+
 /// `train finetune`: reads data, prepares the checkpoint and runs the loop with cross-entropy.
 pub fn finetune(
     input: &Path,
@@ -43,6 +72,17 @@ pub fn finetune(
     options: RunOptions,
 ) -> Result<TrainOutcome> {
     supervised(input, data, spec, out, options, &mut CrossEntropy)
+}
+
+/// [`supervised`] with a command's common options.
+pub fn train_supervised(
+    input: &Path,
+    common: &CommonArgs,
+    objective: &mut dyn Objective,
+) -> Result<TrainOutcome> {
+    let options = common.run.options();
+    let (data, spec) = (&common.data, &common.spec);
+    supervised(input, data, spec, &common.run.out, options, objective)
 }
 
 /// Supervised training on the aligned labels with any objective that needs only them.
@@ -65,12 +105,7 @@ pub fn supervised(
         "files": prepared.files,
     });
     let inputs = LoopInputs {
-        ckpt: prepared.ckpt,
-        labels: prepared.labels,
-        tokenizer: &prepared.tokenizer,
-        train: prepared.train,
-        dev: prepared.dev,
-        test: prepared.test,
+        prepared,
         spec: spec.clone(),
         device,
         kernels,

@@ -6,7 +6,7 @@
 //! on MiniLM: it wound up and closed every gate before relaxing.) The gates are written to
 //! `gates.json` (for `remove-heads --gates`) and their trajectories to `gates.svg`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,8 @@ use crate::model::gates::GatesFile;
 use crate::model::gates::HeadGates;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{Bert, Mode, Outputs};
-use crate::train::inputs::finetune_inputs;
+use crate::train::command::{CommonArgs, TrainingCommand};
+use crate::train::inputs::{finetune_inputs, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
 use crate::train::run_dir::RunDir;
@@ -51,11 +52,40 @@ pub struct GateSpec {
     pub gate_init: f64,
 }
 
+/// `train gates`' own options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatesArgs {
+    /// Fine-tuned checkpoint folder.
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub gates: GateSpec,
+}
+
+impl TrainingCommand for GatesArgs {
+    const NAME: &'static str = "train gates";
+    const ABOUT: &'static str =
+        "Learn hard-concrete head gates with an L0 penalty (writes gates.json and gates.svg)";
+    const EXAMPLE: &'static [&'static str] = &["--target-heads", "4"];
+    const OUTPUTS: &'static [(&'static str, &'static str)] = &[("gates", "gates.json")];
+
+    fn train(&self, c: &CommonArgs) -> Result<TrainOutcome> {
+        let (data, spec, out) = (&c.data, &c.spec, &c.run.out);
+        train_gates(
+            &self.checkpoint,
+            data,
+            spec,
+            &self.gates,
+            out,
+            c.run.options(),
+        )
+    }
+}
+
 /// Writes `gates.json` for `remove-heads --gates`.
 pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
     let gates = model
         .gates()
-        .ok_or_else(|| Error::Spec("the model has no gates".into()))?;
+        .ok_or_else(|| Error::Internal("gates.json asked of a model without gates".into()))?;
     let arch = model.arch();
     let file = GatesFile {
         heads_per_layer: arch
@@ -66,7 +96,8 @@ pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
         hidden_size: arch.hidden,
         gates: gates.values()?,
     };
-    let text = serde_json::to_string_pretty(&file).expect("json");
+    let text = serde_json::to_string_pretty(&file)
+        .map_err(|e| Error::Internal(format!("gates.json does not serialise: {e}")))?;
     crate::io::atomic::replace_file(path, |tmp| {
         std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
     })
@@ -118,14 +149,12 @@ pub fn train_gates(
     let provenance =
         serde_json::json!({"input": input, "data": data, "gates": gates, "files": prepared.files});
     let inputs = LoopInputs {
-        ckpt: prepared.ckpt,
-        labels: prepared.labels,
-        tokenizer: &prepared.tokenizer,
-        train: prepared.train,
-        dev: prepared.dev,
         // The saved checkpoints carry no gates: a test score of them would not be the gated
         // model's. Remove the heads (`remove-heads --gates`), then evaluate.
-        test: None,
+        prepared: PreparedRun {
+            test: None,
+            ..prepared
+        },
         spec: spec.clone(),
         device,
         kernels,
@@ -151,7 +180,7 @@ struct GatedCrossEntropy {
 
 impl Objective for GatedCrossEntropy {
     fn op(&self) -> &'static str {
-        "train gates"
+        GatesArgs::NAME
     }
 
     fn extra_params(&self) -> Vec<OptParam> {
@@ -188,10 +217,13 @@ impl Objective for GatedCrossEntropy {
 
     fn log_fields(&self, _: &Bert) -> Result<serde_json::Map<String, serde_json::Value>> {
         let mut fields = serde_json::Map::new();
-        fields.insert(
-            "gates".into(),
-            serde_json::to_value(self.gates.values()?).expect("json"),
-        );
+        let gates: Vec<serde_json::Value> = self
+            .gates
+            .values()?
+            .into_iter()
+            .map(serde_json::Value::from)
+            .collect();
+        fields.insert("gates".into(), gates.into());
         fields.insert(
             "expected_open_heads".into(),
             (self.gates.expected_open()?.to_scalar::<f32>()? as f64).into(),

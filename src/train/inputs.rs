@@ -1,11 +1,12 @@
-//! Supervised inputs: the training file's labels, the checkpoint with a matching classifier, and
-//! every split tokenised.
+//! A run's inputs, prepared one way for every objective: the training file (truncated to
+//! `--max-train-sentences`), the checkpoint with a classifier for the run's labels, and every
+//! split tokenised with the run's alignment and window length.
 
 use std::path::Path;
 
 use crate::data::labels::UnknownLabels;
 use crate::data::tokenize::WordTokenizer;
-use crate::data::{read_dataset, LabelSet};
+use crate::data::{read_dataset, Dataset, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::Prepared;
 use crate::io::Checkpoint;
@@ -31,7 +32,7 @@ pub fn ensure_classifier(
     }
 }
 
-/// A checkpoint and data ready for supervised training.
+/// A checkpoint and data ready for training.
 pub struct PreparedRun {
     pub ckpt: Checkpoint,
     pub labels: LabelSet,
@@ -41,51 +42,114 @@ pub struct PreparedRun {
     pub test: Option<Prepared>,
     /// Data files with their hashes, for run.json.
     pub files: serde_json::Value,
+    /// The window length every split was cut to.
+    pub max_len: usize,
 }
 
 /// Reads the data (labels from the training file), opens the checkpoint (adding a classifier if
 /// needed) and tokenises every split.
 pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Result<PreparedRun> {
     spec.validate()?;
-    let read_options = data.read_options();
-    let mut train_data = read_dataset(&data.train, &read_options)?;
-    if let Some(n) = spec.max_train_sentences {
-        train_data.sentences.truncate(n);
-    }
-    let labels = LabelSet::discover(&train_data)?;
+    let train = read_train(data, spec)?;
+    let labels = LabelSet::discover(&train)?;
     let mut ckpt = Checkpoint::open(input)?;
     ensure_classifier(&mut ckpt, &labels, data.reinit_classifier, spec.seed)?;
+    prepare(ckpt, labels, train, data, spec, usize::MAX)
+}
+
+/// The training file as a run reads it: its first `--max-train-sentences` sentences.
+pub fn read_train(data: &DataSpec, spec: &TrainSpec) -> Result<Dataset> {
+    let mut train = read_dataset(&data.train, &data.read_options())?;
+    if let Some(n) = spec.max_train_sentences {
+        train.sentences.truncate(n);
+    }
+    Ok(train)
+}
+
+/// Tokenises `train` and the dev and test files for `ckpt`, whose classifier has `labels`.
+/// Windows hold at most `--max-len` tokens, and no more than the model's positions or `cap`
+/// (another model's, e.g. a teacher that reads the same windows).
+pub fn prepare(
+    ckpt: Checkpoint,
+    labels: LabelSet,
+    train: Dataset,
+    data: &DataSpec,
+    spec: &TrainSpec,
+    cap: usize,
+) -> Result<PreparedRun> {
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
-    let max_len = spec.max_len.min(ckpt.arch.max_positions);
-    let prepare = |path: &Path| -> Result<Prepared> {
-        let d = read_dataset(path, &read_options)?;
-        Prepared::new(
-            &tokenizer,
-            d,
-            &labels,
-            data.unknown_labels,
-            spec.alignment(),
-            max_len,
-        )
-    };
-    let train = Prepared::new(
-        &tokenizer,
-        train_data,
-        &labels,
-        UnknownLabels::Error,
-        spec.alignment(),
+    let max_len = spec.max_len.min(ckpt.arch.max_positions).min(cap);
+    let splits = Splits {
+        data,
+        spec,
+        labels: &labels,
         max_len,
-    )?;
-    let dev = prepare(&data.dev)?;
-    let test = data.test.as_deref().map(prepare).transpose()?;
-    let files = data.file_hashes()?;
+    };
+    let train = splits.train(&tokenizer, train)?;
+    let dev = splits.evaluation(&tokenizer, &data.dev)?;
+    let test = data
+        .test
+        .as_deref()
+        .map(|p| splits.evaluation(&tokenizer, p))
+        .transpose()?;
     Ok(PreparedRun {
+        files: data.file_hashes()?,
         ckpt,
         labels,
         tokenizer,
         train,
         dev,
         test,
-        files,
+        max_len,
     })
+}
+
+/// How a run tokenises its splits: its labels, alignment and window length.
+pub struct Splits<'a> {
+    pub data: &'a DataSpec,
+    pub spec: &'a TrainSpec,
+    pub labels: &'a LabelSet,
+    pub max_len: usize,
+}
+
+impl Splits<'_> {
+    /// The training split: a tag outside the label set is an error whatever
+    /// `--unknown-labels` says (it would be trained as something else).
+    pub fn train(&self, tokenizer: &WordTokenizer, train: Dataset) -> Result<Prepared> {
+        self.tokenise(tokenizer, train, UnknownLabels::Error)
+    }
+
+    /// A dev or test file, its unknown tags treated as `--unknown-labels` says.
+    pub fn evaluation(&self, tokenizer: &WordTokenizer, path: &Path) -> Result<Prepared> {
+        let d = read_dataset(path, &self.data.read_options())?;
+        self.tokenise(tokenizer, d, self.data.unknown_labels)
+    }
+
+    fn tokenise(
+        &self,
+        tokenizer: &WordTokenizer,
+        d: Dataset,
+        unknown: UnknownLabels,
+    ) -> Result<Prepared> {
+        Prepared::new(
+            tokenizer,
+            d,
+            self.labels,
+            unknown,
+            self.spec.alignment(),
+            self.max_len,
+        )
+    }
+}
+
+impl PreparedRun {
+    /// How these splits were tokenised, to tokenise the same data for another model.
+    pub fn splits<'a>(&'a self, data: &'a DataSpec, spec: &'a TrainSpec) -> Splits<'a> {
+        Splits {
+            data,
+            spec,
+            labels: &self.labels,
+            max_len: self.max_len,
+        }
+    }
 }

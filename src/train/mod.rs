@@ -1,14 +1,18 @@
-//! Training: one generic loop ([`trainer`]) and the objectives it runs ([`finetune`]
-//! cross-entropy, [`distill`] knowledge distillation, [`gates`] head gates with an L0 penalty),
-//! the in-place AdamW, schedules, and the run folder (run.json, metrics.jsonl, best/, last/).
+//! Training: one generic loop ([`trainer`]) and the objectives it runs, each in its own file
+//! (an [`objective::Objective`] for the loss, a [`command::TrainingCommand`] for its options)
+//! and listed once in [`registry`]; the inputs every objective shares ([`inputs`]), the in-place
+//! AdamW, schedules, and the run folder (run.json, metrics.jsonl, best/, last/).
 
+pub mod command;
 pub mod distill;
 pub mod finetune;
+pub mod focal;
 pub mod gates;
 pub mod inputs;
 pub mod label_smoothing;
 pub mod objective;
 pub mod optim;
+pub mod registry;
 pub mod run_dir;
 pub mod schedule;
 pub mod spec;

@@ -1,6 +1,7 @@
 //! What a training objective supplies to the generic loop in [`crate::train::trainer`]: its loss
 //! and, where it has them, its own trainable tensors, log fields and output files. A new
-//! objective is one file implementing this trait plus its CLI variant.
+//! objective is one file implementing this trait and [`crate::train::command::TrainingCommand`]
+//! (its CLI options), plus its line in [`crate::train::registry`].
 
 use candle_core::Tensor;
 

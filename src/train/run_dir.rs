@@ -210,12 +210,9 @@ impl RunDir {
         let mut meta = HashMap::new();
         meta.insert("optimizer_step".into(), optimizer.step.to_string());
         write_safetensors(&folder.path("optimizer.safetensors"), tensors, meta)?;
-        folder.write(
-            "progress.json",
-            serde_json::to_string_pretty(progress)
-                .expect("json")
-                .as_bytes(),
-        )?;
+        let progress = serde_json::to_string_pretty(progress)
+            .map_err(|e| Error::Internal(format!("the progress does not serialise: {e}")))?;
+        folder.write("progress.json", progress.as_bytes())?;
         folder.commit()?;
         // Swap staging into place: last/ is always either the old or the new complete state.
         let old = self.path.join("last.old");

@@ -216,3 +216,46 @@ impl RunOptions {
         Ok(run)
     }
 }
+
+/// The command-line form of [`RunOptions`] and the run folder, the same on every training
+/// command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Run folder: run.json, metrics.jsonl, best/ and last/ checkpoints.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue an interrupted run from out/last.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace an existing run folder (only a run folder this tool wrote).
+    #[arg(long)]
+    pub force: bool,
+    /// Stop after N optimizer steps as if interrupted (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Also write the metrics as TensorBoard event files into OUT/tensorboard (watch them live with
+    /// `tensorboard --logdir OUT`).
+    #[arg(long)]
+    pub tensorboard: bool,
+    /// Set by the recipe runner: continue the run the folder holds, if any.
+    #[arg(skip)]
+    pub resume_if_present: bool,
+    #[command(flatten)]
+    pub compute: crate::kernels::Compute,
+}
+
+impl RunArgs {
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            resume: match (self.resume, self.resume_if_present) {
+                (true, _) => Resume::Required,
+                (false, true) => Resume::IfPresent,
+                (false, false) => Resume::No,
+            },
+            force: self.force,
+            stop_after: self.stop_after,
+            tensorboard: self.tensorboard,
+            compute: self.compute,
+        }
+    }
+}
