@@ -374,10 +374,13 @@ pub fn distill(
     }
     let student_tok = WordTokenizer::from_checkpoint(&student)?;
     let teacher_tok = WordTokenizer::from_checkpoint(&teacher_ckpt)?;
-    let max_len = spec
-        .max_len
-        .min(student.arch.max_positions)
-        .min(teacher_ckpt.arch.max_positions);
+    let max_len = crate::util::options::train_window_len(
+        spec.max_len,
+        &[
+            ("the student", student.arch.max_positions),
+            ("the teacher", teacher_ckpt.arch.max_positions),
+        ],
+    )?;
     let prepare = |tok: &WordTokenizer, d| {
         Prepared::new(
             tok,

@@ -56,7 +56,10 @@ pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Resul
     let mut ckpt = Checkpoint::open(input)?;
     ensure_classifier(&mut ckpt, &labels, data.reinit_classifier, spec.seed)?;
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
-    let max_len = spec.max_len.min(ckpt.arch.max_positions);
+    let max_len = crate::util::options::train_window_len(
+        spec.max_len,
+        &[("the model", ckpt.arch.max_positions)],
+    )?;
     let prepare = |path: &Path| -> Result<Prepared> {
         let d = read_dataset(path, &read_options)?;
         Prepared::new(
