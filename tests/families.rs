@@ -255,30 +255,33 @@ fn a_chain_of_surgeries_then_export_runs_on_every_family_with_onnx_runtime_parit
     }
 }
 
+/// Synthetic sentences with the fixtures' labels (PER and LOC; other types become O), written to
+/// `dir/name.txt`.
+fn per_and_loc(dir: &Path, name: &str, n: usize, seed: u64) -> PathBuf {
+    let path = dir.join(format!("{name}.txt"));
+    surgery::data::synthetic::write_conll(
+        &path,
+        &surgery::data::synthetic::sentences(n, seed, name != "train"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let relabelled: String = text
+        .lines()
+        .map(|line| match line.rsplit_once(' ') {
+            Some((word, tag)) if tag.ends_with("ORG") || tag.ends_with("MISC") => {
+                format!("{word} O\n")
+            }
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&path, relabelled).unwrap();
+    path
+}
+
 #[test]
 fn a_roberta_teacher_fine_tunes_and_distils_into_a_distilbert_student() {
     let dir = tempdir();
-    // Synthetic sentences with the fixtures' labels (PER and LOC; other types become O).
-    let data = |name: &str, n, seed| {
-        let path = dir.path().join(format!("{name}.txt"));
-        surgery::data::synthetic::write_conll(
-            &path,
-            &surgery::data::synthetic::sentences(n, seed, name != "train"),
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let relabelled: String = text
-            .lines()
-            .map(|line| match line.rsplit_once(' ') {
-                Some((word, tag)) if tag.ends_with("ORG") || tag.ends_with("MISC") => {
-                    format!("{word} O\n")
-                }
-                _ => format!("{line}\n"),
-            })
-            .collect();
-        std::fs::write(&path, relabelled).unwrap();
-        path
-    };
+    let data = |name: &str, n, seed| per_and_loc(dir.path(), name, n, seed);
     let (train, dev) = (data("train", 96, 1), data("dev", 24, 2));
     let run = |args: Vec<String>, fixture_or_model: &Path, out: &Path| -> PathBuf {
         let mut argv = args;
@@ -417,5 +420,218 @@ fn prune_vocab_keeps_the_pieces_and_logits_of_the_kept_corpus_for_bpe_unigram_an
         );
         let diff = logits_diff(&a, &b);
         assert!(diff <= 1e-6, "{name}: {diff}");
+    }
+}
+
+/// The fraction of exact zeros in the encoder linears' weights of an output folder.
+fn encoder_zeros(dir: &Path) -> f64 {
+    let store = TensorStore::open_files(&[dir.join("model.safetensors")]).unwrap();
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for name in store.names() {
+        let linear = name.contains(".layer.")
+            && name.ends_with(".weight")
+            && !name.contains("LayerNorm")
+            && !name.contains("layer_norm");
+        if linear {
+            let values = store.load_f32(name, &Device::Cpu).unwrap();
+            let values = values.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            zeros += values.iter().filter(|v| **v == 0.0).count();
+            total += values.len();
+        }
+    }
+    zeros as f64 / total as f64
+}
+
+/// The per-family commands the surgery chain does not take: head gates trained for a few steps
+/// (their file read back by remove-heads), raw-text prediction, SparseGPT, layer sharing and
+/// dropping. Each output keeps its family's layout and runs.
+#[test]
+fn every_family_trains_gates_predicts_and_takes_sparsegpt_tie_and_drop_layers() {
+    let dir = tempdir();
+    let train = per_and_loc(dir.path(), "train", 32, 1);
+    let dev = per_and_loc(dir.path(), "dev", 8, 2);
+    let text = dir.path().join("text.txt");
+    let passages = [
+        "John Smith lives in Paris.",
+        "Anna visited Berlin and London with Mary Jones.",
+        "nothing to see here",
+    ];
+    std::fs::write(&text, passages.join("\n") + "\n").unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    for name in FAMILIES {
+        let step = |n: &str| dir.path().join(format!("{name}-{n}"));
+        let run = |args: Vec<String>| {
+            let r = surgery(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(r.code, 0, "{name}: {args:?}: {}", r.stderr);
+            r
+        };
+        let fixture = p(&fixture(name));
+
+        // Head gates: a few steps, then the gates file drives remove-heads.
+        let gates = step("gates");
+        run([
+            "train",
+            "gates",
+            &fixture,
+            "--l0",
+            "0.5",
+            "--train",
+            &p(&train),
+            "--dev",
+            &p(&dev),
+            "--out",
+            &p(&gates),
+            "--reinit-classifier",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "--lr",
+            "1e-3",
+        ]
+        .map(String::from)
+        .to_vec());
+        assert_family_layout(name, &gates.join("best"));
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(gates.join("gates.json")).unwrap())
+                .unwrap();
+        assert_eq!(file["gates"].as_array().unwrap().len(), 2, "{name}: {file}");
+        let pruned = step("gated");
+        run([
+            "remove-heads",
+            &p(&gates.join("best")),
+            &p(&pruned),
+            "--gates",
+            &p(&gates.join("gates.json")),
+            "--keep",
+            "6",
+            "--by",
+            "gates",
+        ]
+        .map(String::from)
+        .to_vec());
+        assert_family_layout(name, &pruned);
+
+        // Prediction on raw text: one answer per passage, spans that quote the passage.
+        let r = run(["predict", &fixture, "--input", &p(&text)]
+            .map(String::from)
+            .to_vec());
+        let answers: Vec<serde_json::Value> = r
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(answers.len(), passages.len(), "{name}: {}", r.stdout);
+        for (answer, passage) in answers.iter().zip(passages) {
+            assert_eq!(answer["text"], passage, "{name}");
+            let chars: Vec<char> = passage.chars().collect();
+            for e in answer["entities"].as_array().unwrap() {
+                let (start, end) = (e["start"].as_u64().unwrap(), e["end"].as_u64().unwrap());
+                let quoted: String = chars[start as usize..end as usize].iter().collect();
+                assert_eq!(e["text"], quoted.as_str(), "{name}: {e}");
+                assert!(
+                    ["PER", "LOC"].contains(&e["type"].as_str().unwrap()),
+                    "{name}: {e}"
+                );
+            }
+        }
+
+        // SparseGPT at 50%: half of every encoder linear is zero, and the model still runs.
+        let sparse = step("sparsegpt");
+        run([
+            "sparsegpt",
+            &fixture,
+            &p(&sparse),
+            "--sparsity",
+            "0.5",
+            "--calib",
+            &p(&train),
+            "--calib-sentences",
+            "16",
+        ]
+        .map(String::from)
+        .to_vec());
+        assert_family_layout(name, &sparse);
+        let zeros = encoder_zeros(&sparse);
+        assert!((0.45..0.55).contains(&zeros), "{name}: {zeros}");
+
+        // Shared and dropped layers.
+        for (op, extra, layers) in [
+            ("tie-layers", vec!["--share-all"], 2),
+            ("drop-layers", vec!["--keep", "1"], 1),
+        ] {
+            let out = step(op);
+            let mut args = vec![op.to_string(), fixture.clone(), p(&out)];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            run(args);
+            assert_family_layout(name, &out);
+            let ckpt = Checkpoint::open(&out).unwrap();
+            assert_eq!(ckpt.arch.num_layers(), layers, "{name} {op}");
+            assert_eq!(ckpt.arch.layers.len(), 1, "{name} {op}: one stored layer");
+            forward(
+                &out,
+                &parity_sentences(),
+                &step(&format!("{op}.safetensors")),
+            );
+        }
+    }
+}
+
+/// `export --quantize int8` of every family in ONNX Runtime: the linears really are int8
+/// (`MatMulInteger`), and the logits stay within 2% of the largest f32 logit, with the same
+/// predicted label almost everywhere.
+#[test]
+fn every_family_exports_to_int8_with_onnx_runtime_parity() {
+    use prost::Message;
+    let dir = tempdir();
+    let ort = crate::export::onnxruntime_available();
+    for name in FAMILIES {
+        let export = dir.path().join(format!("{name}-int8"));
+        let r = surgery(&[
+            "export",
+            fixture(name).to_str().unwrap(),
+            export.to_str().unwrap(),
+            "--quantize",
+            "int8",
+        ]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        assert_eq!(graph_inputs(&export)[0], "input_ids", "{name}");
+        let bytes = std::fs::read(export.join("model.onnx")).unwrap();
+        let model = surgery::export::onnx_proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        let ops: Vec<String> = model
+            .graph
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.clone().unwrap())
+            .collect();
+        assert!(ops.iter().any(|o| o == "MatMulInteger"), "{name}: {ops:?}");
+        if !ort {
+            continue;
+        }
+        let reference = dir.path().join(format!("{name}.safetensors"));
+        let ours = forward(&fixture(name), &parity_sentences(), &reference);
+        let largest = ours
+            .load_f32("logits", &Device::Cpu)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let result = crate::export::ort_logits(&export, &reference, 0.02 * largest);
+        eprintln!("{name}: int8 ONNX Runtime vs f32 surgery forward: {result}");
+        assert_eq!(result["checker"], "ok", "{name}: {result}");
+        let diff = result["max_abs_diff"].as_f64().unwrap();
+        assert!(diff > 0.0, "{name}: int8 changed nothing: {result}");
+        assert!(
+            result["argmax_agreement"].as_f64().unwrap() >= 0.98,
+            "{name}: {result}"
+        );
     }
 }

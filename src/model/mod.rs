@@ -329,14 +329,8 @@ impl Bert {
         let mut x = x.reshape((b, l, width))?;
         x = match self.arch.positions {
             Positions::FromZero => x.broadcast_add(&e.position.narrow(0, 0, l)?)?,
-            positions => {
-                let ids: Vec<u32> = batch
-                    .input_ids
-                    .to_vec2::<u32>()?
-                    .iter()
-                    .flat_map(|row| positions.ids(row))
-                    .collect();
-                let ids = Tensor::from_vec(ids, b * l, x.device())?;
+            Positions::AfterPadding { pad } => {
+                let ids = after_padding_positions(&batch.input_ids, pad)?.flatten_all()?;
                 (x + e.position.index_select(&ids, 0)?.reshape((b, l, width))?)?
             }
         };
@@ -390,6 +384,25 @@ impl Bert {
 /// Inverted-dropout multipliers (0 or 1/(1−p)) for a tensor shaped like `x`, in training mode
 /// with p > 0: drawn in order from the run's generator when `x` is in RAM (so both kernels see
 /// the same masks), by the device's generator (seeded per step) elsewhere.
+/// RoBERTa's position ids (transformers' `create_position_ids_from_input_ids`) computed where
+/// the ids are, so a batch on a GPU is not read back to the host: a running count of the
+/// non-padding tokens (an inclusive prefix sum by log-step shifted adds, exact in u32), offset by
+/// `pad`; padding tokens get `pad` itself. [B, L] u32 → [B, L] u32.
+pub fn after_padding_positions(input_ids: &Tensor, pad: u32) -> candle_core::Result<Tensor> {
+    let (b, l) = input_ids.dims2()?;
+    let device = input_ids.device();
+    let mask = input_ids.ne(pad)?.to_dtype(DType::U32)?;
+    let mut count = mask.clone();
+    let mut shift = 1;
+    while shift < l {
+        let zeros = Tensor::zeros((b, shift), DType::U32, device)?;
+        let shifted = Tensor::cat(&[&zeros, &count.narrow(1, 0, l - shift)?], 1)?;
+        count = (count + shifted)?;
+        shift *= 2;
+    }
+    (count * mask)?.broadcast_add(&Tensor::new(&[pad], device)?)
+}
+
 fn dropout_mask(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Option<Multipliers>> {
     let rng = match mode {
         Mode::Train(rng) if p > 0.0 => rng,
@@ -436,5 +449,41 @@ pub fn dropouts_of(config: &crate::arch::BertConfig) -> Dropouts {
         classifier: config
             .classifier_dropout
             .unwrap_or(config.hidden_dropout_prob) as f32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tensor computation agrees with the host reference (`Positions::ids`) on rows with
+    /// padding anywhere, rows of only padding, and every length up to past a power of two.
+    #[test]
+    fn position_ids_after_padding_match_the_host_reference() {
+        let mut rng = Rng::new(5);
+        for pad in [0u32, 1, 7] {
+            for l in 1..=19 {
+                let rows: Vec<Vec<u32>> = (0..4)
+                    .map(|r| {
+                        (0..l)
+                            .map(|_| match r {
+                                0 => pad,
+                                _ if rng.uniform() < 0.3 => pad,
+                                _ => 2 + (rng.uniform() * 20.0) as u32,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let flat: Vec<u32> = rows.concat();
+                let ids = Tensor::from_vec(flat, (4, l), &Device::Cpu).unwrap();
+                let ours = after_padding_positions(&ids, pad)
+                    .unwrap()
+                    .to_vec2::<u32>()
+                    .unwrap();
+                let positions = Positions::AfterPadding { pad };
+                let expected: Vec<Vec<u32>> = rows.iter().map(|r| positions.ids(r)).collect();
+                assert_eq!(ours, expected, "pad {pad}, length {l}");
+            }
+        }
     }
 }

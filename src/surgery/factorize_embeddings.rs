@@ -58,13 +58,19 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let new_arch = plan(&ckpt.arch, spec)?;
     let e = spec.rank;
     let start = Instant::now();
-    let dense = match ckpt.arch.embeddings {
-        EmbeddingKind::Dense => cpu(ckpt, Key::WordEmbeddings)?,
-        EmbeddingKind::Factorized { .. } => {
-            cpu(ckpt, Key::WordEmbeddings)?.matmul(&cpu(ckpt, Key::WordProjection)?.t()?)?
-        }
+    let layout = ckpt.arch.layout;
+    let table = format!("`{}`", Key::WordEmbeddings.name(layout));
+    let (dense, what) = match ckpt.arch.embeddings {
+        EmbeddingKind::Dense => (cpu(ckpt, Key::WordEmbeddings)?, table),
+        EmbeddingKind::Factorized { .. } => (
+            cpu(ckpt, Key::WordEmbeddings)?.matmul(&cpu(ckpt, Key::WordProjection)?.t()?)?,
+            format!(
+                "{table} times `{}` (the factorized table multiplied out)",
+                Key::WordProjection.name(layout)
+            ),
+        ),
     };
-    let svd = truncated_svd(to_mat(&dense)?.as_ref(), e)?;
+    let svd = truncated_svd(to_mat(&dense)?.as_ref(), e, &what)?;
     let table = to_tensor(svd.left.as_ref())?;
     let projection = to_tensor(svd.right.as_ref())?; // width×E: the E→width linear's weight
     let mut out = ckpt.clone();

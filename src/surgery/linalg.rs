@@ -60,15 +60,48 @@ pub fn energy(singular_values: &[f64], rank: usize) -> f64 {
         / total
 }
 
-/// The best rank-`rank` approximation of `w` (Eckart–Young).
-pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
+/// The best rank-`rank` approximation of `w` (Eckart–Young). `what` names the matrix (its
+/// tensor, and how it was formed) in every error, so a failure says which of a model's many
+/// matrices it was.
+pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize, what: &str) -> Result<TruncatedSvd> {
+    let fail = |msg: String| Error::Spec(format!("SVD of {what}: {msg}"));
     let (m, n) = (w.nrows(), w.ncols());
     if rank == 0 || rank > m.min(n) {
         return Err(Error::Internal(format!(
-            "rank {rank} is outside 1..={}",
+            "SVD of {what}: rank {rank} is outside 1..={}",
             m.min(n)
         )));
     }
+    // A product computed in f32 (a factorized table multiplied out, a whitened weight) may
+    // overflow even when every stored weight is finite; the solvers would turn it into NaN
+    // factors instead of failing.
+    if let Some((i, j)) = first_non_finite(w) {
+        return Err(fail(format!(
+            "the {m}×{n} matrix holds a non-finite value at ({i}, {j})"
+        )));
+    }
+    let svd = svd_of_finite(w, rank).map_err(fail)?;
+    let finite = |x: &Mat<f64>| first_non_finite(x.as_ref()).is_none();
+    if !(finite(&svd.left)
+        && finite(&svd.right)
+        && svd.singular_values.iter().all(|s| s.is_finite()))
+    {
+        return Err(fail(
+            "the factors are not finite (the values are too large to decompose in f64)".into(),
+        ));
+    }
+    Ok(svd)
+}
+
+/// The first (row, column) holding NaN or ±∞.
+fn first_non_finite(w: MatRef<'_, f64>) -> Option<(usize, usize)> {
+    (0..w.ncols())
+        .flat_map(|j| (0..w.nrows()).map(move |i| (i, j)))
+        .find(|&(i, j)| !w[(i, j)].is_finite())
+}
+
+fn svd_of_finite(w: MatRef<'_, f64>, rank: usize) -> std::result::Result<TruncatedSvd, String> {
+    let (m, n) = (w.nrows(), w.ncols());
     if m >= 4 * n {
         return gram_svd(w, rank);
     }
@@ -93,7 +126,7 @@ pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
     }
     let svd = w
         .thin_svd()
-        .map_err(|e| Error::Internal(format!("SVD did not converge: {e:?}")))?;
+        .map_err(|e| format!("the SVD did not converge ({e:?})"))?;
     let (u, s, v) = (svd.U(), svd.S(), svd.V());
     let sigma: Vec<f64> = (0..m.min(n)).map(|k| s[k]).collect();
     let left = Mat::from_fn(m, rank, |i, k| u[(i, k)] * sigma[k]);
@@ -106,12 +139,12 @@ pub fn truncated_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
 }
 
 /// Tall W (m ≫ n): eigen-decompose WᵀW = V Σ² Vᵀ, then U Σ = W V.
-fn gram_svd(w: MatRef<'_, f64>, rank: usize) -> Result<TruncatedSvd> {
+fn gram_svd(w: MatRef<'_, f64>, rank: usize) -> std::result::Result<TruncatedSvd, String> {
     let n = w.ncols();
     let gram: Mat<f64> = w.transpose() * w;
-    let eig = gram
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::Internal(format!("eigendecomposition did not converge: {e:?}")))?;
+    let eig = gram.self_adjoint_eigen(Side::Lower).map_err(|e| {
+        format!("the eigendecomposition of its Gram matrix did not converge ({e:?})")
+    })?;
     // Eigenvalues come in nondecreasing order: reverse for largest first.
     let (values, vectors) = (eig.S(), eig.U());
     let order: Vec<usize> = (0..n).rev().collect();
@@ -145,14 +178,14 @@ mod tests {
     fn gram_and_thin_svd_paths_agree_with_eckart_young() {
         for (m, n) in [(200, 12), (12, 200), (30, 20)] {
             let w = random(m, n, (m * n) as u64);
-            let svd = truncated_svd(w.as_ref(), 5).unwrap();
+            let svd = truncated_svd(w.as_ref(), 5, "w").unwrap();
             let err = reconstruction_error(&w, &svd);
             assert!(
                 (err - svd.relative_error(5)).abs() < 1e-9,
                 "{m}x{n}: {err} vs {}",
                 svd.relative_error(5)
             );
-            let full = truncated_svd(w.as_ref(), m.min(n)).unwrap();
+            let full = truncated_svd(w.as_ref(), m.min(n), "w").unwrap();
             assert!(reconstruction_error(&w, &full) < 1e-9);
         }
     }
@@ -160,8 +193,28 @@ mod tests {
     #[test]
     fn exact_low_rank_matrices_are_recovered() {
         let w: Mat<f64> = &random(100, 3, 1) * random(3, 16, 2);
-        let svd = truncated_svd(w.as_ref(), 3).unwrap();
+        let svd = truncated_svd(w.as_ref(), 3, "w").unwrap();
         assert!(reconstruction_error(&w, &svd) < 1e-9);
         assert!(svd.retained_energy(3) > 1.0 - 1e-12);
+    }
+
+    #[test]
+    fn every_failure_names_the_matrix() {
+        let name = "`encoder.layer.3.attention.self.query.weight`";
+        for (m, n) in [(200, 12), (12, 200), (30, 20)] {
+            let mut w = random(m, n, 7);
+            w[(m / 2, n / 2)] = f64::INFINITY;
+            let err = truncated_svd(w.as_ref(), 2, name)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(name) && err.contains("non-finite"), "{err}");
+            let w = random(m, n, 8);
+            let err = truncated_svd(w.as_ref(), 0, name)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 }

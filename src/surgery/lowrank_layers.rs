@@ -180,14 +180,13 @@ fn decompose(
         out,
         inp,
     } = shape;
-    let w = to_mat(&cpu(
-        ckpt,
-        Key::Linear {
-            layer,
-            slot,
-            part: LinearPart::Weight,
-        },
-    )?)?;
+    let key = Key::Linear {
+        layer,
+        slot,
+        part: LinearPart::Weight,
+    };
+    let name = format!("`{}`", key.name(ckpt.arch.layout));
+    let w = to_mat(&cpu(ckpt, key)?)?;
     let full = out.min(inp);
     let (matrix, chol) = match spec.method {
         Method::Svd => (w, None),
@@ -205,11 +204,17 @@ fn decompose(
             // factors stay at the scale of ordinary weights.
             let tokens = calib.map_or(1, |c| c.tokens.max(1)) as f64;
             let mean = Mat::from_fn(gram.nrows(), gram.ncols(), |i, j| gram[(i, j)] / tokens);
-            let l = damped_cholesky(&mean, spec.damp)?;
+            let l = damped_cholesky(&mean, spec.damp).map_err(|e| {
+                Error::Spec(format!("whitening {name} (stored layer {layer}): {e}"))
+            })?;
             (&w * &l, Some(l))
         }
     };
-    let svd = truncated_svd(matrix.as_ref(), full)?;
+    let what = match chol {
+        Some(_) => format!("{name} times the Cholesky factor of its calibration inputs"),
+        None => name,
+    };
+    let svd = truncated_svd(matrix.as_ref(), full, &what)?;
     Ok(Target {
         shape,
         left: svd.left,

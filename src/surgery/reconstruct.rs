@@ -147,7 +147,14 @@ pub fn reconstruct(
             };
             let w = params.get(key(LinearPart::Weight));
             let b = params.get(key(LinearPart::Bias));
-            let (new_w, new_b, before, after) = system.solve(&w, &b, damp)?;
+            let (new_w, new_b, before, after) =
+                system.solve(&w, &b, damp).map_err(|e| match e {
+                    Error::Spec(msg) => Error::Spec(format!(
+                        "refitting `{}`: {msg}",
+                        key(LinearPart::Weight).name(arch.layout)
+                    )),
+                    other => other,
+                })?;
             var_of(&params, key(LinearPart::Weight)).set(&new_w)?;
             var_of(&params, key(LinearPart::Bias)).set(&new_b)?;
             blocks.push(serde_json::json!({

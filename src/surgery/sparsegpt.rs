@@ -361,7 +361,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
                             block: spec.block,
                             damp: spec.damp,
                         },
-                    )?,
+                    )
+                    .map_err(|e| Error::Spec(format!("`{}`: {e}", key.name(ckpt.arch.layout))))?,
                     Method::Magnitude => {
                         magnitude(&mut w, rows_n, cols, pattern);
                         Default::default()

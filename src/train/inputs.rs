@@ -54,7 +54,7 @@ pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Resul
     let labels = LabelSet::discover(&train)?;
     let mut ckpt = Checkpoint::open(input)?;
     ensure_classifier(&mut ckpt, &labels, data.reinit_classifier, spec.seed)?;
-    prepare(ckpt, labels, train, data, spec, usize::MAX)
+    prepare(ckpt, labels, train, data, spec, &[])
 }
 
 /// The training file as a run reads it: its first `--max-train-sentences` sentences.
@@ -67,18 +67,20 @@ pub fn read_train(data: &DataSpec, spec: &TrainSpec) -> Result<Dataset> {
 }
 
 /// Tokenises `train` and the dev and test files for `ckpt`, whose classifier has `labels`.
-/// Windows hold at most `--max-len` tokens, and no more than the model's positions or `cap`
-/// (another model's, e.g. a teacher that reads the same windows).
+/// Windows hold at most `--max-len` tokens, and no more than the positions of the model or of
+/// the `others` that read the same windows (e.g. a teacher).
 pub fn prepare(
     ckpt: Checkpoint,
     labels: LabelSet,
     train: Dataset,
     data: &DataSpec,
     spec: &TrainSpec,
-    cap: usize,
+    others: &[(&'static str, usize)],
 ) -> Result<PreparedRun> {
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
-    let max_len = spec.max_len.min(ckpt.arch.max_positions).min(cap);
+    let mut limits = vec![("the model", ckpt.arch.max_positions)];
+    limits.extend_from_slice(others);
+    let max_len = crate::util::options::train_window_len(spec.max_len, &limits)?;
     let splits = Splits {
         data,
         spec,

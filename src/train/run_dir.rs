@@ -155,9 +155,11 @@ impl RunDir {
         Ok(())
     }
 
-    /// Drops the lines of `metrics.jsonl` logged after `step` (and a line cut short by a kill):
+    /// Drops the lines of `metrics.jsonl` and the TensorBoard events logged after `step` (and a
+    /// line or record cut short by a kill):
     /// a resumed run continues from `last/` at `step` and logs those steps again.
     pub fn forget_metrics_after(&self, step: usize) -> Result<()> {
+        crate::io::tensorboard::forget_steps_after(&self.path.join("tensorboard"), step)?;
         let path = self.path.join("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Ok(());

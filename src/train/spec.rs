@@ -50,8 +50,9 @@ pub struct TrainSpec {
     /// Stop after N optimizer steps (0 = run all epochs).
     #[arg(long, default_value_t = 0)]
     pub max_steps: usize,
-    /// Maximum tokens per window (longer sentences are split).
-    #[arg(long, default_value_t = 128, value_parser = crate::util::options::max_len)]
+    /// Maximum tokens per window (longer sentences are split); at most the model's positions
+    /// (the default is lowered to them).
+    #[arg(long, default_value_t = crate::util::options::TRAIN_MAX_LEN_DEFAULT, value_parser = crate::util::options::max_len)]
     pub max_len: usize,
     /// Label every sub-token (continuations of B-X as I-X) instead of the first only.
     #[arg(long)]

@@ -112,6 +112,27 @@ pub fn check_max_len(option: &str, value: usize, model_max: usize) -> Result<()>
     Ok(())
 }
 
+/// `--max-len`'s default on the training commands.
+pub const TRAIN_MAX_LEN_DEFAULT: usize = 128;
+
+/// The window length of a training run on models with `limits` positions (each named, e.g.
+/// "the teacher"): a `--max-len` beyond one of them is an error, as on `eval`, rather than a
+/// silent clamp. Only the default, which was not chosen for this model, is lowered to fit.
+pub fn train_window_len(value: usize, limits: &[(&str, usize)]) -> Result<usize> {
+    let Some(&(who, fits)) = limits.iter().min_by_key(|&&(_, n)| n) else {
+        return Ok(value);
+    };
+    if value <= fits {
+        return Ok(value);
+    }
+    if value == TRAIN_MAX_LEN_DEFAULT {
+        return Ok(fits);
+    }
+    Err(Error::Spec(format!(
+        "--max-len {value}: {who} has {fits} positions (max_position_embeddings); give at most {fits}"
+    )))
+}
+
 /// For sizes a library entry point receives directly: zero is refused with the option's name.
 pub fn require_positive(option: &str, value: usize) -> Result<()> {
     if value == 0 {
@@ -183,5 +204,22 @@ mod tests {
         assert!(require_positive("--batch-size", 1).is_ok());
         assert!(check_max_len("--max-len", 100_000, 512).is_err());
         assert!(check_max_len("--max-len", 512, 512).is_ok());
+    }
+
+    #[test]
+    fn a_training_window_beyond_a_model_is_an_error_except_the_default() {
+        let limits = [("the student", 64), ("the teacher", 32)];
+        assert_eq!(train_window_len(16, &limits).unwrap(), 16);
+        assert_eq!(train_window_len(32, &limits).unwrap(), 32);
+        let err = train_window_len(48, &limits).unwrap_err().to_string();
+        assert!(
+            err.contains("--max-len 48") && err.contains("the teacher has 32"),
+            "{err}"
+        );
+        assert_eq!(
+            train_window_len(TRAIN_MAX_LEN_DEFAULT, &limits).unwrap(),
+            32
+        );
+        assert_eq!(train_window_len(512, &[("the model", 512)]).unwrap(), 512);
     }
 }
