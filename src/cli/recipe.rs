@@ -203,8 +203,10 @@ impl Plan {
             }
             .into());
         }
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("creating {}", self.root.display()))?;
+        std::fs::create_dir_all(&self.root).map_err(|source| surgery::Error::Io {
+            path: self.root.clone(),
+            source,
+        })?;
         surgery::io::output::mark(&self.root, "recipe run")?;
         Ok(FolderLock::acquire(&self.root)?)
     }

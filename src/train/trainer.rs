@@ -157,6 +157,13 @@ pub fn fit(
     if spec.max_steps > 0 {
         total_steps = total_steps.min(spec.max_steps);
     }
+    if progress.step > total_steps {
+        return Err(Error::Input {
+            path: run.last().join("state/progress.json"),
+            line: 1,
+            msg: format!("step {} is beyond the run's {total_steps} steps: the state is damaged; start the run again with --force", progress.step),
+        });
+    }
     let warmup = (spec.warmup_ratio * total_steps as f64).round() as usize;
     let pad_id = inputs.tokenizer.pad_id();
     let padding =
