@@ -847,3 +847,822 @@ fn a_teacher_with_non_finite_logits_is_not_blamed_on_its_tokenizer() {
     assert!(err.contains("logits are not finite"), "{err}");
     assert!(!err.contains("tokenizer"), "{err}");
 }
+
+/// Exit 2 (or 0 where the input is fine), never a panic, an abort or exit 1.
+fn clean_exit(r: &Output, what: &str) {
+    assert!(
+        r.code == 0 || r.code == 2,
+        "{what}: exit {}: {}",
+        r.code,
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+}
+
+/// Runs `args` (strings) through the binary.
+fn run_strings(args: &[String]) -> Output {
+    surgery(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn train_max_len_beyond_a_model_is_an_error_naming_the_model_and_its_positions() {
+    let dir = tempdir();
+    let m = model(dir.path()); // 32 positions
+    let mut short = tiny_config();
+    short.max_position_embeddings = 16;
+    let teacher = save(
+        &tiny_checkpoint(short, Layout::Bare, 4),
+        dir.path(),
+        "teacher",
+    );
+    let data = conll(dir.path());
+    let out = dir.path().join("run");
+    let common = |extra: &[&str]| {
+        let mut a: Vec<&str> = vec![];
+        a.extend(extra);
+        a.extend([
+            "--train",
+            s(&data),
+            "--dev",
+            s(&data),
+            "--out",
+            s(&out),
+            "--reinit-classifier",
+            "--max-steps",
+            "1",
+        ]);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    for (command, max_len, needle) in [
+        (
+            vec!["train", "finetune", s(&m)],
+            "64",
+            "the model has 32 positions",
+        ),
+        (
+            vec!["train", "gates", s(&m), "--l0", "1"],
+            "33",
+            "the model has 32 positions",
+        ),
+        (
+            vec!["train", "distill", s(&m), "--teacher", s(&teacher)],
+            "24",
+            "the teacher has 16 positions",
+        ),
+    ] {
+        let mut args = common(&command);
+        args.extend(["--max-len".to_string(), max_len.to_string()]);
+        let r = run_strings(&args);
+        refused_cleanly(&r, &format!("--max-len {max_len}"));
+        assert!(r.stderr.contains(needle), "{}", r.stderr);
+        assert!(!out.exists(), "a refused run leaves no folder");
+    }
+    // Within the limits (and the default, 128, lowered to the model's positions) it trains.
+    for extra in [&["--max-len", "32"][..], &[][..]] {
+        let mut args = common(&["train", "finetune", s(&m), "--force"]);
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let r = run_strings(&args);
+        assert_eq!(r.code, 0, "{extra:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn an_svd_that_cannot_be_computed_names_its_tensor() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let factorized = dir.path().join("f8");
+    let r = surgery(&["factorize-embeddings", s(&m), s(&factorized), "--rank", "8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Finite factors whose product overflows f32: the table cannot be factorized again.
+    let file = factorized.join("model.safetensors");
+    let (header, mut data) = split_safetensors(&file);
+    for name in [
+        "embeddings.word_embeddings.weight",
+        "embeddings.word_projection.weight",
+    ] {
+        let name = header
+            .keys()
+            .find(|k| k.ends_with(name) || k.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} in {:?}", header.keys().collect::<Vec<_>>()));
+        let [a, b] = [0, 1].map(|i| header[name]["data_offsets"][i].as_u64().unwrap() as usize);
+        for chunk in data[a..b].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&1e30f32.to_le_bytes());
+        }
+    }
+    join_safetensors(&file, &header, &data);
+    let out = dir.path().join("f4");
+    let r = surgery(&[
+        "factorize-embeddings",
+        s(&factorized),
+        s(&out),
+        "--rank",
+        "4",
+    ]);
+    refused_cleanly(&r, "SVD of `embeddings.word_embeddings.weight`");
+    assert!(r.stderr.contains("non-finite"), "{}", r.stderr);
+    assert!(!out.exists());
+}
+
+#[test]
+fn tensorboard_events_are_not_repeated_after_a_kill_and_resume() {
+    use prost::Message;
+    use surgery::io::tensorboard::{frame, read_events, Event, Summary, SummaryValue};
+    let s_ = setup(48);
+    let run_dir = s_.dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "finetune",
+            s(&s_.model),
+            "--train",
+            s(&s_.data.train),
+            "--dev",
+            s(&s_.data.dev),
+            "--out",
+            s(&run_dir),
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "6",
+            "--eval-every",
+            "2",
+            "--log-every",
+            "1",
+            "--tensorboard",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    let r = run_strings(&args(&["--stop-after", "2"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let events_dir = run_dir.join("tensorboard");
+    let files = || -> Vec<PathBuf> {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(&events_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        f.sort();
+        f
+    };
+    // A kill after steps 3 and 4 were logged (the second write cut short) but before last/
+    // was saved again.
+    let first = files().pop().unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    for step in [3, 4] {
+        let event = Event {
+            wall_time: 0.0,
+            step,
+            file_version: None,
+            summary: Some(Summary {
+                value: vec![SummaryValue {
+                    tag: "train/loss".into(),
+                    simple_value: Some(1.0),
+                }],
+            }),
+        };
+        let record = frame(&event.encode_to_vec());
+        let cut = if step == 4 {
+            record.len() / 2
+        } else {
+            record.len()
+        };
+        bytes.extend(&record[..cut]);
+    }
+    std::fs::write(&first, bytes).unwrap();
+    let r = run_strings(&args(&["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Every file reads cleanly, and every (tag, step) is there once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut loss_steps = vec![];
+    assert!(
+        files().len() >= 2,
+        "the resumed run writes a file of its own"
+    );
+    for file in files() {
+        for event in read_events(&file).unwrap() {
+            for v in event.summary.iter().flat_map(|s| &s.value) {
+                assert!(
+                    seen.insert((v.tag.clone(), event.step)),
+                    "{} at step {} twice",
+                    v.tag,
+                    event.step
+                );
+                if v.tag == "train/loss" {
+                    loss_steps.push(event.step);
+                }
+            }
+        }
+    }
+    loss_steps.sort();
+    assert_eq!(loss_steps, (1..=6).collect::<Vec<i64>>());
+}
+
+/// A model with no encoder layers (embeddings and classifier only): the commands that read or
+/// train it work; the ones that cut layers, neurons or heads say there is nothing to cut.
+#[test]
+fn a_model_without_encoder_layers_is_read_or_refused_never_a_panic() {
+    let dir = tempdir();
+    let mut config = tiny_config();
+    config.num_hidden_layers = 0;
+    let m = save(
+        &tiny_checkpoint(config, Layout::Bare, 5),
+        dir.path(),
+        "zero",
+    );
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let out = dir.path().join("out");
+    let (m, d, o) = (s(&m), s(&data), s(&out));
+    let train = |kind: &str, extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = ["train", kind, m].map(String::from).to_vec();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.extend(
+            [
+                "--train",
+                d,
+                "--dev",
+                d,
+                "--out",
+                o,
+                "--max-steps",
+                "2",
+                "--reinit-classifier",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let refused = "no encoder layers";
+    let cases: Vec<(Vec<String>, Option<&str>)> = vec![
+        (vec!["inspect".into(), m.into()], None),
+        (["eval", m, "--data", d].map(String::from).to_vec(), None),
+        (
+            ["predict", m, "--input", s(&sentences)]
+                .map(String::from)
+                .to_vec(),
+            None,
+        ),
+        (["export", m, o].map(String::from).to_vec(), None),
+        (
+            ["factorize-embeddings", m, o, "--rank", "4"]
+                .map(String::from)
+                .to_vec(),
+            None,
+        ),
+        (train("finetune", &[]), None),
+        (
+            train("gates", &["--l0", "1"]),
+            Some("no attention heads to gate"),
+        ),
+        (
+            ["tie-layers", m, o, "--share-all"]
+                .map(String::from)
+                .to_vec(),
+            Some(refused),
+        ),
+        (
+            ["magnitude", m, o, "--sparsity", "0.5"]
+                .map(String::from)
+                .to_vec(),
+            Some(refused),
+        ),
+        (
+            ["sparsegpt", m, o, "--sparsity", "0.5", "--calib", d]
+                .map(String::from)
+                .to_vec(),
+            Some(refused),
+        ),
+        (
+            [
+                "prune-neurons",
+                m,
+                o,
+                "--keep-ratio",
+                "0.5",
+                "--by",
+                "magnitude",
+            ]
+            .map(String::from)
+            .to_vec(),
+            Some(refused),
+        ),
+        (
+            ["prune-structured", m, o, "--flops", "0.5", "--calib", d]
+                .map(String::from)
+                .to_vec(),
+            Some(refused),
+        ),
+        (
+            ["drop-layers", m, o, "--keep", "0"]
+                .map(String::from)
+                .to_vec(),
+            Some("the model has no encoder layers"),
+        ),
+        (
+            ["lowrank-layers", m, o, "--rank", "2"]
+                .map(String::from)
+                .to_vec(),
+            Some("no linear"),
+        ),
+    ];
+    for (args, expected) in cases {
+        let _ = std::fs::remove_dir_all(&out);
+        let r = run_strings(&args);
+        clean_exit(&r, &args.join(" "));
+        match expected {
+            None => assert_eq!(r.code, 0, "{args:?}: {}", r.stderr),
+            Some(needle) => refused_cleanly(&r, needle),
+        }
+    }
+}
+
+#[test]
+fn config_sizes_of_the_wrong_type_or_sign_are_refused_naming_the_key() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let keys = [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "pad_token_id",
+    ];
+    let values = [
+        serde_json::json!(-1),
+        serde_json::json!(-5),
+        serde_json::json!(3.5),
+        serde_json::json!("16"),
+        serde_json::json!(true),
+        serde_json::json!([16]),
+        serde_json::json!(null),
+    ];
+    for key in keys {
+        let original = {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(m.join("config.json")).unwrap()).unwrap();
+            v[key].clone()
+        };
+        for value in &values {
+            edit_config(&m, |v| v[key] = value.clone());
+            let r = surgery(&["inspect", s(&m)]);
+            refused_cleanly(&r, &format!("`{key}` is "));
+            assert!(r.stderr.contains("config.json"), "{}", r.stderr);
+        }
+        edit_config(&m, |v| v[key] = original.clone());
+    }
+    for (key, value) in [
+        ("layer_norm_eps", serde_json::json!("1e-12")),
+        ("hidden_dropout_prob", serde_json::json!(null)),
+        ("classifier_dropout", serde_json::json!("0.1")),
+    ] {
+        edit_config(&m, |v| v[key] = value.clone());
+        refused_cleanly(&surgery(&["inspect", s(&m)]), &format!("`{key}` is "));
+        edit_config(&m, |v| {
+            v.as_object_mut().unwrap().remove(key);
+        });
+    }
+    assert_eq!(surgery(&["inspect", s(&m)]).code, 0);
+}
+
+#[test]
+fn conll_files_read_the_same_whatever_their_line_ends_separators_or_bom() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let plain = "John B-PER\nSmith I-PER\nlives O\nin O\nParis B-LOC\n\nAnna B-PER\nvisited O\nBerlin B-LOC\n";
+    let report = |text: &str, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let r = surgery(&["eval", s(&m), "--data", s(&path), "--json"]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        v["report"].clone()
+    };
+    let expected = report(plain, "plain.txt");
+    assert_eq!(expected["micro"]["support"], 4);
+    let three_columns: String = plain
+        .lines()
+        .map(|l| match l.split_once(' ') {
+            Some((w, t)) => format!("{w} NNP {t}\n"),
+            None => "\n".into(),
+        })
+        .collect();
+    for (name, text) in [
+        ("crlf", plain.replace('\n', "\r\n")),
+        ("cr", plain.replace('\n', "\r")),
+        ("tabs", plain.replace(' ', "\t")),
+        ("bom", format!("\u{feff}{plain}")),
+        ("three-columns", three_columns),
+        ("docstart", format!("-DOCSTART- -X- -X- O\n\n{plain}")),
+    ] {
+        assert_eq!(report(&text, &format!("{name}.txt")), expected, "{name}");
+    }
+    // Sentences for `forward` with carriage returns alone: one sentence per line as well.
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives\rAnna visited Berlin\r").unwrap();
+    let out = dir.path().join("f.safetensors");
+    let r = surgery(&["forward", s(&m), "--input", s(&sentences), "--out", s(&out)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let store = surgery::io::TensorStore::open_files(&[out]).unwrap();
+    assert_eq!(store.info("input_ids").unwrap().shape[0], 2);
+}
+
+#[test]
+fn empty_option_values_are_refused_by_every_command() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let out = dir.path().join("out");
+    let (m, d, o, st) = (s(&m), s(&data), s(&out), s(&sentences));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["drop-layers", m, o, "--keep", ""], "--keep"),
+        (vec!["tie-layers", m, o, "--groups", ""], "--groups"),
+        (vec!["assert-budget", m, "--max", ""], "--max"),
+        (vec!["eval", m, "--data", ""], "--data"),
+        (
+            vec!["eval", m, "--data", d, "--tag-names", ""],
+            "--tag-names",
+        ),
+        (vec!["eval", m, "--data", d, "--device", ""], "--device"),
+        (vec!["forward", m, "--input", st, "--out", ""], "--out"),
+        (vec!["predict", m, "--input", ""], "--input"),
+        (vec!["magnitude", m, o, "--pattern", ""], "--pattern"),
+        (
+            vec!["sparsegpt", m, o, "--pattern", "2:4", "--calib", ""],
+            "--calib",
+        ),
+        (vec!["export", m, ""], "OUT"),
+        (vec!["drop-layers", "", o, "--keep", "0"], "INPUT"),
+        (vec!["prune-vocab", m, o, "--corpus", ""], "--corpus"),
+        (
+            vec![
+                "train", "finetune", m, "--train", d, "--dev", d, "--out", "",
+            ],
+            "--out",
+        ),
+        (vec!["report", m, "--out", ""], "--out"),
+        (
+            vec![
+                "train",
+                "distill",
+                m,
+                "--teacher",
+                m,
+                "--train",
+                d,
+                "--dev",
+                d,
+                "--out",
+                o,
+                "--layer-map",
+                "",
+            ],
+            "--layer-map",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = surgery(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(needle) && !r.stderr.contains("panicked"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!out.exists(), "{args:?} wrote {o}");
+    }
+}
+
+#[test]
+fn an_output_over_an_input_is_refused_by_every_command_and_the_input_is_unchanged() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&m, &link).unwrap();
+    let data_link = dir.path().join("data-link.txt");
+    std::os::unix::fs::symlink(&data, &data_link).unwrap();
+    let (ms, d, st, l) = (s(&m), s(&data), s(&sentences), s(&link));
+    let inside = m.join("sub");
+    let weights = m.join("model.safetensors");
+    let config = m.join("config.json");
+    let under_link = link.join("out");
+    let read_all = || {
+        [
+            &m.join("model.safetensors"),
+            &m.join("config.json"),
+            &data,
+            &sentences,
+        ]
+        .map(|p| std::fs::read(p).unwrap())
+    };
+    let before = read_all();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["drop-layers", ms, ms, "--keep", "0", "--force"],
+        vec!["drop-layers", ms, l, "--keep", "0", "--force"],
+        vec!["drop-layers", ms, s(&under_link), "--keep", "0"],
+        vec!["tie-layers", ms, ms, "--share-all", "--force"],
+        vec![
+            "sparsegpt",
+            ms,
+            s(&inside),
+            "--sparsity",
+            "0.5",
+            "--calib",
+            d,
+        ],
+        vec!["prune-vocab", ms, ms, "--corpus", d, "--force"],
+        vec!["export", ms, ms, "--force"],
+        vec!["export", ms, l, "--force"],
+        vec!["forward", ms, "--input", st, "--out", st, "--force"],
+        vec![
+            "forward",
+            ms,
+            "--input",
+            st,
+            "--out",
+            s(&weights),
+            "--force",
+        ],
+        vec!["eval", ms, "--data", d, "--write-predictions", d, "--force"],
+        vec![
+            "eval",
+            ms,
+            "--data",
+            s(&data_link),
+            "--write-predictions",
+            d,
+            "--force",
+        ],
+        vec![
+            "eval",
+            ms,
+            "--data",
+            d,
+            "--save-json",
+            s(&config),
+            "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", ms, "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", l, "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", d, "--force",
+        ],
+        vec![
+            "init-student",
+            ms,
+            "--like",
+            ms,
+            "--layers",
+            "1",
+            "--hidden",
+            "16",
+            "--heads",
+            "4",
+            "--intermediate",
+            "8",
+            "--force",
+        ],
+        vec!["report", ms, "--out", ms],
+    ];
+    for args in cases {
+        let r = surgery(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert!(read_all() == before, "{args:?} changed an input");
+    }
+    assert!(!inside.exists());
+}
+
+#[test]
+fn weights_of_an_unsupported_dtype_are_refused_naming_the_tensor() {
+    let dir = tempdir();
+    let name = "encoder.layer.0.attention.self.query.weight";
+    for (dtype, width) in [
+        ("F8_E4M3", 1),
+        ("F8_E5M2", 1),
+        ("I64", 8),
+        ("I32", 4),
+        ("U8", 1),
+        ("BOOL", 1),
+        ("F64", 8),
+        ("Q4", 4),
+    ] {
+        let m = save(
+            &tiny_checkpoint(tiny_config(), Layout::Bare, 3),
+            dir.path(),
+            &format!("m-{dtype}"),
+        );
+        let file = m.join("model.safetensors");
+        let (header, data) = split_safetensors(&file);
+        // The tensor declared with `dtype` and bytes of that width; later tensors move along.
+        let mut items: Vec<(&String, &serde_json::Value)> = header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .collect();
+        items.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap());
+        let (mut new, mut body) = (serde_json::Map::new(), vec![]);
+        for (key, info) in items {
+            let [a, b] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+            let mut info = info.clone();
+            let bytes = if key == name {
+                info["dtype"] = dtype.into();
+                vec![0u8; (b - a) / 4 * width]
+            } else {
+                data[a..b].to_vec()
+            };
+            info["data_offsets"] = serde_json::json!([body.len(), body.len() + bytes.len()]);
+            body.extend(bytes);
+            new.insert(key.clone(), info);
+        }
+        join_safetensors(&file, &new, &body);
+        let r = surgery(&["eval", s(&m), "--data", s(&conll(dir.path()))]);
+        refused_cleanly(&r, &format!("`{name}` has unsupported dtype {dtype}"));
+    }
+}
+
+#[test]
+fn assert_budget_refuses_malformed_counts_and_reads_suffixes_exactly() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    for bad in [
+        "20MM", "1.5.3M", "M", "20 M", "0x10", "-0", "+5", "١٢٣", "nan", "inf", "1e", "k20",
+        "2^10", "1e-3",
+    ] {
+        let given = format!("--max={bad}");
+        let r = surgery(&["assert-budget", s(&m), &given]);
+        refused_cleanly(&r, "--max");
+    }
+    // Over (exit 3) or within (exit 0) budget: the count is read as written.
+    for (value, code) in [
+        ("0", 3),
+        ("1e3", 3),
+        ("1_000", 3),
+        ("20m", 0),
+        ("20G", 0),
+        ("1,000,000", 0),
+    ] {
+        let r = surgery(&["assert-budget", s(&m), "--max", value]);
+        assert_eq!(r.code, code, "{value}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn tokenizer_json_of_the_wrong_shape_is_refused_naming_it() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let path = m.join("tokenizer.json");
+    for text in [
+        "[]",
+        "{}",
+        "\"x\"",
+        "42",
+        "null",
+        "{\"model\": 5}",
+        "{\"model\": {\"type\": \"WordPiece\"}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}}",
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let r = surgery(&["eval", s(&m), "--data", s(&data)]);
+        refused_cleanly(&r, "tokenizer.json");
+    }
+}
+
+#[test]
+fn predict_answers_nothing_to_empty_input_and_every_blank_line() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    for (input, lines) in [("", 0), ("\n\n\n", 3), ("John\r\nAnna\r\n", 2)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_surgery"))
+            .args(["predict", s(&m)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), lines, "{input:?}: {text}");
+    }
+}
+
+#[test]
+fn recipe_step_names_must_be_non_empty_strings_and_runs_must_be_a_folder() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let runs = dir.path().join("runs");
+    for (name, needle) in [("\"\"", "name ``"), ("5", "`name` must be a string")] {
+        let path = dir.path().join("r.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[step]]\nname = {name}\nkind = \"drop-layers\"\ninput = \"{}\"\nkeep = \"0\"\n",
+                m.display()
+            ),
+        )
+        .unwrap();
+        for extra in [&["--dry-run"][..], &[][..]] {
+            let mut args = vec!["run", s(&path), "--runs", s(&runs)];
+            args.extend(extra);
+            refused_cleanly(&surgery(&args), needle);
+        }
+    }
+    assert!(!runs.exists());
+    // `--runs` naming a regular file: a user error (exit 2), not an internal one.
+    let path = recipe(dir.path(), &m, "", "MODEL");
+    let file = conll(dir.path());
+    let before = std::fs::read(&file).unwrap();
+    refused_cleanly(&surgery(&["run", s(&path), "--runs", s(&file)]), s(&file));
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+}
+
+#[test]
+fn resume_refuses_a_damaged_run_record() {
+    let s_ = setup(32);
+    let run_dir = s_.dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "finetune",
+            s(&s_.model),
+            "--train",
+            s(&s_.data.train),
+            "--dev",
+            s(&s_.data.dev),
+            "--out",
+            s(&run_dir),
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "3",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    assert_eq!(run_strings(&args(&["--stop-after", "1"])).code, 0);
+    let record = run_dir.join("run.json");
+    let good = std::fs::read(&record).unwrap();
+    for damaged in ["[]", "{", "", "null"] {
+        std::fs::write(&record, damaged).unwrap();
+        let r = run_strings(&args(&["--resume"]));
+        refused_cleanly(&r, "run.json");
+    }
+    std::fs::write(&record, good).unwrap();
+    // A step beyond the run's own steps.
+    let progress = run_dir.join("last/state/progress.json");
+    let text = std::fs::read_to_string(&progress).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["step"] = 99_999.into();
+    std::fs::write(&progress, value.to_string()).unwrap();
+    refused_cleanly(&run_strings(&args(&["--resume"])), "progress.json");
+    std::fs::write(&progress, text).unwrap();
+    assert_eq!(run_strings(&args(&["--resume"])).code, 0);
+}
+
+#[test]
+fn small_models_odd_options_and_empty_indexes_get_answers_not_panics() {
+    let dir = tempdir();
+    let m = model(dir.path()); // a vocabulary of 177 pieces: no embedding rank of 256 fits
+    let r = surgery(&["plan", s(&m), "--budget", "2M"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("shapes fit"), "{}", r.stdout);
+    for budget in ["0", "1"] {
+        let r = surgery(&["plan", s(&m), "--budget", budget]);
+        refused_cleanly(&r, &format!("no student shape fits {budget} parameters"));
+    }
+    refused_cleanly(&surgery(&["inspect", s(&m), "--seq-len", "0"]), "--seq-len");
+    // A shard index whose weight map names no tensor.
+    std::fs::remove_file(m.join("model.safetensors")).unwrap();
+    std::fs::write(
+        m.join("model.safetensors.index.json"),
+        "{\"weight_map\": {}}",
+    )
+    .unwrap();
+    refused_cleanly(&surgery(&["inspect", s(&m)]), "names no tensor");
+}

@@ -60,6 +60,57 @@ const DISTILBERT_KEYS: [(&str, &str); 7] = [
     ("attention_dropout", "attention_probs_dropout_prob"),
 ];
 
+/// The size keys of a config, which must hold whole numbers ≥ 0.
+const SIZE_KEYS: [&str; 8] = [
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pad_token_id",
+];
+
+/// The keys that must hold numbers.
+const NUMBER_KEYS: [&str; 3] = [
+    "layer_norm_eps",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+];
+
+/// Checks the type of every value the model reads before deserializing, so that a negative
+/// size, a fraction or a quoted number is reported with its key (serde's own message names only
+/// the expected Rust type).
+fn check_value_types(
+    object: &serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<(), String> {
+    let shown = |v: &serde_json::Value| crate::util::excerpt::excerpt(&v.to_string());
+    for key in SIZE_KEYS {
+        if let Some(v) = object.get(key).filter(|v| !v.is_u64()) {
+            return Err(format!(
+                "`{key}` is {}; expected a whole number ≥ 0",
+                shown(v)
+            ));
+        }
+    }
+    for key in NUMBER_KEYS {
+        if let Some(v) = object.get(key).filter(|v| !v.is_number()) {
+            return Err(format!("`{key}` is {}; expected a number", shown(v)));
+        }
+    }
+    if let Some(v) = object
+        .get("classifier_dropout")
+        .filter(|v| !(v.is_number() || v.is_null()))
+    {
+        return Err(format!(
+            "`classifier_dropout` is {}; expected a number or null",
+            shown(v)
+        ));
+    }
+    Ok(())
+}
+
 /// The `model_type` of a config object; absent means BERT (configs written before HF stored it).
 fn model_type_of(object: &serde_json::Map<String, serde_json::Value>) -> Option<&str> {
     object.get("model_type").and_then(|v| v.as_str())
@@ -202,6 +253,7 @@ impl BertConfig {
             }
             _ => {}
         }
+        check_value_types(object)?;
         let config: BertConfig = serde_json::from_value(value).map_err(|e| e.to_string())?;
         config.validate()?;
         Ok(config)

@@ -84,6 +84,9 @@ fn check_tag_names(names: &[String]) -> Result<()> {
 }
 
 fn parse_conll(path: &Path, text: &str) -> Result<Vec<Sentence>> {
+    // Otherwise a file with carriage returns alone would be one line whose first and last
+    // columns made one word.
+    let text = crate::io::text_input::normalize_line_ends(text);
     let mut sentences = vec![];
     let mut current = Sentence {
         words: vec![],
@@ -254,5 +257,13 @@ mod tests {
         assert_eq!(s[0].line, 3);
         assert_eq!(s[1].tags, vec!["B-PER"]);
         assert_eq!(s[1].line, 7);
+        // The same lines ended by a carriage return alone, or by CRLF.
+        for ending in ["\r", "\r\n"] {
+            let other = parse_conll(
+                Path::new("x"),
+                &text.replace("\r\n", "\n").replace('\n', ending),
+            );
+            assert_eq!(other.unwrap(), s, "{ending:?}");
+        }
     }
 }

@@ -43,6 +43,10 @@ impl WordTokenizer {
         };
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| bad(format!("cannot read tokenizer: {e}")))?;
+        // Every word would become no piece at all, and be predicted from nothing.
+        if inner.get_vocab_size(true) == 0 {
+            return Err(bad("the tokenizer's vocabulary is empty".into()));
+        }
         inner.with_padding(None);
         inner
             .with_truncation(None)

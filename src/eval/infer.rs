@@ -24,6 +24,7 @@ pub struct PaddedInputs {
 /// Reads one sentence per line, words separated by single spaces. Empty lines are an error.
 pub fn read_sentences(path: &Path) -> Result<Vec<Vec<String>>> {
     let text = crate::io::text_input::read_text(path)?;
+    let text = crate::io::text_input::normalize_line_ends(&text);
     let mut sentences = vec![];
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');

@@ -25,6 +25,14 @@ fn temp_sibling(target: &Path) -> Result<PathBuf> {
     } else {
         parent
     };
+    // Otherwise the error would name the temporary file inside it.
+    if parent.exists() && !parent.is_dir() {
+        return Err(Error::Spec(format!(
+            "{}: {} is a file, not a folder; choose another output path",
+            target.display(),
+            parent.display()
+        )));
+    }
     Ok(parent.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),

@@ -118,6 +118,12 @@ impl TensorStore {
                     shards.push(path);
                 }
             }
+            if shards.is_empty() {
+                return Err(Error::Safetensors {
+                    path: index.clone(),
+                    msg: "`weight_map` names no tensor".into(),
+                });
+            }
             Self::open_files(&shards)
         } else {
             let msg = if dir.join("model.onnx").is_file() {

@@ -142,6 +142,16 @@ pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The text with every line ended by `\n`: a carriage return alone ends a line too (files saved
+/// with classic Mac line endings), so that such a file is not read as one long line.
+pub fn normalize_line_ends(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\r') {
+        text.replace("\r\n", "\n").replace('\r', "\n").into()
+    } else {
+        text.into()
+    }
+}
+
 /// A whole text file, read through [`Lines`] (line endings become `\n`).
 pub fn read_text(path: &Path) -> Result<String> {
     let mut text = String::new();

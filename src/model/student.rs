@@ -111,7 +111,7 @@ pub fn plan(teacher: &Checkpoint, budget: u64) -> Result<Vec<Candidate>> {
     for layers in 1..=max_layers {
         for hidden in [128, 192, 256, 320, 384, 448, 512, 576, 640, 768] {
             for rank in [None, Some(32), Some(64), Some(128), Some(256)] {
-                if rank.is_some_and(|r| r >= hidden) {
+                if rank.is_some_and(|r| r >= hidden || r >= teacher.arch.vocab) {
                     continue;
                 }
                 let shape = Shape {

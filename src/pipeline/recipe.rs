@@ -448,7 +448,9 @@ fn parse_step(
         .map(String::from)
         .or_else(|| kind.map(|k| k.name().replace(' ', "-")))
         .unwrap_or_default();
-    if !name.is_empty() && !is_simple_name(&name) {
+    if raw.get("name").is_some_and(|v| !v.is_str()) {
+        problems.push(format!("{label}: `name` must be a string"));
+    } else if (raw.contains_key("name") || !name.is_empty()) && !is_simple_name(&name) {
         problems.push(format!(
             "{label}: name `{name}` may use only letters, digits, - and _"
         ));

@@ -37,8 +37,8 @@ fn renumber(arch: &Arch, spec: &Spec) -> Result<(Arch, Vec<usize>)> {
     }
     if let Some(&bad) = spec.keep.iter().find(|&&l| l >= n) {
         return Err(Error::Spec(format!(
-            "--keep: layer {bad} does not exist (the model has {n} layers: 0..{})",
-            n - 1
+            "--keep: layer {bad} does not exist ({})",
+            super::layer_range(n)
         )));
     }
     // Renumber the stored layers the kept logical layers use, in order of first use.

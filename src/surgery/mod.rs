@@ -95,6 +95,25 @@ pub fn move_to_layer(key: Key, to: usize) -> Key {
     }
 }
 
+/// Surgeries that cut or share encoder layers have nothing to work on in a model without any:
+/// a clear error rather than an unchanged copy or an index into no layers.
+pub fn require_layers(arch: &Arch, surgery: &str) -> Result<()> {
+    if arch.num_layers() == 0 {
+        return Err(crate::error::Error::Spec(format!(
+            "{surgery}: the model has no encoder layers (num_hidden_layers is 0); there is nothing to cut"
+        )));
+    }
+    Ok(())
+}
+
+/// "the model has N layers: 0..N−1", or that it has none.
+pub fn layer_range(n: usize) -> String {
+    match n {
+        0 => "the model has no encoder layers".into(),
+        n => format!("the model has {n} layers: 0..{}", n - 1),
+    }
+}
+
 /// Loads a tensor on the CPU.
 pub fn cpu(ckpt: &Checkpoint, key: Key) -> Result<Tensor> {
     ckpt.tensor(key, &Device::Cpu)

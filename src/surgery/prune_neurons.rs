@@ -60,6 +60,7 @@ enum Counts {
 }
 
 fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
+    super::require_layers(arch, "prune-neurons")?;
     let sizes: Vec<usize> = arch.layers.iter().map(|l| l.intermediate).collect();
     let total: usize = sizes.iter().sum();
     let ratio = match (spec.keep, spec.keep_ratio) {

@@ -76,6 +76,7 @@ struct Budgeted {
 }
 
 fn budgeted(arch: &Arch, spec: &Spec) -> Result<Budgeted> {
+    super::require_layers(arch, "prune-structured")?;
     if spec.seq_len == 0 {
         return Err(Error::Spec("--seq-len must be positive".into()));
     }

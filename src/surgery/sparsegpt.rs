@@ -175,6 +175,7 @@ pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
 
 /// The architecture with every encoder linear marked sparse with `pattern` (they must be dense).
 pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
+    super::require_layers(arch, "sparse pruning")?;
     for layer in &arch.layers {
         if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
             return Err(Error::Spec(format!(

@@ -58,8 +58,8 @@ pub fn parse_groups(text: &str, layers: usize) -> Result<Vec<Vec<usize>>> {
         }
         if b >= layers {
             return Err(bad(format!(
-                "layer {b} does not exist (the model has {layers} layers: 0..{})",
-                layers - 1
+                "layer {b} does not exist ({})",
+                super::layer_range(layers)
             )));
         }
         for l in a..=b {
@@ -82,6 +82,7 @@ pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
 
 /// The new architecture and the groups of logical layers, each group one new stored layer.
 fn grouping(arch: &Arch, spec: &Spec) -> Result<(Arch, Vec<Vec<usize>>)> {
+    super::require_layers(arch, "tie-layers")?;
     let n = arch.num_layers();
     let mut groups = match (&spec.groups, spec.share_all) {
         (_, true) => vec![(0..n).collect()],

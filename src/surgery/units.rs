@@ -147,7 +147,7 @@ pub fn cut(ckpt: &Checkpoint, keep: &Keep) -> Result<Checkpoint> {
     // Equal FFN sizes everywhere: say so in the plain config, so that (with every head kept)
     // the output stays a vanilla BertConfig that other tools load.
     let sizes: Vec<usize> = out.arch.layers.iter().map(|l| l.intermediate).collect();
-    if sizes.iter().all(|&n| n == sizes[0] && n > 0) {
+    if !sizes.is_empty() && sizes.iter().all(|&n| n == sizes[0] && n > 0) {
         out.config.intermediate_size = sizes[0];
     }
     Ok(out)

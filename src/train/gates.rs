@@ -127,6 +127,12 @@ pub fn train_gates(
         .map(|&s| arch.layers[s].num_heads)
         .collect();
     let total: usize = heads.iter().sum();
+    if total == 0 {
+        return Err(Error::Spec(format!(
+            "{}: the model has no attention heads to gate",
+            input.display()
+        )));
+    }
     if gates.target_heads.is_some_and(|k| k > total) {
         return Err(Error::Spec(format!(
             "--target-heads exceeds the model's {total} heads"

@@ -246,10 +246,16 @@ impl RunDir {
 /// data file (`provenance.files`) are compared with the files given now. A run folder from a
 /// version that recorded none is resumed as before.
 pub fn check_resumed_data(run: &Path, provenance: &serde_json::Value) -> Result<()> {
+    // A damaged run.json must not turn the check off.
     let path = run.join("run.json");
-    let Ok(record) = read_json::<serde_json::Value>(&path) else {
-        return Ok(());
-    };
+    let record = read_json::<serde_json::Value>(&path)?;
+    if !record.is_object() {
+        return Err(Error::Input {
+            path,
+            line: 1,
+            msg: "not a run record (a JSON object); start the run again with --force".into(),
+        });
+    }
     let (Some(before), Some(now)) = (
         record["provenance"]["files"].as_object(),
         provenance["files"].as_object(),

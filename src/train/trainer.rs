@@ -269,6 +269,16 @@ impl<'o> Trainer<'o> {
         vars.extend(objective.extra_params());
         let optimizer = optimizer(vars, spec, inputs.kernels, optimizer_state.as_ref())?;
         let schedule = Schedule::new(&inputs.prepared.train, spec);
+        if progress.step > schedule.total_steps {
+            return Err(Error::Input {
+                path: run.last().join("state/progress.json"),
+                line: 1,
+                msg: format!(
+                    "step {} is beyond the run's {} steps: the state is damaged; start the run again with --force",
+                    progress.step, schedule.total_steps
+                ),
+            });
+        }
         let trainer = Trainer {
             inputs,
             objective,
