@@ -5,7 +5,7 @@
 # libcuda, which comes with the GPU's driver, is replaced at link time by a stub of empty
 # functions. Output: target/cuda/release/surgery, and dist/cuda/surgery.xz to carry.
 #
-#   tools/cuda/build.sh             # ~20 min on 2 cores, most of it candle's kernels
+#   tools/cuda/build.sh             # ~40 min of CPU time on 2 cores, most of it candle's kernels
 #
 # CUDA 13.0 exactly: PTX made by a newer nvcc is refused by a 13.0 driver. The binary links
 # libcuda.so.1, libcublas.so.13, libcudart.so.13 and libcurand.so.10: put the GPU machine's CUDA
