@@ -259,7 +259,14 @@ impl DistillInputs {
             _ => ensure_classifier(&mut student, &labels, false, spec.seed)?,
         }
         let teacher_positions = [("the teacher", teacher.arch.max_positions)];
-        let student = prepare(student, labels, train.clone(), data, spec, &teacher_positions)?;
+        let student = prepare(
+            student,
+            labels,
+            train.clone(),
+            data,
+            spec,
+            &teacher_positions,
+        )?;
         let teacher_tokenizer = WordTokenizer::from_checkpoint(teacher)?;
         let teacher_train = student
             .splits(data, spec)
