@@ -381,28 +381,19 @@ impl Bert {
     }
 }
 
+/// RoBERTa's position ids (transformers' `create_position_ids_from_input_ids`) computed where
+/// the ids are, so a batch on a GPU is not read back to the host: a running count of the
+/// non-padding tokens (a prefix sum in f32, exact for any window length), offset by `pad`;
+/// padding tokens get `pad` itself. [B, L] u32 → [B, L] u32.
+pub fn after_padding_positions(input_ids: &Tensor, pad: u32) -> candle_core::Result<Tensor> {
+    let mask = input_ids.ne(pad)?.to_dtype(DType::F32)?;
+    let count = (mask.cumsum(1)? * &mask)?.to_dtype(DType::U32)?;
+    count.broadcast_add(&Tensor::new(&[pad], input_ids.device())?)
+}
+
 /// Inverted-dropout multipliers (0 or 1/(1−p)) for a tensor shaped like `x`, in training mode
 /// with p > 0: drawn in order from the run's generator when `x` is in RAM (so both kernels see
 /// the same masks), by the device's generator (seeded per step) elsewhere.
-/// RoBERTa's position ids (transformers' `create_position_ids_from_input_ids`) computed where
-/// the ids are, so a batch on a GPU is not read back to the host: a running count of the
-/// non-padding tokens (an inclusive prefix sum by log-step shifted adds, exact in u32), offset by
-/// `pad`; padding tokens get `pad` itself. [B, L] u32 → [B, L] u32.
-pub fn after_padding_positions(input_ids: &Tensor, pad: u32) -> candle_core::Result<Tensor> {
-    let (b, l) = input_ids.dims2()?;
-    let device = input_ids.device();
-    let mask = input_ids.ne(pad)?.to_dtype(DType::U32)?;
-    let mut count = mask.clone();
-    let mut shift = 1;
-    while shift < l {
-        let zeros = Tensor::zeros((b, shift), DType::U32, device)?;
-        let shifted = Tensor::cat(&[&zeros, &count.narrow(1, 0, l - shift)?], 1)?;
-        count = (count + shifted)?;
-        shift *= 2;
-    }
-    (count * mask)?.broadcast_add(&Tensor::new(&[pad], device)?)
-}
-
 fn dropout_mask(x: &Tensor, p: f32, mode: &mut Mode) -> candle_core::Result<Option<Multipliers>> {
     let rng = match mode {
         Mode::Train(rng) if p > 0.0 => rng,
