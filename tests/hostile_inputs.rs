@@ -15,8 +15,26 @@ use surgery::arch::{Key, Layout, NormPart};
 
 use crate::distill::kd;
 use crate::reliability::{assert_refused, model, s};
-use crate::train::{overflowing_model, quick_spec, setup};
+use crate::train::{overflowing_model, quick_spec, setup, Setup};
 use crate::util::{save, surgery, tempdir, tiny_checkpoint, tiny_config, Output};
+
+/// `train finetune` of the setup's model on `train` into `out`, batch 16, then `extra`.
+fn finetune_args(s_: &Setup, train: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "train",
+        "finetune",
+        s(&s_.model),
+        "--train",
+        s(train),
+        "--dev",
+        s(&s_.data.dev),
+        "--out",
+        s(out),
+        "--batch-size",
+        "16",
+    ];
+    base.iter().chain(extra).map(|a| a.to_string()).collect()
+}
 
 /// Refused with exit 2 naming `needle`, and without a panic message.
 fn refused_cleanly(r: &Output, needle: &str) {
@@ -711,29 +729,8 @@ fn resume_with_other_data_is_refused_and_metrics_are_not_repeated() {
     let s_ = setup(48);
     let run_dir = s_.dir.path().join("run");
     let args = |train: &Path, extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "train",
-            "finetune",
-            s(&s_.model),
-            "--train",
-            s(train),
-            "--dev",
-            s(&s_.data.dev),
-            "--out",
-            s(&run_dir),
-            "--batch-size",
-            "16",
-            "--max-steps",
-            "6",
-            "--eval-every",
-            "2",
-            "--log-every",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(extra.iter().map(|e| e.to_string()));
-        a
+        let steps = ["--max-steps", "6", "--eval-every", "2", "--log-every", "1"];
+        finetune_args(&s_, train, &run_dir, &[&steps[..], extra].concat())
     };
     let run = |a: Vec<String>| surgery(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
     let r = run(args(&s_.data.train, &["--stop-after", "2"]));
@@ -970,30 +967,9 @@ fn tensorboard_events_are_not_repeated_after_a_kill_and_resume() {
     let s_ = setup(48);
     let run_dir = s_.dir.path().join("run");
     let args = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "train",
-            "finetune",
-            s(&s_.model),
-            "--train",
-            s(&s_.data.train),
-            "--dev",
-            s(&s_.data.dev),
-            "--out",
-            s(&run_dir),
-            "--batch-size",
-            "16",
-            "--max-steps",
-            "6",
-            "--eval-every",
-            "2",
-            "--log-every",
-            "1",
-            "--tensorboard",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(extra.iter().map(|e| e.to_string()));
-        a
+        let steps = ["--max-steps", "6", "--eval-every", "2", "--log-every", "1"];
+        let options = [&steps[..], &["--tensorboard"], extra].concat();
+        finetune_args(&s_, &s_.data.train, &run_dir, &options)
     };
     let r = run_strings(&args(&["--stop-after", "2"]));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -1605,25 +1581,8 @@ fn resume_refuses_a_damaged_run_record() {
     let s_ = setup(32);
     let run_dir = s_.dir.path().join("run");
     let args = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "train",
-            "finetune",
-            s(&s_.model),
-            "--train",
-            s(&s_.data.train),
-            "--dev",
-            s(&s_.data.dev),
-            "--out",
-            s(&run_dir),
-            "--batch-size",
-            "16",
-            "--max-steps",
-            "3",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(extra.iter().map(|e| e.to_string()));
-        a
+        let options = [&["--max-steps", "3"][..], extra].concat();
+        finetune_args(&s_, &s_.data.train, &run_dir, &options)
     };
     assert_eq!(run_strings(&args(&["--stop-after", "1"])).code, 0);
     let record = run_dir.join("run.json");
