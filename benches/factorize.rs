@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use surgery::arch::{BertConfig, Layout};
+use surgery::cuts::factorize_embeddings::{apply, Spec};
 use surgery::model::generate::random_checkpoint;
-use surgery::surgery::factorize_embeddings::{apply, Spec};
 
 fn main() {
     let config = BertConfig::from_json(

@@ -3,7 +3,7 @@
 //!
 //! The modules are layers; each imports only the ones listed before it:
 //! `util` → `arch` → `io` → `budget` → `data` → `metrics` → `kernels` → `model` → `eval` →
-//! (`train`, `surgery`, `export`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
+//! (`train`, `cuts`, `export`) → `pipeline`. The command-line interface lives in the binary (`src/cli`).
 
 pub mod error;
 pub mod util;
@@ -18,9 +18,9 @@ pub mod metrics;
 pub mod kernels;
 pub mod model;
 
+pub mod cuts;
 pub mod eval;
 pub mod export;
-pub mod surgery;
 pub mod train;
 
 pub mod pipeline;

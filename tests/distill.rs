@@ -28,7 +28,14 @@ fn teacher_and_student(
     )
     .unwrap();
     let path = s.dir.path().join("student");
-    student.save(&path, false, vec![]).unwrap();
+    // Recorded as the `init-student` command records it.
+    let made = surgery::arch::HistoryEntry {
+        op: "init-student".into(),
+        args: serde_json::Value::Null,
+        params_before: 0,
+        params_after: 0,
+    };
+    student.save(&path, false, vec![made]).unwrap();
     (teacher, path)
 }
 
@@ -86,6 +93,15 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["provenance"]["teacher_cache_hit"], false);
+    // The student's history goes with the run, for copies kept without checkpoints.
+    let student_ops: Vec<String> = Checkpoint::open(&student)
+        .unwrap()
+        .history()
+        .into_iter()
+        .map(|h| h.op)
+        .collect();
+    assert_eq!(student_ops, ["init-student"]);
+    assert_eq!(run["input_history"], serde_json::json!(student_ops));
     assert_eq!(
         std::fs::read_dir(s.dir.path().join("cache"))
             .unwrap()
@@ -313,9 +329,9 @@ fn plans_fit_the_budget_or_say_the_smallest_possible() {
 fn hidden_matching_works_across_tokenizers_word_by_word() {
     let s = setup(200);
     let (teacher, _) = teacher_and_student(&s, small());
-    let pruned = surgery::surgery::prune_vocab::apply(
+    let pruned = surgery::cuts::prune_vocab::apply(
         &Checkpoint::open(&teacher).unwrap(),
-        &surgery::surgery::prune_vocab::Spec {
+        &surgery::cuts::prune_vocab::Spec {
             corpus: vec![s.data.train.clone()],
             coverage: vec![],
         },

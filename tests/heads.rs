@@ -2,9 +2,9 @@
 
 use candle_core::Device;
 use surgery::arch::Layout;
+use surgery::cuts::remove_heads::{apply, Ranking, Spec};
 use surgery::io::Checkpoint;
 use surgery::model::gates::GatesFile;
-use surgery::surgery::remove_heads::{apply, Ranking, Spec};
 
 use crate::util::{max_abs_diff, tempdir, tiny_checkpoint, tiny_config};
 

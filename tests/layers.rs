@@ -1,5 +1,5 @@
 //! The library's layering: every module under `src/` imports only modules of the layers below
-//! it (the order `lib.rs` documents; siblings in a layer, such as `train` and `surgery`, stay
+//! it (the order `lib.rs` documents; siblings in a layer, such as `train` and `cuts`, stay
 //! independent), and no two files import each other through a cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["kernels"],
     &["model"],
     &["eval"],
-    &["surgery", "train", "export"],
+    &["cuts", "train", "export"],
     &["pipeline"],
 ];
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use surgery::arch::Layout;
 use surgery::budget::Budget;
-use surgery::io::Checkpoint;
-use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
-use surgery::surgery::{
+use surgery::cuts::{
     drop_layers, factorize_embeddings, lowrank_layers, remove_heads, sparsegpt, tie_layers, Planned,
 };
+use surgery::io::Checkpoint;
+use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 
 use crate::train::setup;
 use crate::util::{repo, surgery, tempdir, tiny_checkpoint, tiny_config};
@@ -509,7 +509,7 @@ fn each_surgery_plan_matches_what_it_does() {
 #[test]
 fn every_registered_surgery_plans_what_it_applies() {
     use clap::Parser;
-    use surgery::surgery::registry::{SurgeryCommand, EXAMPLES, NAMES};
+    use surgery::cuts::registry::{SurgeryCommand, EXAMPLES, NAMES};
 
     #[derive(Parser)]
     struct Wrapper {

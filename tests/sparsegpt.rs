@@ -4,9 +4,9 @@
 
 use candle_core::Device;
 use surgery::arch::{Key, Layout, LinearKind, LinearPart, LinearSlot};
+use surgery::cuts::obs::{sparsegpt, Pattern, Solver};
+use surgery::cuts::sparsegpt::{apply, Method, Spec};
 use surgery::io::Checkpoint;
-use surgery::surgery::obs::{sparsegpt, Pattern, Solver};
-use surgery::surgery::sparsegpt::{apply, Method, Spec};
 
 use crate::util::{repo, save, surgery, tempdir, tiny_checkpoint, tiny_config};
 
@@ -125,8 +125,7 @@ fn every_linear_is_pruned_and_sparsegpt_beats_magnitude() {
             ));
         }
     }
-    let e =
-        |o: &surgery::surgery::Outcome| o.report["mean_relative_output_error"].as_f64().unwrap();
+    let e = |o: &surgery::cuts::Outcome| o.report["mean_relative_output_error"].as_f64().unwrap();
     assert!(
         e(&obs) < e(&mag),
         "sparsegpt {} vs magnitude {}",

@@ -7,11 +7,11 @@ use candle_core::{Device, Tensor, Var};
 use surgery::arch::{Key, Layout, LinearKind, LinearPart, LinearSlot};
 use surgery::budget::flops::{head_cost, neuron_cost, Flops};
 use surgery::budget::Budget;
+use surgery::cuts::prune_neurons::{self, NeuronScore};
+use surgery::cuts::prune_structured;
+use surgery::cuts::{lowrank_layers, tie_layers};
 use surgery::io::Checkpoint;
 use surgery::model::Precision;
-use surgery::surgery::prune_neurons::{self, NeuronScore};
-use surgery::surgery::prune_structured;
-use surgery::surgery::{lowrank_layers, tie_layers};
 
 use crate::util::{max_abs_diff, save, surgery, tempdir, tiny_checkpoint, tiny_config};
 
@@ -161,8 +161,8 @@ fn low_rank_ffn_linears_lose_a_factor_row_or_column() {
 }
 
 /// remove-heads of the named heads.
-fn heads_spec(heads: &str) -> surgery::surgery::remove_heads::Spec {
-    surgery::surgery::remove_heads::Spec {
+fn heads_spec(heads: &str) -> surgery::cuts::remove_heads::Spec {
+    surgery::cuts::remove_heads::Spec {
         compute: Default::default(),
         heads: Some(heads.into()),
         gates: None,
@@ -199,7 +199,7 @@ fn shared_layers_are_cut_once_and_scored_over_every_use() {
     // head gates on each logical layer (the model's own gated forward).
     let dir = tempdir();
     let calib = conll(dir.path(), "calib.txt", 6, 1);
-    let run = surgery::surgery::unit_scores::fisher(&ckpt, &calib, 100).unwrap();
+    let run = surgery::cuts::unit_scores::fisher(&ckpt, &calib, 100).unwrap();
     let gates: Vec<Var> = (0..3)
         .map(|_| Var::ones(4, candle_core::DType::F32, &CPU).unwrap())
         .collect();
@@ -361,7 +361,7 @@ fn structured_pruning_cuts_low_rank_and_shared_layers_and_layers_missing_heads()
     let calib = conll(dir.path(), "calib.txt", 60, 4);
     let mut ckpt = shared(87);
     let heads = heads_spec("2:0,1");
-    ckpt = surgery::surgery::remove_heads::apply(&ckpt, &heads)
+    ckpt = surgery::cuts::remove_heads::apply(&ckpt, &heads)
         .unwrap()
         .checkpoint;
     let low = lowrank_layers::Spec {
@@ -454,7 +454,7 @@ fn a_global_neuron_plan_has_the_size_apply_makes() {
         ..neuron_spec(0)
     };
     let out = prune_neurons::apply(&ckpt, &spec).unwrap();
-    let surgery::surgery::Planned::Exact(planned) = prune_neurons::plan(&ckpt.arch, &spec).unwrap()
+    let surgery::cuts::Planned::Exact(planned) = prune_neurons::plan(&ckpt.arch, &spec).unwrap()
     else {
         panic!("a global plan on equal layers is exact in size")
     };
@@ -505,7 +505,7 @@ fn onnx_runtime_runs_layers_without_neurons_or_heads() {
         .checkpoint;
     assert_eq!(neurons.arch.layers[2].intermediate, 0);
     let heads = heads_spec("1:0,1,2,3;0:2");
-    let cut = surgery::surgery::remove_heads::apply(&neurons, &heads)
+    let cut = surgery::cuts::remove_heads::apply(&neurons, &heads)
         .unwrap()
         .checkpoint;
     let refit = prune_structured::apply(&cut, &structured_spec(calib, 0.9))

@@ -2,10 +2,10 @@
 
 use candle_core::{Device, Tensor};
 use surgery::arch::{EmbeddingKind, Key, Layout};
+use surgery::cuts::{drop_layers, factorize_embeddings, move_to_layer, tie_layers};
 use surgery::eval::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
 use surgery::model::{Mode, Outputs};
-use surgery::surgery::{drop_layers, factorize_embeddings, move_to_layer, tie_layers};
 
 use crate::util::{max_abs_diff, save, surgery, tempdir, tiny_checkpoint, tiny_config};
 
@@ -298,12 +298,11 @@ fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
     .unwrap();
     let sentences = dir.path().join("sentences.txt");
     std::fs::write(&sentences, "Maria flew from Lisbon\nAcme Robotics\n").unwrap();
-    let spec = surgery::surgery::prune_vocab::Spec {
+    let spec = surgery::cuts::prune_vocab::Spec {
         corpus: vec![corpus.clone()],
         coverage: vec![corpus],
     };
-    let out =
-        surgery::surgery::prune_vocab::apply(&Checkpoint::open(&input).unwrap(), &spec).unwrap();
+    let out = surgery::cuts::prune_vocab::apply(&Checkpoint::open(&input).unwrap(), &spec).unwrap();
     let kept = out.report["pieces_after"].as_u64().unwrap() as usize;
     assert!(
         kept < 177 && kept == out.checkpoint.arch.vocab,
@@ -352,11 +351,11 @@ fn pruning_the_vocabulary_keeps_outputs_on_the_corpus() {
 fn pruning_without_a_tokenizer_is_refused() {
     let mut ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 49);
     ckpt.tokenizer_files.clear();
-    let spec = surgery::surgery::prune_vocab::Spec {
+    let spec = surgery::cuts::prune_vocab::Spec {
         corpus: vec!["x.txt".into()],
         coverage: vec![],
     };
-    let err = surgery::surgery::prune_vocab::apply(&ckpt, &spec)
+    let err = surgery::cuts::prune_vocab::apply(&ckpt, &spec)
         .err()
         .unwrap()
         .to_string();
@@ -366,7 +365,7 @@ fn pruning_without_a_tokenizer_is_refused() {
 mod lowrank {
     use super::*;
     use surgery::arch::{LinearKind, LinearPart, LinearSlot};
-    use surgery::surgery::lowrank_layers::{apply, Method, Spec};
+    use surgery::cuts::lowrank_layers::{apply, Method, Spec};
 
     fn spec(rank: Option<usize>, method: Method, calib: Option<std::path::PathBuf>) -> Spec {
         Spec {
@@ -442,7 +441,7 @@ mod lowrank {
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
         let stats =
-            surgery::surgery::calibrate::collect(&ckpt, &calib, 256, Default::default()).unwrap();
+            surgery::cuts::calibrate::collect(&ckpt, &calib, 256, Default::default()).unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;
@@ -457,11 +456,11 @@ mod lowrank {
                 .unwrap()
                 .matmul(&c.tensor(key(LinearPart::Down), &CPU).unwrap())
                 .unwrap();
-            let delta = surgery::surgery::linalg::to_mat(
+            let delta = surgery::cuts::linalg::to_mat(
                 &(ckpt.tensor(key(LinearPart::Weight), &CPU).unwrap() - approx).unwrap(),
             )
             .unwrap();
-            let g = &stats.grams[&(layer, surgery::surgery::calibrate::Input::of(slot))];
+            let g = &stats.grams[&(layer, surgery::cuts::calibrate::Input::of(slot))];
             let m: faer::Mat<f64> = &delta * g * delta.transpose();
             (0..m.nrows()).map(|i| m[(i, i)]).sum()
         };

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use surgery::budget::group;
+use surgery::cuts::registry::SurgeryCommand;
 use surgery::io::Checkpoint;
-use surgery::surgery::registry::SurgeryCommand;
 
 /// Runs one surgery: checks the output, reads IN, cuts, writes OUT, prints the budget change.
 pub fn run(command: SurgeryCommand) -> anyhow::Result<ExitCode> {

@@ -52,7 +52,7 @@ enum Command {
     /// Tag plain text, one passage per line; prints entities as JSON lines.
     Predict(evaluate::PredictArgs),
     #[command(flatten)]
-    Surgery(surgery::surgery::registry::SurgeryCommand),
+    Surgery(surgery::cuts::registry::SurgeryCommand),
     /// Write a checkpoint as an ONNX model (optionally with int8 linears) for deployment.
     Export(export::ExportArgs),
     /// Run a recipe: an ordered list of steps, each one of the commands, resumable.

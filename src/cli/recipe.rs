@@ -10,11 +10,11 @@ use clap::{Args, CommandFactory, Parser};
 
 use surgery::arch::Arch;
 use surgery::budget::{group, Budget};
+use surgery::cuts::Planned;
 use surgery::data::{read_dataset, LabelSet};
 use surgery::io::Checkpoint;
 use surgery::pipeline::recipe::{Arg, Step};
 use surgery::pipeline::runner::{self, Outcome, Plan, Progress, StepCommands, StepFailure};
-use surgery::surgery::Planned;
 use surgery::util::exit::ExitStatus;
 use surgery::util::shell::shell_words;
 

@@ -42,6 +42,11 @@ pub struct RunRecord {
     pub kernels: String,
     /// Inputs, data files with hashes, and objective-specific settings.
     pub provenance: serde_json::Value,
+    /// The operations in the starting checkpoint's history (its `config.json`), oldest first:
+    /// a copy of the run without its checkpoints still tells what was cut before it trained
+    /// (`None` in runs made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_history: Option<Vec<String>>,
 }
 
 /// `step.json`: a finished recipe step (its presence marks the step done).

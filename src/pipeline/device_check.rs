@@ -11,6 +11,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::arch::{BertConfig, Layout};
+use crate::cuts::registry::SurgeryCommand;
 use crate::data::labels::UnknownLabels;
 use crate::data::tokenize::WordTokenizer;
 use crate::data::{read_dataset, Alignment, LabelSet, ReadOptions};
@@ -21,7 +22,6 @@ use crate::kernels::{device, Compute, Kernels};
 use crate::model::generate::{attach_classifier, random_checkpoint};
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
-use crate::surgery::registry::SurgeryCommand;
 use crate::train::finetune::finetune;
 use crate::train::schedule::Decay;
 use crate::train::spec::{DataSpec, RunOptions, TrainSpec};

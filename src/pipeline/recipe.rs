@@ -40,7 +40,7 @@ impl Kind {
     /// Every kind: the surgeries and the training commands in their registries' order, then
     /// the other commands.
     pub fn all() -> impl Iterator<Item = Kind> {
-        let surgeries = crate::surgery::registry::NAMES.iter();
+        let surgeries = crate::cuts::registry::NAMES.iter();
         let training = crate::train::registry::NAMES.iter();
         surgeries
             .map(|&name| Kind::Surgery(name))

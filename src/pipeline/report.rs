@@ -35,6 +35,9 @@ pub struct Entry {
     pub seconds: Option<f64>,
     /// For training runs: the configuration without the seed (`seeds::config_key`), and the seed.
     pub seeded: Option<(String, u64)>,
+    /// For training runs: the operations that made the starting checkpoint, as `run.json`
+    /// recorded them (`RunRecord::input_history`; `None` in runs made before it was recorded).
+    pub input_history: Option<Vec<String>>,
 }
 
 /// A model in the comparison: a training run's best checkpoint (or an evaluated surgery output).
@@ -60,6 +63,10 @@ pub const GOAL_FRACTION: f64 = 0.97;
 
 /// Family of the models no surgery touched (the teacher, fine-tuned baselines).
 const UNCUT: &str = "no cut";
+
+/// Family of the models whose cuts nothing records: a copy of a run without its checkpoints,
+/// made before `run.json` recorded the starting checkpoint's history.
+const NOT_RECORDED: &str = "cuts not recorded";
 
 /// Reads every entry under the given folders (recipe run folders, run folders, or folders of
 /// run folders).
@@ -101,9 +108,11 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
 fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
     // A training step's folder also holds the run's own run.json, which records the seed. Read
     // loosely: an older layout still gives its seed; only unreadable JSON is an error.
-    let seed = read_optional::<serde_json::Value>(&dir.join("run.json"))?
-        .and_then(|run| spec_seed(run.get("spec")?));
+    let run = read_optional::<serde_json::Value>(&dir.join("run.json"))?;
+    let seed = run.as_ref().and_then(|run| spec_seed(run.get("spec")?));
     let seeded = seed.map(|seed| (config_key(&step.argv), seed));
+    let input_history =
+        run.and_then(|run| serde_json::from_value(run.get("input_history")?.clone()).ok());
     Ok(Entry {
         label: format!(
             "{}/{}",
@@ -122,6 +131,7 @@ fn step_entry(dir: &Path, step: StepRecord) -> Result<Entry> {
         tokens_per_s: step.tokens_per_s,
         seconds: Some(step.seconds),
         seeded,
+        input_history,
     })
 }
 
@@ -156,6 +166,7 @@ fn run_entry(dir: &Path) -> Result<Entry> {
         // Only recipe steps record their wall time (step.json).
         seconds: None,
         seeded,
+        input_history: run.input_history,
     })
 }
 
@@ -206,23 +217,25 @@ pub fn models(entries: &[Entry]) -> Vec<Model> {
 }
 
 /// The cut family of an entry's model: the surgeries in its checkpoint's history (`config.json`)
-/// when it is there to read, else the surgery steps of its recipe chain; "no cut" when there are
-/// none.
+/// when it is there to read, else in the history its `run.json` recorded, else the surgery steps
+/// of its recipe chain; "no cut" when the record has none, "cuts not recorded" when nothing
+/// records them.
 fn family_of(e: &Entry, steps: &[&Entry]) -> String {
     let is_surgery = |op: &str| !op.starts_with("train") && op != "eval" && op != "assert-budget";
-    // A training run's model is in `best/`; a surgery step's folder is the model.
-    let from_history = ["best/config.json", "config.json"].iter().find_map(|file| {
-        let bytes = std::fs::read(e.dir.join(file)).ok()?;
-        let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        let history = config.get("surgery")?.get("history")?.as_array()?;
-        Some(
-            history
-                .iter()
-                .filter_map(|h| h.get("op")?.as_str().map(String::from))
-                .collect::<Vec<_>>(),
-        )
-    });
-    let ops = from_history.unwrap_or_else(|| steps.iter().map(|s| s.kind.clone()).collect());
+    let ops = checkpoint_history(&e.dir)
+        .or_else(|| {
+            // A trained model's starting checkpoint, plus this run.
+            let mut ops = e.input_history.clone()?;
+            ops.push(e.kind.clone());
+            Some(ops)
+        })
+        .or_else(|| {
+            let kinds: Vec<String> = steps.iter().map(|s| s.kind.clone()).collect();
+            kinds.iter().any(|k| is_surgery(k)).then_some(kinds)
+        });
+    let Some(ops) = ops else {
+        return NOT_RECORDED.to_string();
+    };
     let mut family: Vec<String> = vec![];
     for op in ops.into_iter().filter(|op| is_surgery(op)) {
         if !family.contains(&op) {
@@ -234,6 +247,22 @@ fn family_of(e: &Entry, steps: &[&Entry]) -> String {
     } else {
         family.join(" + ")
     }
+}
+
+/// The operations in the history of the model in `dir` (a training run's `best/`, or a surgery
+/// step's folder), when its `config.json` is there to read.
+fn checkpoint_history(dir: &Path) -> Option<Vec<String>> {
+    ["best/config.json", "config.json"].iter().find_map(|file| {
+        let bytes = std::fs::read(dir.join(file)).ok()?;
+        let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let history = config.get("surgery")?.get("history")?.as_array()?;
+        Some(
+            history
+                .iter()
+                .filter_map(|h| h.get("op")?.as_str().map(String::from))
+                .collect(),
+        )
+    })
 }
 
 /// The chain of steps that made an entry's output, oldest first.
@@ -1122,6 +1151,57 @@ mod tests {
             .map(|i| models[i].name.as_str())
             .collect();
         assert_eq!(front, ["small", "mid", "big"]);
+    }
+
+    /// A run's family comes from its model's history, else from the history its run.json
+    /// recorded; a copy that records neither is "cuts not recorded", never "no cut".
+    #[test]
+    fn families_come_from_what_the_run_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |name: &str, input_history: Option<&[&str]>, config: Option<&[&str]>| {
+            let out = dir.path().join(name);
+            std::fs::create_dir_all(&out).unwrap();
+            let mut record = serde_json::json!({
+                "op": "train distill", "spec": {"seed": 42}, "spec_hash": "0", "labels": ["O"],
+                "surgery_version": "0", "git_commit": "0", "command": ["surgery", name],
+                "unique_parameters": 10, "train_examples": 1, "train_tokens": 1,
+                "padding_ratio": 0.0, "steps": 1, "provenance": {},
+            });
+            if let Some(h) = input_history {
+                record["input_history"] = serde_json::json!(h);
+            }
+            std::fs::write(out.join("run.json"), record.to_string()).unwrap();
+            if let Some(ops) = config {
+                std::fs::create_dir_all(out.join("best")).unwrap();
+                let history: Vec<_> = ops.iter().map(|op| serde_json::json!({"op": op})).collect();
+                let config = serde_json::json!({"surgery": {"history": history}});
+                std::fs::write(out.join("best/config.json"), config.to_string()).unwrap();
+            }
+        };
+        run("copy-of-an-old-run", None, None);
+        run(
+            "copy",
+            Some(&["train finetune", "factorize-embeddings", "lowrank-layers"]),
+            None,
+        );
+        run("uncut-copy", Some(&["train finetune"]), None);
+        run(
+            "with-model",
+            None,
+            Some(&["train finetune", "sparsegpt", "train distill"]),
+        );
+        let entries = collect(&[dir.path().to_path_buf()]).unwrap();
+        let family = |name: &str| {
+            let m = models(&entries)
+                .into_iter()
+                .find(|m| m.name == name)
+                .unwrap();
+            m.family
+        };
+        assert_eq!(family("copy-of-an-old-run"), NOT_RECORDED);
+        assert_eq!(family("copy"), "factorize-embeddings + lowrank-layers");
+        assert_eq!(family("uncut-copy"), UNCUT);
+        assert_eq!(family("with-model"), "sparsegpt");
     }
 
     #[test]

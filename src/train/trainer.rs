@@ -588,6 +588,13 @@ impl<'o> Trainer<'o> {
             device: device_name(&inputs.device),
             kernels: format!("{:?}", inputs.kernels).to_lowercase(),
             provenance: inputs.provenance.clone(),
+            input_history: Some(
+                self.record
+                    .history_before
+                    .iter()
+                    .map(|h| h.op.clone())
+                    .collect(),
+            ),
         })?;
         eprintln!(
             "training {} unique parameters: {} examples, {} steps ({} per epoch), padding {:.1}%, {}",

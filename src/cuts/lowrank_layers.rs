@@ -15,11 +15,11 @@ use super::registry::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
+use crate::cuts::calibrate::{collect, Calibration, Input};
+use crate::cuts::linalg::{energy, to_mat, to_tensor, truncated_svd};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 use crate::kernels::Compute;
-use crate::surgery::calibrate::{collect, Calibration, Input};
-use crate::surgery::linalg::{energy, to_mat, to_tensor, truncated_svd};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

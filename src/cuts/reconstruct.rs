@@ -31,10 +31,10 @@ use faer::Mat;
 use super::sparsegpt::LayerInputs;
 use super::unit_scores::effective_weight;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
+use crate::cuts::linalg::{to_mat, to_tensor};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 use crate::model::{dropouts_of, Bert, Params};
-use crate::surgery::linalg::{to_mat, to_tensor};
 
 /// What the reconstruction did.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -16,12 +16,12 @@ use super::obs::{magnitude, sparsegpt, Pattern, Solver};
 use super::registry::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
+use crate::cuts::calibrate::Input;
 use crate::error::{Error, Result};
 use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
 use crate::kernels::Compute;
 use crate::model::{dropouts_of, Bert, Mode, Params};
-use crate::surgery::calibrate::Input;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -223,7 +223,7 @@ impl LayerInputs {
     ) -> Result<(Self, Option<String>)> {
         let device = model.device().clone();
         let (prepared, tokenizer, note) =
-            crate::surgery::calibrate::calibration_examples(ckpt, path, n)?;
+            crate::cuts::calibrate::calibration_examples(ckpt, path, n)?;
         let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
         let batches: Vec<BatchData> = plan
             .batches

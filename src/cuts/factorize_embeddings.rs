@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::registry::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, EmbeddingKind, Key};
+use crate::cuts::linalg::{to_mat, to_tensor, truncated_svd};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::surgery::linalg::{to_mat, to_tensor, truncated_svd};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
