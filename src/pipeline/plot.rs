@@ -657,7 +657,8 @@ pub fn grid_svg(title: &str, charts: &[Chart], columns: usize) -> String {
                 r#"<text x="{}" y="{}" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
                 x0 + left + plot_w / 2.0,
                 top + 16.0,
-                escape(&chart.title)
+                // About 8 px a bold character: the title stays within its cell.
+                escape(&shorten(&chart.title, ((cell_w - 40.0) / 8.0) as usize))
             );
             let area = Rect {
                 x: x0 + left,
@@ -689,6 +690,33 @@ mod tests {
             .all(|v| (v / 2.5e6).fract() == 0.0 || (v / 5e6).fract() == 0.0));
         assert_eq!(tick_text(0.30000000000000004), "0.3");
         assert_eq!(tick_text(20e6), "20M");
+    }
+
+    /// A long cut family's name is shortened to stay within its cell of the grid.
+    #[test]
+    fn grid_titles_stay_within_their_cells() {
+        let title = "prune-vocab + factorize-embeddings + drop-layers + lowrank-layers";
+        let chart = Chart {
+            title: title.into(),
+            series: vec![Series::new(
+                "run",
+                vec![(0.0, 0.5), (1.0, 0.8)],
+                Style::Line,
+            )],
+            ..Chart::default()
+        };
+        let svg = grid_svg("curves", &[chart.clone(), chart], 2);
+        let shown: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains(r#"font-size="13" font-weight="bold""#))
+            .map(|l| l.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(shown.len(), 2, "{svg}");
+        for text in shown {
+            assert!(text.ends_with('…') && title.starts_with(text.trim_end_matches('…')));
+            // Bold text is about a tenth wider than regular; the cell is 460 px wide.
+            assert!(text_width(text, 13.0) * 1.1 < 460.0, "{text}");
+        }
     }
 
     #[test]

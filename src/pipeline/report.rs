@@ -143,9 +143,13 @@ fn spec_seed(spec: &serde_json::Value) -> Option<u64> {
 fn run_entry(dir: &Path) -> Result<Entry> {
     let run: RunRecord = read_json(&dir.join("run.json"))?;
     let test = read_eval(&dir.join("test.json"))?;
-    // The command without the binary's path, which differs between builds.
-    let seeded =
-        spec_seed(&run.spec).map(|seed| (config_key(run.command.get(1..).unwrap_or(&[])), seed));
+    // The command without the binary's path, which differs between builds. A recipe step's
+    // copy without its step.json records only `run RECIPE`, which says nothing of its settings:
+    // it is compared with no other run.
+    let args = run.command.get(1..).unwrap_or(&[]);
+    let seeded = spec_seed(&run.spec)
+        .filter(|_| args.first().map(String::as_str) != Some("run"))
+        .map(|seed| (config_key(args), seed));
     let name = dir
         .file_name()
         .unwrap_or_default()
@@ -1154,16 +1158,22 @@ mod tests {
     }
 
     /// A run's family comes from its model's history, else from the history its run.json
-    /// recorded; a copy that records neither is "cuts not recorded", never "no cut".
+    /// recorded; a copy that records neither is "cuts not recorded", never "no cut". A recipe
+    /// step's copy that records only `run RECIPE` is compared with no other run.
     #[test]
-    fn families_come_from_what_the_run_recorded() {
+    fn families_and_settings_come_from_what_the_run_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let run = |name: &str, input_history: Option<&[&str]>, config: Option<&[&str]>| {
             let out = dir.path().join(name);
             std::fs::create_dir_all(&out).unwrap();
             let mut record = serde_json::json!({
                 "op": "train distill", "spec": {"seed": 42}, "spec_hash": "0", "labels": ["O"],
-                "surgery_version": "0", "git_commit": "0", "command": ["surgery", name],
+                "surgery_version": "0", "git_commit": "0",
+                "command": if name.starts_with("step") {
+                    vec!["surgery", "run", "recipes/r.toml"]
+                } else {
+                    vec!["surgery", name]
+                },
                 "unique_parameters": 10, "train_examples": 1, "train_tokens": 1,
                 "padding_ratio": 0.0, "steps": 1, "provenance": {},
             });
