@@ -691,17 +691,21 @@ fn curve_charts(entries: &[Entry], models: &[Model]) -> Result<(Vec<Chart>, Vec<
     // Curves per family: (configuration, run name, loss points, dev points).
     type Run = (String, String, Vec<(f64, f64)>, Vec<(f64, f64)>);
     let mut runs: BTreeMap<String, Vec<Run>> = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.kind.starts_with("train")) {
+    // Gate runs are left out: their gated model is not a product (as in `models`), and their
+    // gates have a picture of their own.
+    for e in entries
+        .iter()
+        .filter(|e| e.kind.starts_with("train") && e.kind != "train gates")
+    {
         let path = e.dir.join("metrics.jsonl");
         if !path.exists() {
             continue;
         }
         let lines = read_metrics(&path)?;
-        // Gate runs add the L0 penalty to the loss: another scale, left out of the loss chart.
         let train: Vec<(f64, f64)> = lines
             .iter()
             .filter_map(|l| match l {
-                MetricLine::Train(t) if e.kind != "train gates" => Some((t.step as f64, t.loss)),
+                MetricLine::Train(t) => Some((t.step as f64, t.loss)),
                 _ => None,
             })
             .collect();

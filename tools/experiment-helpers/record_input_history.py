@@ -32,6 +32,8 @@ STUDENTS = {
     "runs/student-a/student-a": TEACHER + ["prune-vocab", "factorize-embeddings", "lowrank-layers"],
     # experiments/student-a-structure/student-fv6.inspect.txt (its history, printed).
     "runs/s7/student-fv6": TEACHER + ["factorize-embeddings", "lowrank-layers"],
+    # experiments/student-a-structure/recipe-step.sh (its log: a-full-aug6-hid-s42/recipe-step.log).
+    "runs/sa42/student-a-full": TEACHER + ["factorize-embeddings", "lowrank-layers"],
     # experiments/student-a-structure/student-a4.inspect.txt and a4.sh.
     "runs/s7/student-a4": TEACHER
     + ["prune-vocab", "factorize-embeddings", "drop-layers", "lowrank-layers"],
