@@ -1204,7 +1204,19 @@ mod tests {
             None,
             Some(&["train finetune", "sparsegpt", "train distill"]),
         );
+        run("step-a", Some(&[]), None);
+        run("step-b", Some(&[]), None);
         let entries = collect(&[dir.path().to_path_buf()]).unwrap();
+        let seeded = |name: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap()
+                .seeded
+                .clone()
+        };
+        assert!(seeded("copy").is_some());
+        assert_eq!((seeded("step-a"), seeded("step-b")), (None, None));
         let family = |name: &str| {
             let m = models(&entries)
                 .into_iter()
