@@ -613,17 +613,7 @@ fn every_family_exports_to_int8_with_onnx_runtime_parity() {
         }
         let reference = dir.path().join(format!("{name}.safetensors"));
         let ours = forward(&fixture(name), &parity_sentences(), &reference);
-        let largest = ours
-            .load_f32("logits", &Device::Cpu)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
+        let largest = crate::util::max_abs(&ours.load_f32("logits", &Device::Cpu).unwrap()) as f64;
         let result = crate::export::ort_logits(&export, &reference, 0.02 * largest);
         eprintln!("{name}: int8 ONNX Runtime vs f32 surgery forward: {result}");
         assert_eq!(result["checker"], "ok", "{name}: {result}");

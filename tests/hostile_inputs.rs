@@ -36,6 +36,26 @@ fn finetune_args(s_: &Setup, train: &Path, out: &Path, extra: &[&str]) -> Vec<St
     base.iter().chain(extra).map(|a| a.to_string()).collect()
 }
 
+/// `command` (`train KIND MODEL …`) on `data` as training and dev set, into `out`, for
+/// `max_steps` steps with a fresh classifier.
+fn short_training(command: &[&str], data: &str, out: &str, max_steps: &str) -> Vec<String> {
+    let data_and_out = [
+        "--train",
+        data,
+        "--dev",
+        data,
+        "--out",
+        out,
+        "--reinit-classifier",
+    ];
+    (command
+        .iter()
+        .chain(&data_and_out)
+        .chain(&["--max-steps", max_steps]))
+    .map(|a| a.to_string())
+    .collect()
+}
+
 /// Refused with exit 2 naming `needle`, and without a panic message.
 fn refused_cleanly(r: &Output, needle: &str) {
     assert_refused(r, needle);
@@ -874,22 +894,7 @@ fn train_max_len_beyond_a_model_is_an_error_naming_the_model_and_its_positions()
     );
     let data = conll(dir.path());
     let out = dir.path().join("run");
-    let common = |extra: &[&str]| {
-        let mut a: Vec<&str> = vec![];
-        a.extend(extra);
-        a.extend([
-            "--train",
-            s(&data),
-            "--dev",
-            s(&data),
-            "--out",
-            s(&out),
-            "--reinit-classifier",
-            "--max-steps",
-            "1",
-        ]);
-        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
-    };
+    let common = |command: &[&str]| short_training(command, s(&data), s(&out), "1");
     for (command, max_len, needle) in [
         (
             vec!["train", "finetune", s(&m)],
@@ -1053,23 +1058,11 @@ fn a_model_without_encoder_layers_is_read_or_refused_never_a_panic() {
     let out = dir.path().join("out");
     let (m, d, o) = (s(&m), s(&data), s(&out));
     let train = |kind: &str, extra: &[&'static str]| -> Vec<String> {
-        let mut a: Vec<String> = ["train", kind, m].map(String::from).to_vec();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a.extend(
-            [
-                "--train",
-                d,
-                "--dev",
-                d,
-                "--out",
-                o,
-                "--max-steps",
-                "2",
-                "--reinit-classifier",
-            ]
-            .map(String::from),
-        );
-        a
+        let command: Vec<&str> = ["train", kind, m]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        short_training(&command, d, o, "2")
     };
     let refused = "no encoder layers";
     let cases: Vec<(Vec<String>, Option<&str>)> = vec![

@@ -657,8 +657,11 @@ pub fn grid_svg(title: &str, charts: &[Chart], columns: usize) -> String {
                 r#"<text x="{}" y="{}" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
                 x0 + left + plot_w / 2.0,
                 top + 16.0,
-                // About 8 px a bold character: the title stays within its cell.
-                escape(&shorten(&chart.title, ((cell_w - 40.0) / 8.0) as usize))
+                // Bold text is about a tenth wider: the title stays within its cell.
+                escape(&shorten(
+                    &chart.title,
+                    ((cell_w - 40.0) / (1.1 * text_width("m", 13.0))) as usize
+                ))
             );
             let area = Rect {
                 x: x0 + left,
