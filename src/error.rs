@@ -74,6 +74,9 @@ pub enum Error {
     /// A bad option value or specification given by the user.
     #[error("{0}")]
     Spec(String),
+    /// A target no chain of cuts reaches (exit code 3, as a failed budget check).
+    #[error("{0}")]
+    Unreachable(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
     /// A fault of the tool itself (an invariant broken, a device that misbehaves): exit 1.

@@ -3,6 +3,7 @@
 mod bad_input;
 mod budget;
 mod checkpoint_io;
+mod compress;
 mod data;
 mod distill;
 mod export;

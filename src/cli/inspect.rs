@@ -93,28 +93,6 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Fails (exit code 3) when a checkpoint's unique parameters exceed a budget.
-#[derive(Args)]
-pub struct AssertBudgetArgs {
-    /// Checkpoint folder.
-    checkpoint: PathBuf,
-    /// The budget in unique parameters (e.g. 20M, 750k, 20000000).
-    #[arg(long, value_parser = parse_count)]
-    max: u64,
-}
-
-impl AssertBudgetArgs {
-    pub fn max(&self) -> u64 {
-        self.max
-    }
-}
-
-pub fn assert_budget(args: AssertBudgetArgs) -> anyhow::Result<ExitCode> {
-    let ckpt = Checkpoint::open(&args.checkpoint)?;
-    let budget = Budget::of_checkpoint(&ckpt)?;
-    Ok(check_budget(budget.unique, args.max, false))
-}
-
 /// Prints the verdict; exit code 3 when over budget.
 fn check_budget(unique: u64, limit: u64, quiet: bool) -> ExitCode {
     if unique > limit {

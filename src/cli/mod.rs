@@ -1,13 +1,13 @@
 //! Command-line interface (clap derive). Each subcommand arm calls one library function.
 
-mod cuts;
+mod compress;
 mod evaluate;
 mod export;
 mod inspect;
 mod recipe;
 mod report;
+mod step;
 mod students;
-mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use surgery::io::Checkpoint;
 use surgery::kernels::threads::{self, Workload};
+use surgery::pipeline::step::StepCommand;
 use surgery::util::exit::ExitStatus;
 use surgery::util::options;
 
@@ -40,21 +41,18 @@ enum Command {
     },
     /// Show the parameter budget of a checkpoint, per component and per layer.
     Inspect(inspect::InspectArgs),
-    /// Fail (exit code 3) when a checkpoint's unique parameters exceed a budget.
-    AssertBudget(inspect::AssertBudgetArgs),
-    /// Training: one subcommand per objective (fine-tuning, distillation, head gates, ...).
-    #[command(subcommand)]
-    Train(train::TrainCommand),
-    /// Evaluate a checkpoint on labelled data (seqeval entity F1, per-type report, tokens/s).
-    Eval(evaluate::EvalArgs),
+    /// Every command a recipe step can run: assert-budget, train, eval and the surgeries.
+    #[command(flatten)]
+    Step(StepCommand),
     /// Score a file of gold and predicted tags (conlleval layout).
     Score(evaluate::ScoreArgs),
     /// Tag plain text, one passage per line; prints entities as JSON lines.
     Predict(evaluate::PredictArgs),
-    #[command(flatten)]
-    Surgery(surgery::cuts::registry::SurgeryCommand),
     /// Write a checkpoint as an ONNX model (optionally with int8 linears) for deployment.
     Export(export::ExportArgs),
+    /// Find the best model for a budget (parameters, FLOPs or speed) by searching chains of cuts
+    /// and recoveries; writes the model, compress.json, a report and the recipe that reproduces it.
+    Compress(surgery::pipeline::compress::CompressArgs),
     /// Run a recipe: an ordered list of steps, each one of the commands, resumable.
     Run(recipe::RunArgs),
     /// Write a Markdown report with plots (F1 vs parameters, curves, gates, speed) from run folders.
@@ -103,12 +101,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     // Before the first tensor op: candle reads its thread settings once.
     let workload = match command {
-        Command::Eval(_) | Command::Predict(_) | Command::Forward { .. } => {
+        Command::Step(StepCommand::Eval(_)) | Command::Predict(_) | Command::Forward { .. } => {
             Some(Workload::Inference)
         }
-        Command::Train(_) | Command::Run(_) | Command::Quickstart { .. } => {
-            Some(Workload::Training)
-        }
+        Command::Step(StepCommand::Train(_))
+        | Command::Run(_)
+        | Command::Compress(_)
+        | Command::Quickstart { .. } => Some(Workload::Training),
         _ => None,
     };
     if let Some(workload) = workload {
@@ -117,15 +116,13 @@ fn run_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Quickstart { out, force } => quickstart(&out, force),
         Command::Inspect(args) => inspect::run(args),
-        Command::AssertBudget(args) => inspect::assert_budget(args),
-        Command::Train(command) => train::run(command),
-        Command::Surgery(command) => cuts::run(command),
+        Command::Step(command) => step::run(command),
         Command::Run(args) => recipe::run(args),
+        Command::Compress(args) => compress::run(args),
         Command::Export(args) => export::run(args),
         Command::Report(args) => report::report(args),
         Command::InitStudent(args) => students::init(args),
         Command::Plan(args) => students::plan_cmd(args),
-        Command::Eval(args) => evaluate::eval(args),
         Command::Score(args) => evaluate::score(args),
         Command::Predict(args) => evaluate::predict(args),
         Command::CheckDevice {

@@ -1,11 +1,13 @@
 //! Evaluation and prediction at the word level: the prediction of a word is the argmax at its
 //! first sub-token; windows of a split sentence are stitched back together; scores are seqeval's.
 
+mod args;
 pub mod infer;
 pub mod predict;
 mod run;
 pub mod score;
 
+pub use args::{matching, EvalArgs};
 pub use run::{run_eval, EvalReport, EvalRequest};
 
 use std::time::Instant;

@@ -73,7 +73,53 @@ pub fn write_safetensors(
             msg: other.to_string(),
         },
     })?;
+    sort_metadata(path)?;
     set_default_permissions(path)
+}
+
+/// Rewrites the header with its metadata keys in sorted order: the safetensors crate writes
+/// them in a hash map's random order, so two writes of the same model would differ in bytes.
+/// The header keeps its length (the same keys and values), so only its bytes are rewritten.
+fn sort_metadata(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len) as usize;
+    let mut header = vec![0u8; len];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let internal = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| internal(e.to_string()))?;
+    let Some(metadata) = value
+        .get_mut("__metadata__")
+        .and_then(|m| m.as_object_mut())
+    else {
+        return Ok(());
+    };
+    let mut sorted: Vec<(String, serde_json::Value)> =
+        std::mem::take(metadata).into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    metadata.extend(sorted);
+    let mut rewritten = serde_json::to_vec(&value).map_err(|e| internal(e.to_string()))?;
+    if rewritten.len() > len {
+        return Err(internal(
+            "the sorted header is longer than the written one".into(),
+        ));
+    }
+    // The crate pads the header with spaces to its alignment; so does this.
+    rewritten.resize(len, b' ');
+    file.seek(SeekFrom::Start(8))
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(&rewritten).map_err(|e| Error::io(path, e))
 }
 
 /// safetensors writes through a private temporary file (mode 0600); the file gets the mode every

@@ -1,7 +1,9 @@
 //! Whole pipelines: recipes (checked TOML step lists) and their runner, the embedded quickstart,
 //! and the report with its plots made from run folders.
 
+pub mod compress;
 pub mod device_check;
+pub mod dry_run;
 pub mod plot;
 pub mod provenance;
 pub mod quickstart;
@@ -9,3 +11,4 @@ pub mod recipe;
 pub mod report;
 pub mod runner;
 pub mod seeds;
+pub mod step;

@@ -3,9 +3,8 @@
 //! re-runs with everything downstream), continuing a training step a kill interrupted, removing
 //! what a failed step leaves, and recording each output's provenance and `summary.json`.
 //!
-//! A step's command line is parsed and run by the caller through [`StepCommands`]: the CLI's
-//! parser lives in the binary, and parsing recipes with it means a recipe and a command line can
-//! never disagree.
+//! A step's command line is parsed into a [`StepCommand`], the same typed command the CLI runs,
+//! so a recipe and a command line can never disagree; the runner runs it itself.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,42 +15,7 @@ use crate::io::artefacts::{read_json, write_json, PendingStep, RunSummary, StepR
 use crate::io::artefacts::{StepStatus, StepSummary};
 use crate::io::lock::FolderLock;
 use crate::pipeline::recipe::{did_you_mean, Arg, Kind, Recipe, Step, PLACEMENT_OPTIONS};
-
-/// What the runner needs from the command line: parsing a step's arguments, what its options
-/// are, and running it. The binary implements it with its own parser.
-pub trait StepCommands {
-    /// How a failed command ended (an error, or an exit status of its own); handed back to the
-    /// caller unchanged in [`Outcome::Failed`].
-    type Failure;
-
-    /// Parses a step's command line (without the program name) and keeps the command for
-    /// [`run`](Self::run); the error is one line saying what is wrong.
-    fn check(&mut self, step: &Step, argv: &[String]) -> std::result::Result<(), String>;
-
-    /// Whether the step's command has the option `--key`.
-    fn takes_option(&self, step: &Step, key: &str) -> bool;
-
-    /// Whether the step's option `--key` names a file or folder.
-    fn is_path_option(&self, step: &Step, key: &str) -> bool;
-
-    /// Runs a checked step. A training command continues from the `last/` state its output
-    /// folder holds, if any (the runner has removed the folder unless the step is continued).
-    fn run(
-        &mut self,
-        step: &Step,
-        argv: &[String],
-    ) -> std::result::Result<(), StepFailure<Self::Failure>>;
-
-    /// Where the run is, for the caller to show.
-    fn progress(&mut self, event: Progress<'_>);
-}
-
-/// A failed step's command.
-pub struct StepFailure<F> {
-    pub failure: F,
-    /// Another process holds the step's folder: it is not the runner's to remove.
-    pub folder_in_use: bool,
-}
+use crate::pipeline::step::{StepCommand, StepError, StepOutput};
 
 /// The runner's progress through the steps.
 pub enum Progress<'a> {
@@ -70,6 +34,11 @@ pub enum Progress<'a> {
     Continuing {
         dir: &'a Path,
     },
+    /// What the step's command made (what the command prints on its own).
+    Output {
+        step: &'a Step,
+        output: &'a StepOutput,
+    },
     Finished {
         step: &'a Step,
         seconds: f64,
@@ -77,7 +46,7 @@ pub enum Progress<'a> {
 }
 
 /// How a run ended.
-pub enum Outcome<F> {
+pub enum Outcome {
     /// Every step is done; the summary is also in `summary.json`.
     Finished(RunSummary),
     /// Step `step` failed after `seconds`; the steps before it keep their outputs and a rerun
@@ -85,7 +54,7 @@ pub enum Outcome<F> {
     Failed {
         step: usize,
         seconds: f64,
-        failure: F,
+        error: StepError,
     },
 }
 
@@ -105,41 +74,44 @@ pub struct Plan {
     pub root: PathBuf,
     /// Each step's command line.
     argv: Vec<Vec<String>>,
+    /// Each valid step's command, parsed from its command line; taken when it runs.
+    commands: Vec<Option<StepCommand>>,
     /// What the steps read that exists before the run (the recipe file, inputs, data): the run
     /// folder must not overlap it.
     reads: Vec<PathBuf>,
 }
 
 impl Plan {
-    /// Reads the recipe and parses every step with `commands`; every problem of the recipe is
+    /// Reads the recipe and parses every step's command; every problem of the recipe is
     /// reported together, before anything runs.
-    pub fn check(
-        path: &Path,
-        vars: &[(String, String)],
-        runs: &Path,
-        commands: &mut impl StepCommands,
-    ) -> Result<Plan> {
+    pub fn check(path: &Path, vars: &[(String, String)], runs: &Path) -> Result<Plan> {
         let (recipe, mut problems) = Recipe::load_lenient(path, vars)?;
         let mut plan = Plan {
             root: runs.join(&recipe.name),
             reads: vec![recipe.path.clone()],
             argv: vec![],
+            commands: vec![],
             recipe,
         };
         for step in &plan.recipe.steps {
             if !step.is_valid() {
                 plan.argv.push(vec![]);
+                plan.commands.push(None);
                 continue;
             }
             let label = format!("step {} ({})", step.index + 1, step.name);
-            let argv = plan.command_line(step, commands);
-            let parsed = commands.check(step, &argv);
+            let argv = plan.command_line(step);
+            let parsed = StepCommand::parse(&argv);
             plan.argv.push(argv);
-            if let Err(problem) = parsed {
-                problems.push(format!("{label}: {problem}"));
-                continue;
+            match parsed {
+                Ok(command) => plan.commands.push(Some(command)),
+                Err(problem) => {
+                    plan.commands.push(None);
+                    problems.push(format!("{label}: {problem}"));
+                    continue;
+                }
             }
-            for (key, value) in read_paths(step, commands) {
+            for (key, value) in read_paths(step) {
                 if !Path::new(&value).exists() {
                     problems.push(format!("{label}: {key}: `{value}` does not exist"));
                 }
@@ -181,6 +153,11 @@ impl Plan {
         &self.argv[index]
     }
 
+    /// A step's parsed command (`None` once it has run, or for a step with problems).
+    pub fn command(&self, index: usize) -> Option<&StepCommand> {
+        self.commands.get(index).and_then(Option::as_ref)
+    }
+
     /// The checkpoint a step hands on: its folder, its run's best/, or (eval, assert-budget)
     /// its own input.
     pub fn output_checkpoint(&self, index: usize) -> PathBuf {
@@ -205,14 +182,14 @@ impl Plan {
 
     /// The step's command line; the `device` and `kernels` variables, when the recipe has them,
     /// go to every step whose command takes them (and that does not set them itself).
-    fn command_line(&self, step: &Step, commands: &impl StepCommands) -> Vec<String> {
+    fn command_line(&self, step: &Step) -> Vec<String> {
         let mut argv = step.argv(&self.dir(step.index), &|a| self.resolve(a));
         for key in PLACEMENT_OPTIONS {
             let Some(value) = self.recipe.vars.get(key) else {
                 continue;
             };
             let set_by_step = step.options.iter().any(|o| o.key == key);
-            if !set_by_step && commands.takes_option(step, key) {
+            if !set_by_step && takes_option(step, key) {
                 argv.extend([format!("--{key}"), value.clone()]);
             }
         }
@@ -259,15 +236,29 @@ impl Plan {
     }
 }
 
+/// Whether the step's command has the option `--key`.
+fn takes_option(step: &Step, key: &str) -> bool {
+    StepCommand::definition(step.kind.name())
+        .is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some(key)))
+}
+
+/// Whether the step's option `--key` names a file or folder.
+fn is_path_option(step: &Step, key: &str) -> bool {
+    StepCommand::definition(step.kind.name()).is_some_and(|c| {
+        c.get_arguments()
+            .any(|a| a.get_long() == Some(key) && a.get_value_hint() == clap::ValueHint::AnyPath)
+    })
+}
+
 /// The step's literal path arguments that it reads (its input and every path option but the
 /// ones it writes); paths from earlier steps are not listed, they do not exist yet.
-fn read_paths(step: &Step, commands: &impl StepCommands) -> Vec<(String, String)> {
+fn read_paths(step: &Step) -> Vec<(String, String)> {
     let mut out = vec![];
     if let Arg::Text(t) = &step.input {
         out.push(("input".to_string(), t.clone()));
     }
     for option in &step.options {
-        if WRITTEN.contains(&option.key.as_str()) || !commands.is_path_option(step, &option.key) {
+        if WRITTEN.contains(&option.key.as_str()) || !is_path_option(step, &option.key) {
             continue;
         }
         for v in &option.values {
@@ -282,12 +273,14 @@ fn read_paths(step: &Step, commands: &impl StepCommands) -> Vec<(String, String)
 /// Runs the steps in order from a checked plan; `start` forces the steps from it on to run
 /// again. A failed step leaves no folder (but a training run's resumable state), so a rerun
 /// starts at it.
-pub fn execute<C: StepCommands>(
-    plan: &Plan,
+pub fn execute(
+    plan: &mut Plan,
     start: Option<usize>,
-    commands: &mut C,
-) -> Result<Outcome<C::Failure>> {
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Outcome> {
     let _lock = plan.lock_root()?;
+    let mut commands = std::mem::take(&mut plan.commands);
+    let plan = &*plan;
     let started = Instant::now();
     let mut steps = vec![];
     let total = plan.recipe.steps.len();
@@ -297,7 +290,7 @@ pub fn execute<C: StepCommands>(
         let dir = plan.dir(step.index);
         let forced = start.is_some_and(|s| step.index >= s);
         if !forced && plan.is_done(step.index) {
-            commands.progress(Progress::Skipped { step, total });
+            progress(Progress::Skipped { step, total });
             steps.push(StepSummary {
                 step: step.folder_name(),
                 kind: step.kind.name().to_string(),
@@ -307,14 +300,14 @@ pub fn execute<C: StepCommands>(
             continue;
         }
         let argv = plan.argv(step.index);
-        commands.progress(Progress::Running { step, total, argv });
+        progress(Progress::Running { step, total, argv });
         let pending = dir.join(PendingStep::FILE);
         let interrupted = step.kind.is_training()
             && !forced
             && step.dependencies().is_disjoint(&ran)
             && pending_hash(&pending).as_deref() == Some(step.hash.as_str());
         if interrupted {
-            commands.progress(Progress::Continuing { dir: &dir });
+            progress(Progress::Continuing { dir: &dir });
         } else if dir.exists() {
             // Not while another process (a manual `train --resume` into it) works there.
             let _step_lock = FolderLock::acquire(&dir)?;
@@ -337,23 +330,39 @@ pub fn execute<C: StepCommands>(
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let step_start = Instant::now();
-        let result = commands.run(step, argv);
+        let result = match commands[step.index].take() {
+            // The step's folder holds a training's last/ only when the runner continues it.
+            Some(command) => command.run(true),
+            None => Err(StepError::Failed(Error::Internal(format!(
+                "step {} was not checked",
+                step.index + 1
+            )))),
+        };
         let seconds = step_start.elapsed().as_secs_f64();
-        if let Err(failed) = result {
-            // An interrupted training keeps its last/ so that the rerun continues it.
-            let resumable =
-                step.kind.is_training() && dir.join("last/state/progress.json").is_file();
-            if dir.exists() && !failed.folder_in_use && !resumable {
-                if let Ok(_step_lock) = FolderLock::acquire(&dir) {
-                    std::fs::remove_dir_all(&dir).ok();
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => {
+                // An interrupted training keeps its last/ so that the rerun continues it.
+                let resumable =
+                    step.kind.is_training() && dir.join("last/state/progress.json").is_file();
+                // A folder another process holds is not the runner's to remove.
+                let in_use = matches!(error, StepError::Failed(Error::Locked { .. }));
+                if dir.exists() && !in_use && !resumable {
+                    if let Ok(_step_lock) = FolderLock::acquire(&dir) {
+                        std::fs::remove_dir_all(&dir).ok();
+                    }
                 }
+                return Ok(Outcome::Failed {
+                    step: step.index,
+                    seconds,
+                    error,
+                });
             }
-            return Ok(Outcome::Failed {
-                step: step.index,
-                seconds,
-                failure: failed.failure,
-            });
-        }
+        };
+        progress(Progress::Output {
+            step,
+            output: &output,
+        });
         crate::pipeline::provenance::record(
             &plan.recipe,
             step,
@@ -365,7 +374,7 @@ pub fn execute<C: StepCommands>(
         if pending.exists() {
             std::fs::remove_file(&pending).map_err(|e| Error::io(&pending, e))?;
         }
-        commands.progress(Progress::Finished { step, seconds });
+        progress(Progress::Finished { step, seconds });
         steps.push(StepSummary {
             step: step.folder_name(),
             kind: step.kind.name().to_string(),

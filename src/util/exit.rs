@@ -23,7 +23,9 @@ impl From<ExitStatus> for ExitCode {
 impl crate::error::Error {
     /// The exit status this error ends the command with.
     pub fn exit_status(&self) -> ExitStatus {
-        if self.is_user_error() {
+        if matches!(self, crate::error::Error::Unreachable(_)) {
+            ExitStatus::OverBudget
+        } else if self.is_user_error() {
             ExitStatus::UserError
         } else {
             ExitStatus::Failure
