@@ -9,3 +9,4 @@ pub mod recipe;
 pub mod report;
 pub mod runner;
 pub mod seeds;
+pub mod step_check;
