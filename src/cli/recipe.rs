@@ -212,9 +212,8 @@ fn recipe_value_problem(e: &clap::Error) -> Option<String> {
                 .map(|a| format!("`{}`", key(a)))
                 .collect();
             Some(format!(
-                "missing required option(s) {} (add `{} = VALUE`)",
-                missing.join(", "),
-                key(&strings(ContextKind::InvalidArg)[0])
+                "missing required option(s) {} (add `{arg} = VALUE`)",
+                missing.join(", ")
             ))
         }
         ErrorKind::InvalidValue if value.is_empty() => Some(format!(

@@ -152,6 +152,8 @@ pub fn check_known_tags(data: &crate::data::Dataset, labels: &LabelSet) -> Resul
     }
 }
 
+/// The first `n` sentences of `data` tokenised for `ckpt` with `labels`, and a note when there
+/// are fewer; no sentence at all is an error.
 fn examples(
     ckpt: &Checkpoint,
     path: &Path,

@@ -1,8 +1,8 @@
 //! Runs a recipe: its steps in order under `runs/<recipe>/NN-step/`, skipping the steps whose
 //! folder holds a finished output with the same spec hash and whose files read and written are
-//! unchanged (`step_check`; so a rerun resumes, and a changed step re-runs with everything
-//! downstream), continuing a training step a kill interrupted, removing
-//! what a failed step leaves, and recording each output's provenance and `summary.json`.
+//! unchanged (`step_check`), so a rerun resumes and a changed step re-runs with everything
+//! downstream; continuing a training step a kill interrupted, removing what a failed step
+//! leaves, and recording each output's provenance and `summary.json`.
 //!
 //! A step's command line is parsed and run by the caller through [`StepCommands`]: the CLI's
 //! parser lives in the binary, and parsing recipes with it means a recipe and a command line can
