@@ -1,9 +1,8 @@
 //! The `surgery` binary: parse the command line, run it, print the error chain on failure.
 //! Exit statuses: `surgery::util::exit::ExitStatus` (0 ok, 1 failure, 2 user error, 3 over budget).
 
-use std::process::ExitCode;
-
 use std::ffi::OsString;
+use std::process::ExitCode;
 
 use clap::Parser;
 

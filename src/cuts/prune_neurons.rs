@@ -82,7 +82,18 @@ fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
     if !spec.uniform {
         return Ok(Counts::Total(keep));
     }
-    Ok(Counts::PerLayer(apportion(&sizes, keep)))
+    Ok(Counts::PerLayer(match (spec.keep, spec.keep_ratio) {
+        // A count is kept exactly, split over the layers.
+        (Some(n), _) => apportion(&sizes, n),
+        // A share is the same share of every layer (equal layers stay equal: a plain config).
+        (None, r) => {
+            let r = r.unwrap_or(1.0);
+            sizes
+                .iter()
+                .map(|&n| (r * n as f64).round() as usize)
+                .collect()
+        }
+    }))
 }
 
 /// Splits `keep` (at most the sum of `sizes`) over the layers in proportion to their sizes, by
