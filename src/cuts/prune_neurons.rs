@@ -289,3 +289,17 @@ impl Surgery for Spec {
         apply(ckpt, self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::apportion;
+
+    #[test]
+    fn a_uniform_count_is_split_exactly_by_largest_remainders() {
+        assert_eq!(apportion(&[24, 24, 24], 3), [1, 1, 1]);
+        assert_eq!(apportion(&[24, 24, 24], 4), [2, 1, 1]);
+        assert_eq!(apportion(&[10, 30, 0], 5), [1, 4, 0]);
+        assert_eq!(apportion(&[10, 30], 40), [10, 30]);
+        assert_eq!(apportion(&[0, 0], 0), [0, 0]);
+    }
+}
