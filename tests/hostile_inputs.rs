@@ -1787,6 +1787,7 @@ fn a_recipe_eval_of_a_model_edited_by_hand_runs_again() {
     .unwrap();
     let direct = surgery(&["eval", s(&m), "--data", s(&data), "--json"]);
     let direct: serde_json::Value = serde_json::from_str(&direct.stdout).unwrap();
+    assert!(direct["f1"].is_f64());
     assert_eq!(recorded["f1"], direct["f1"]);
 }
 
@@ -2267,4 +2268,46 @@ fn predict_reads_cr_only_line_ends_as_lines() {
     let r = surgery(&["predict", s(&m), "--input", s(&input)]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+}
+
+#[test]
+fn a_student_with_the_teachers_labels_in_another_order_is_reordered_not_refused() {
+    let dir = tempdir();
+    let teacher = model(dir.path());
+    let data = conll(dir.path());
+    // The same model with its classifier rows and labels in another order: the same function.
+    let mut ckpt = surgery::io::Checkpoint::open(&teacher).unwrap();
+    let order = ["I-LOC", "O", "B-LOC", "I-PER", "B-PER"].map(String::from);
+    surgery::model::generate::reorder_classifier(&mut ckpt, &order).unwrap();
+    let student = save(&ckpt, dir.path(), "student");
+    let f1 = |m: &Path| {
+        let r = surgery(&["eval", s(m), "--data", s(&data), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["f1"].clone()
+    };
+    assert!(f1(&teacher).is_f64());
+    assert_eq!(f1(&teacher), f1(&student));
+    let run_dir = dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "distill",
+        s(&student),
+        "--teacher",
+        s(&teacher),
+        "--train",
+        s(&data),
+        "--dev",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["0"], "O");
+    assert_eq!(config["id2label"]["4"], "I-LOC");
 }
