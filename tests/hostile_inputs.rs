@@ -1661,6 +1661,12 @@ fn a_recipe_step_whose_calibration_file_was_corrected_in_place_runs_again() {
     run_recipe(&recipe, &runs);
     assert!(run_recipe(&recipe, &runs).stdout.contains("done, skipped"));
     correct_in_place(&data);
+    let plan = surgery(&["run", s(&recipe), "--runs", s(&runs), "--dry-run"]);
+    assert!(
+        plan.stdout.contains("will run again: its input") && plan.stdout.contains("data.txt"),
+        "{}",
+        plan.stdout
+    );
     let r = run_recipe(&recipe, &runs);
     assert!(
         r.stdout.contains("running it again") && r.stdout.contains("data.txt"),

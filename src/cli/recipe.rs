@@ -294,10 +294,11 @@ fn dry_run(plan: &Plan, parsed: &CliSteps, start: Option<usize>) -> anyhow::Resu
                 })
             }),
         };
-        let mut state = match start {
-            Some(s) if step.index >= s => "will run (--from)".to_string(),
-            _ if plan.is_done(step.index) => "done, will be skipped".to_string(),
-            _ => "will run".to_string(),
+        let mut state = match (start, plan.check_done(step.index)) {
+            (Some(s), _) if step.index >= s => "will run (--from)".to_string(),
+            (_, Ok(())) => "done, will be skipped".to_string(),
+            (_, Err(Some(why))) => format!("will run again: {why}"),
+            (_, Err(None)) => "will run".to_string(),
         };
         if let (Command::AssertBudget(a), Ok(arch)) = (command, &after) {
             let unique = Budget::of_arch(arch).unique;
