@@ -236,12 +236,40 @@ pub fn group(n: u64) -> String {
     out
 }
 
+/// The text with its thousands separators (`,` or `_`) removed, or `None` when a separator is
+/// anything but a break between groups of three digits of the integer part: `0,1M` is not
+/// 1,000,000 parameters (it reads as a decimal comma), nor is `122,5k` 1,225,000.
+fn ungroup(text: &str) -> Option<String> {
+    let is_sep = |c: char| c == ',' || c == '_';
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || is_sep(c)))
+        .unwrap_or(text.len());
+    let (integer, rest) = text.split_at(end);
+    if rest.contains(is_sep) {
+        return None;
+    }
+    if !integer.contains(is_sep) {
+        return Some(text.to_string());
+    }
+    let groups: Vec<&str> = integer.split(is_sep).collect();
+    let first_ok = (1..=3).contains(&groups[0].len());
+    if !first_ok || groups[1..].iter().any(|g| g.len() != 3) {
+        return None;
+    }
+    Some(format!("{}{rest}", groups.concat()))
+}
+
 /// Parses a parameter budget such as `20M`, `1.5M`, `750k`, `2e7` or `20000000`, exactly: the
 /// value must be a whole number of parameters (`122.1205k` is 122,120.5 and is refused rather
 /// than rounded) that fits in 64 bits (`1e30` is refused rather than clamped).
 pub fn parse_count(text: &str) -> std::result::Result<u64, String> {
     let not_a_count = || format!("`{text}` is not a parameter count (e.g. 20M, 750k, 20000000)");
-    let t = text.trim().replace(['_', ','], "");
+    let t = ungroup(text.trim()).ok_or_else(|| {
+        format!(
+            "`{text}`: `,` and `_` only separate groups of three digits (1,000,000 or 20_000k); \
+             a decimal is written with a point (0.1M)"
+        )
+    })?;
     let (number, scale) = match t.chars().last() {
         Some('k' | 'K') => (&t[..t.len() - 1], 3),
         Some('m' | 'M') => (&t[..t.len() - 1], 6),
@@ -289,6 +317,12 @@ pub fn parse_count(text: &str) -> std::result::Result<u64, String> {
     Ok(value)
 }
 
+/// A clap value parser for a count kept as text (a spec records what was written): checked
+/// here, so a malformed one is refused naming its option.
+pub fn count_text(text: &str) -> std::result::Result<String, String> {
+    parse_count(text).map(|_| text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,11 +333,28 @@ mod tests {
         assert_eq!(parse_count("1.5m"), Ok(1_500_000));
         assert_eq!(parse_count("750k"), Ok(750_000));
         assert_eq!(parse_count("107_726_601"), Ok(107_726_601));
+        assert_eq!(parse_count("107,726,601"), Ok(107_726_601));
         assert!(parse_count("twenty").is_err());
         assert!(parse_count("-3M").is_err());
         assert_eq!(parse_count("2e7"), Ok(20_000_000));
         assert_eq!(parse_count("122.121k"), Ok(122_121));
         assert_eq!(parse_count("0.5k"), Ok(500));
+    }
+
+    #[test]
+    fn thousands_separators_are_groups_of_three_digits_never_a_decimal_comma() {
+        assert_eq!(parse_count("1,000,000"), Ok(1_000_000));
+        assert_eq!(parse_count("20_000k"), Ok(20_000_000));
+        assert_eq!(parse_count("1,234.5k"), Ok(1_234_500));
+        for bad in [
+            "0,1M", "122,5k", "1,00", "1,0000", ",100", "100,", "1.5,5k", "1e1,000",
+        ] {
+            let err = parse_count(bad).unwrap_err();
+            assert!(
+                err.contains(bad) && err.contains("three digits"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

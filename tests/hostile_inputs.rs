@@ -1618,3 +1618,702 @@ fn small_models_odd_options_and_empty_indexes_get_answers_not_panics() {
     .unwrap();
     refused_cleanly(&surgery(&["inspect", s(&m)]), "names no tensor");
 }
+
+// ------------------------------------------------------------------------------------------
+// Resumed recipes check the files their steps read and wrote, not only their options.
+
+/// Writes `dir/resume.toml` with `steps` (MODEL and DATA replaced) and returns its path.
+fn resume_recipe(dir: &Path, m: &Path, data: &Path, steps: &str) -> PathBuf {
+    let path = dir.join("resume.toml");
+    let text = steps.replace("MODEL", s(m)).replace("DATA", s(data));
+    std::fs::write(&path, format!("[recipe]\nname = \"resume\"\n{text}")).unwrap();
+    path
+}
+
+fn run_recipe(recipe: &Path, runs: &Path) -> Output {
+    let r = surgery(&["run", s(recipe), "--runs", s(runs)]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    r
+}
+
+/// The same length, other bytes: a tag corrected in place.
+fn correct_in_place(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let fixed = text.replacen("Paris B-LOC", "Paris B-PER", 1);
+    assert_ne!(text, fixed);
+    assert_eq!(text.len(), fixed.len());
+    std::fs::write(path, fixed).unwrap();
+}
+
+#[test]
+fn a_recipe_step_whose_calibration_file_was_corrected_in_place_runs_again() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let recipe = resume_recipe(
+        dir.path(),
+        &m,
+        &data,
+        "[[step]]\nname = \"cut\"\nkind = \"prune-neurons\"\ninput = \"MODEL\"\n\
+         by = \"fisher\"\ncalib = \"DATA\"\nkeep-ratio = 0.5\n",
+    );
+    let runs = dir.path().join("runs");
+    run_recipe(&recipe, &runs);
+    assert!(run_recipe(&recipe, &runs).stdout.contains("done, skipped"));
+    correct_in_place(&data);
+    let plan = surgery(&["run", s(&recipe), "--runs", s(&runs), "--dry-run"]);
+    assert!(
+        plan.stdout.contains("will run again: its input") && plan.stdout.contains("data.txt"),
+        "{}",
+        plan.stdout
+    );
+    let r = run_recipe(&recipe, &runs);
+    assert!(
+        r.stdout.contains("running it again") && r.stdout.contains("data.txt"),
+        "{}",
+        r.stdout
+    );
+    // Recorded again: the next run skips it.
+    assert!(run_recipe(&recipe, &runs).stdout.contains("done, skipped"));
+}
+
+#[test]
+fn a_recipe_training_step_whose_training_file_was_corrected_in_place_runs_again() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let recipe = resume_recipe(
+        dir.path(),
+        &m,
+        &data,
+        "[[step]]\nname = \"tune\"\nkind = \"train finetune\"\ninput = \"MODEL\"\n\
+         train = \"DATA\"\ndev = \"DATA\"\nmax-steps = 1\nbatch-size = 2\n\
+         reinit-classifier = true\n",
+    );
+    let runs = dir.path().join("runs");
+    run_recipe(&recipe, &runs);
+    correct_in_place(&data);
+    let r = run_recipe(&recipe, &runs);
+    assert!(
+        r.stdout.contains("its input") && r.stdout.contains("running it again"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_recipe_step_whose_weights_were_truncated_or_edited_runs_again() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let recipe = resume_recipe(
+        dir.path(),
+        &m,
+        &data,
+        "[[step]]\nname = \"cut\"\nkind = \"drop-layers\"\ninput = \"MODEL\"\nkeep = \"0,1\"\n\
+         [[step]]\nname = \"score\"\nkind = \"eval\"\ndata = \"DATA\"\n",
+    );
+    let runs = dir.path().join("runs");
+    run_recipe(&recipe, &runs);
+    let weights = runs.join("resume/01-cut/model.safetensors");
+    let whole = std::fs::read(&weights).unwrap();
+
+    // Truncated: the cut runs again (its output is no longer what it wrote).
+    std::fs::write(&weights, &whole[..whole.len() / 2]).unwrap();
+    let r = run_recipe(&recipe, &runs);
+    assert!(
+        r.stdout.contains("changed size") && r.stdout.contains("model.safetensors"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().len(),
+        whole.len() as u64
+    );
+
+    // Weights edited by hand, same size: found by the checksum.
+    let mut edited = whole.clone();
+    let n = edited.len();
+    for b in &mut edited[n - 64..] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&weights, &edited).unwrap();
+    let r = run_recipe(&recipe, &runs);
+    assert!(r.stdout.contains("changed content"), "{}", r.stdout);
+
+    // Labels of the evaluated model edited by hand: the evaluation runs again, so eval.json
+    // scores the model as it is.
+    let config = runs.join("resume/01-cut/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("\"O\"", "\"O\" ", 1)).unwrap();
+    let r = run_recipe(&recipe, &runs);
+    assert!(
+        r.stdout.matches("running it again").count() >= 1 && r.stdout.contains("config.json"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        run_recipe(&recipe, &runs)
+            .stdout
+            .matches("done, skipped")
+            .count()
+            == 2
+    );
+}
+
+#[test]
+fn a_recipe_eval_of_a_model_edited_by_hand_runs_again() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let recipe = resume_recipe(
+        dir.path(),
+        &m,
+        &data,
+        "[[step]]\nname = \"score\"\nkind = \"eval\"\ninput = \"MODEL\"\ndata = \"DATA\"\n",
+    );
+    let runs = dir.path().join("runs");
+    run_recipe(&recipe, &runs);
+    // Another model's weights (the same structure) under the same name.
+    let other = save(
+        &tiny_checkpoint(tiny_config(), Layout::Bare, 99),
+        dir.path(),
+        "other",
+    );
+    std::fs::copy(other.join("model.safetensors"), m.join("model.safetensors")).unwrap();
+    let r = run_recipe(&recipe, &runs);
+    assert!(
+        r.stdout.contains("running it again") && r.stdout.contains("model.safetensors"),
+        "{}",
+        r.stdout
+    );
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("resume/01-score/eval.json")).unwrap(),
+    )
+    .unwrap();
+    let direct = surgery(&["eval", s(&m), "--data", s(&data), "--json"]);
+    let direct: serde_json::Value = serde_json::from_str(&direct.stdout).unwrap();
+    assert!(direct["f1"].is_f64());
+    assert_eq!(recorded["f1"], direct["f1"]);
+}
+
+// ------------------------------------------------------------------------------------------
+// Output pipes closed early.
+
+/// Runs the binary with its standard output on a pipe whose reader is already closed.
+fn surgery_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_surgery"))
+        .args(args)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_printing_command_ends_quietly_when_its_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let scores = dir.path().join("scores.txt");
+    std::fs::write(&scores, "John B-PER B-PER\nParis B-LOC O\n").unwrap();
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let recipe = recipe(dir.path(), &m, "", "MODEL");
+    let runs = dir.path().join("runs");
+    let (ms, ds) = (s(&m), s(&data));
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (cut, onnx) = (out("cut"), out("onnx"));
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["inspect", ms],
+        vec!["inspect", ms, "--json"],
+        vec!["eval", ms, "--data", ds],
+        vec!["score", s(&scores)],
+        vec!["predict", ms, "--input", s(&sentences)],
+        vec!["check-device", "--steps", "1"],
+        vec!["run", s(&recipe), "--runs", s(&runs), "--dry-run"],
+        vec!["drop-layers", ms, &cut, "--keep", "0", "--json"],
+        vec!["export", ms, &onnx, "--json"],
+    ];
+    for args in commands {
+        let r = surgery_into_closed_pipe(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !stderr.contains("panicked") && r.status.code() != Some(101),
+            "{args:?}: {:?} {stderr}",
+            r.status
+        );
+        assert!(
+            r.status.signal() == Some(libc::SIGPIPE) || r.status.success(),
+            "{args:?}: {:?} {stderr}",
+            r.status
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Numbers read exactly as written, or refused naming the option.
+
+#[test]
+fn export_int8_of_a_model_with_a_layer_without_ffn_neurons_works() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let cut = dir.path().join("cut");
+    let r = surgery(&[
+        "prune-neurons",
+        s(&m),
+        s(&cut),
+        "--keep",
+        "0",
+        "--by",
+        "magnitude",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let onnx = dir.path().join("onnx");
+    let r = surgery(&["export", s(&cut), s(&onnx), "--quantize", "int8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn an_absurd_thread_count_is_refused_at_once_naming_the_variable() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    for value in ["100000", "many"] {
+        let start = Instant::now();
+        let r = crate::util::surgery_with_env(
+            &["eval", s(&m), "--data", s(&data)],
+            &[("RAYON_NUM_THREADS", value)],
+        );
+        refused_cleanly(&r, "RAYON_NUM_THREADS");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn a_decimal_comma_in_a_count_is_refused_not_dropped() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let out = dir.path().join("out");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["assert-budget", s(&m), "--max", "0,1M"],
+        vec!["inspect", s(&m), "--budget", "122,5k"],
+        vec![
+            "prune-structured",
+            s(&m),
+            s(&out),
+            "--params",
+            "0,1M",
+            "--calib",
+            s(&data),
+        ],
+    ];
+    for args in cases {
+        refused_cleanly(&surgery(&args), "groups of three digits");
+    }
+    assert!(!out.exists());
+    // Groups of three are thousands.
+    let r = surgery(&["assert-budget", s(&m), "--max", "1,000,000"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn numeric_options_of_the_cuts_refuse_values_outside_their_domain() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let out = dir.path().join("out");
+    let (ms, os, ds) = (s(&m), s(&out), s(&data));
+    let structured = ["prune-structured", ms, os, "--flops", "0.5", "--calib", ds];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        ([&structured[..], &["--damp", "NaN"]].concat(), "--damp"),
+        ([&structured[..], &["--damp", "-1"]].concat(), "--damp"),
+        ([&structured[..], &["--damp", "inf"]].concat(), "--damp"),
+        (
+            [&structured[..], &["--calib-sentences", "0"]].concat(),
+            "--calib-sentences",
+        ),
+        (
+            [&structured[..], &["--heldout-sentences", "0"]].concat(),
+            "--heldout-sentences",
+        ),
+        (
+            [&structured[..], &["--seq-len", "4611686018427387904"]].concat(),
+            "--seq-len",
+        ),
+        (
+            vec!["prune-structured", ms, os, "--flops", "NaN", "--calib", ds],
+            "--flops",
+        ),
+        (
+            vec![
+                "prune-neurons",
+                ms,
+                os,
+                "--keep-ratio",
+                "-0.5",
+                "--by",
+                "magnitude",
+            ],
+            "--keep-ratio",
+        ),
+        (
+            vec![
+                "prune-neurons",
+                ms,
+                os,
+                "--keep",
+                "3",
+                "--by",
+                "fisher",
+                "--calib",
+                ds,
+                "--calib-sentences",
+                "0",
+            ],
+            "--calib-sentences",
+        ),
+        (
+            vec!["inspect", ms, "--seq-len", "4611686018427387904"],
+            "--seq-len",
+        ),
+        (vec!["check-device", "--steps", "0"], "--steps"),
+        (
+            vec![
+                "train", "focal", ms, "--train", ds, "--dev", ds, "--out", os, "--gamma", "1e308",
+            ],
+            "--gamma",
+        ),
+        (
+            vec![
+                "train", "finetune", ms, "--train", ds, "--dev", ds, "--out", os, "--lr", "-1e-5",
+            ],
+            "--lr",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = surgery(&args);
+        refused_cleanly(&r, needle);
+        assert!(
+            !r.stderr.contains("unexpected argument"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn prune_neurons_uniform_keeps_exactly_the_count_asked() {
+    let dir = tempdir();
+    let m = model(dir.path()); // 3 layers of 24 neurons
+    for keep in ["3", "4", "70"] {
+        let out = dir.path().join(format!("keep{keep}"));
+        let r = surgery(&[
+            "prune-neurons",
+            s(&m),
+            s(&out),
+            "--keep",
+            keep,
+            "--uniform",
+            "--by",
+            "magnitude",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = surgery(&["inspect", s(&out), "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let kept: u64 = json["budget"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["intermediate"].as_u64().unwrap())
+            .sum();
+        assert_eq!(kept.to_string(), keep);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Recipe values: negative numbers, flags and missing options.
+
+/// A one-step recipe of `kind` on the tiny model with `options`, dry-run.
+fn recipe_step(dir: &Path, m: &Path, kind: &str, options: &str) -> Output {
+    let path = dir.join("values.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[step]]\nname = \"s\"\nkind = \"{kind}\"\ninput = \"{}\"\n{options}\n",
+            s(m)
+        ),
+    )
+    .unwrap();
+    let runs = dir.join("runs");
+    surgery(&["run", s(&path), "--runs", s(&runs), "--dry-run"])
+}
+
+#[test]
+fn negative_numbers_in_recipes_reach_the_options_own_check() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let ds = s(&data);
+    let train = format!("train = \"{ds}\"\ndev = \"{ds}\"\n");
+    let cases = [
+        ("train finetune", format!("{train}lr = -1e-5"), "--lr"),
+        ("train focal", format!("{train}gamma = -1"), "--gamma"),
+        (
+            "prune-neurons",
+            "by = \"magnitude\"\nkeep = -1".into(),
+            "--keep",
+        ),
+        (
+            "prune-structured",
+            format!("flops = 0.5\ncalib = \"{ds}\"\ndamp = -1"),
+            "--damp",
+        ),
+        (
+            "prune-structured",
+            format!("flops = 0.5\ncalib = \"{ds}\"\nseq-len = -1"),
+            "--seq-len",
+        ),
+    ];
+    for (kind, options, needle) in cases {
+        let r = recipe_step(dir.path(), &m, kind, &options);
+        refused_cleanly(&r, needle);
+        assert!(
+            !r.stderr.contains("unknown option `-"),
+            "{kind}: {}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn recipe_steps_missing_an_option_or_giving_a_flag_a_value_name_the_option() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let r = recipe_step(dir.path(), &m, "prune-neurons", "keep = 3");
+    refused_cleanly(&r, "`by`");
+    let r = recipe_step(
+        dir.path(),
+        &m,
+        "prune-neurons",
+        "by = \"magnitude\"\nkeep = true",
+    );
+    refused_cleanly(&r, "option `keep` takes a value");
+    let r = recipe_step(
+        dir.path(),
+        &m,
+        "prune-neurons",
+        "by = \"magnitude\"\nkeep = 3\nuniform = \"yes\"",
+    );
+    refused_cleanly(&r, "option `uniform` is a switch");
+}
+
+#[test]
+fn a_recipe_step_name_in_non_ascii_letters_is_accepted() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let path = dir.path().join("names.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[step]]\nname = \"größe_カット\"\nkind = \"drop-layers\"\ninput = \"{}\"\nkeep = \"0\"\n",
+            s(&m)
+        ),
+    )
+    .unwrap();
+    let runs = dir.path().join("runs");
+    let r = surgery(&["run", s(&path), "--runs", s(&runs)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(runs
+        .join("names/01-größe_カット/model.safetensors")
+        .is_file());
+    // Punctuation is still refused.
+    std::fs::write(
+        &path,
+        format!(
+            "[[step]]\nname = \"a/b\"\nkind = \"drop-layers\"\ninput = \"{}\"\nkeep = \"0\"\n",
+            s(&m)
+        ),
+    )
+    .unwrap();
+    refused_cleanly(
+        &surgery(&["run", s(&path), "--runs", s(&runs)]),
+        "may use only",
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Labels: calibration tags, and the same labels in another order.
+
+#[test]
+fn calibration_tags_the_model_does_not_know_are_refused_like_eval_refuses_them() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, "John B-PER\nlives O\n\nParis B-FOO\n").unwrap();
+    let out = dir.path().join("out");
+    let (ms, os, cs) = (s(&m), s(&out), s(&calib));
+    for args in [
+        vec![
+            "prune-neurons",
+            ms,
+            os,
+            "--keep-ratio",
+            "0.5",
+            "--by",
+            "fisher",
+            "--calib",
+            cs,
+        ],
+        vec!["prune-structured", ms, os, "--flops", "0.5", "--calib", cs],
+    ] {
+        let r = surgery(&args);
+        refused_cleanly(&r, "B-FOO");
+        assert!(r.stderr.contains("calib.txt:4"), "{}", r.stderr);
+        assert!(!out.exists());
+    }
+    refused_cleanly(&surgery(&["eval", ms, "--data", cs]), "B-FOO");
+}
+
+#[test]
+fn a_classifier_with_the_data_labels_in_another_order_is_kept_for_training() {
+    let dir = tempdir();
+    // The data's own order would be O, B-LOC, B-PER.
+    let mut config = tiny_config();
+    config.set_labels(&["O", "B-PER", "B-LOC"].map(String::from));
+    let m = save(
+        &tiny_checkpoint(config, Layout::Bare, 3),
+        dir.path(),
+        "model",
+    );
+    let data = conll(dir.path());
+    let run_dir = dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "finetune",
+        s(&m),
+        "--train",
+        s(&data),
+        "--dev",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["1"], "B-PER");
+    assert_eq!(config["id2label"]["2"], "B-LOC");
+}
+
+// ------------------------------------------------------------------------------------------
+// Family configs and text input.
+
+/// A copy of the committed tiny RoBERTa with `edit` applied to its config.json.
+fn roberta_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let m = dir.join("roberta");
+    std::fs::create_dir_all(&m).unwrap();
+    let fixture = crate::util::repo().join("fixtures/families/roberta");
+    for file in std::fs::read_dir(&fixture).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), m.join(file.file_name())).unwrap();
+    }
+    edit_config(&m, edit);
+    m
+}
+
+#[test]
+fn family_configs_with_impossible_values_are_refused_at_load_naming_the_key() {
+    let dir = tempdir();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("pad_token_id", serde_json::json!(320), "pad_token_id"),
+        ("pad_token_id", serde_json::json!(1_000_000), "pad_token_id"),
+        (
+            "max_position_embeddings",
+            serde_json::json!(3),
+            "max_position_embeddings",
+        ),
+        (
+            "max_position_embeddings",
+            serde_json::json!(4),
+            "max_position_embeddings",
+        ),
+        ("model_type", serde_json::json!(5), "model_type"),
+        ("hidden_act", serde_json::json!(5), "hidden_act"),
+    ];
+    for (i, (key, value, needle)) in cases.into_iter().enumerate() {
+        let sub = dir.path().join(i.to_string());
+        let m = roberta_with(&sub, |c| c[key] = value.clone());
+        let r = surgery(&["inspect", s(&m)]);
+        refused_cleanly(&r, needle);
+        assert!(r.stderr.contains("config.json"), "{key}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn predict_reads_cr_only_line_ends_as_lines() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let input = dir.path().join("mac.txt");
+    std::fs::write(&input, "John lives in Paris\rAnna visited Berlin\rPeter\r").unwrap();
+    let r = surgery(&["predict", s(&m), "--input", s(&input)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+}
+
+#[test]
+fn a_student_with_the_teachers_labels_in_another_order_is_reordered_not_refused() {
+    let dir = tempdir();
+    let teacher = model(dir.path());
+    let data = conll(dir.path());
+    // The same model with its classifier rows and labels in another order: the same function.
+    let mut ckpt = surgery::io::Checkpoint::open(&teacher).unwrap();
+    let order = ["I-LOC", "O", "B-LOC", "I-PER", "B-PER"].map(String::from);
+    surgery::model::generate::reorder_classifier(&mut ckpt, &order).unwrap();
+    let student = save(&ckpt, dir.path(), "student");
+    let f1 = |m: &Path| {
+        let r = surgery(&["eval", s(m), "--data", s(&data), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["f1"].clone()
+    };
+    assert!(f1(&teacher).is_f64());
+    assert_eq!(f1(&teacher), f1(&student));
+    let run_dir = dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "distill",
+        s(&student),
+        "--teacher",
+        s(&teacher),
+        "--train",
+        s(&data),
+        "--dev",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["0"], "O");
+    assert_eq!(config["id2label"]["4"], "I-LOC");
+}

@@ -42,11 +42,12 @@ BINARY = None
 
 
 def case(name, expect, argv, setup=None, stdin=None, check=None, needle=None, timeout=60,
-         inputs=("m", "d.txt", "s.txt")):
+         inputs=("m", "d.txt", "s.txt"), env=None):
     """expect: "error" (exit 2), "ok" (exit 0, then `check(dir, result)` returns a problem or
-    None), or "any" (exit 0 or a clear exit 2 are both right)."""
+    None), "any" (exit 0 or a clear exit 2 are both right), or "closed-pipe" (standard output
+    is a pipe whose reader is gone: ending by SIGPIPE or exit 0 is right, a panic is not)."""
     CASES.append(dict(name=name, expect=expect, argv=argv, setup=setup, stdin=stdin,
-                      check=check, needle=needle, timeout=timeout, inputs=inputs))
+                      check=check, needle=needle, timeout=timeout, inputs=inputs, env=env))
 
 
 # ---------------------------------------------------------------- helpers for setups
@@ -773,6 +774,172 @@ def more_cases():
          check=lambda d, r, b: None)
 
 
+def stdout_has(*words):
+    def check(d, r, binary):
+        missing = [w for w in words if w not in r.stdout]
+        return f"stdout lacks {missing}" if missing else None
+    return check
+
+
+def then(*actions):
+    """A setup that runs each action: an argv list (the binary, in the case folder) or a
+    function of the folder."""
+    def setup(d):
+        for a in actions:
+            if callable(a):
+                a(d)
+            else:
+                r = subprocess.run([BINARY] + a, cwd=d, capture_output=True, text=True,
+                                   timeout=120)
+                assert r.returncode == 0, r.stderr
+    return setup
+
+
+def edit_bytes(path, edit):
+    def action(d):
+        p = d / path
+        p.write_bytes(edit(p.read_bytes()))
+    return action
+
+
+def resume_and_value_cases():
+    run = ["run", "r.toml", "--runs", "runs"]
+    # -- a resumed recipe checks the files its steps read and wrote
+    calib = recipe('[[step]]\nname = "cut"\nkind = "prune-neurons"\ninput = "MODEL"\n'
+                   'by = "fisher"\ncalib = "d.txt"\nkeep-ratio = 0.5\n')
+    fixed = edit_bytes("d.txt", lambda b: b.replace(b"Berlin B-LOC", b"Berlin B-PER"))
+    case("resume: calibration file corrected in place", "ok", run,
+         then(calib, run, fixed), check=stdout_has("d.txt", "running it again"),
+         inputs=("m", "s.txt"))
+    tune = recipe('[[step]]\nname = "tune"\nkind = "train finetune"\ninput = "MODEL"\n'
+                  'train = "d.txt"\ndev = "d.txt"\nmax-steps = 1\nbatch-size = 2\n'
+                  'reinit-classifier = true\n')
+    case("resume: training file corrected in place", "ok", run, then(tune, run, fixed),
+         check=stdout_has("d.txt", "running it again"), inputs=("m", "s.txt"), timeout=120)
+    cut_eval = recipe('[[step]]\nname = "cut"\nkind = "drop-layers"\ninput = "MODEL"\n'
+                      'keep = "0,1"\n[[step]]\nname = "ev"\nkind = "eval"\ndata = "d.txt"\n')
+    weights = "runs/r/01-cut/model.safetensors"
+    case("resume: a step's model.safetensors truncated", "ok", run,
+         then(cut_eval, run, edit_bytes(weights, lambda b: b[:len(b) // 2])),
+         check=stdout_has("changed size", "running it again"))
+    case("resume: a step's weights edited by hand (same size)", "ok", run,
+         then(cut_eval, run, edit_bytes(weights, lambda b: b[:-64] + bytes(x ^ 0x55 for x in b[-64:]))),
+         check=stdout_has("changed content", "running it again"))
+    case("resume: a step's config.json labels edited by hand", "ok", run,
+         then(cut_eval, run, edit_bytes("runs/r/01-cut/config.json",
+                                        lambda b: b.replace(b'"B-PER"', b'"B-XYZ"'))),
+         check=stdout_has("config.json", "running it again"))
+    ev = recipe('[[step]]\nname = "ev"\nkind = "eval"\ninput = "MODEL"\ndata = "d.txt"\n')
+    case("resume: an evaluated input model edited by hand", "ok", run,
+         then(ev, run, edit_bytes("m/model.safetensors",
+                                  lambda b: b[:-64] + bytes(x ^ 0x55 for x in b[-64:]))),
+         check=stdout_has("model.safetensors", "running it again"), inputs=("d.txt", "s.txt"))
+
+    # -- output pipes closed early
+    one = recipe('[[step]]\nname = "a"\nkind = "drop-layers"\ninput = "MODEL"\nkeep = "0"\n')
+    for argv in [["inspect", "m"], ["inspect", "m", "--json"], ["eval", "m", "--data", "d.txt"],
+                 ["score", "c.txt"], ["predict", "m", "--input", "s.txt"],
+                 ["check-device", "--steps", "1"], ["run", "r.toml", "--runs", "runs", "--dry-run"],
+                 ["drop-layers", "m", "out", "--keep", "0", "--json"],
+                 ["export", "m", "out", "--json"]]:
+        case("closed output pipe: " + " ".join(argv), "closed-pipe", argv,
+             chain(write("c.txt", "John B-PER B-PER\nParis B-LOC O\n"), one), timeout=120)
+
+    # -- int8 export of a model with an FFN layer left without neurons
+    case("export --quantize int8 after prune-neurons --keep 0", "ok",
+         ["export", "cut", "out", "--quantize", "int8"],
+         then(["prune-neurons", "m", "cut", "--keep", "0", "--by", "magnitude"]),
+         check=exists("out/model.onnx"))
+
+    # -- absurd thread counts
+    for value in ["100000", "many", "0"]:
+        case(f"RAYON_NUM_THREADS={value}", "error", ["eval", "m", "--data", "d.txt"],
+             env={"RAYON_NUM_THREADS": value}, needle="RAYON_NUM_THREADS", timeout=20)
+
+    # -- numbers read exactly, or refused naming the option
+    structured = ["prune-structured", "m", "out", "--flops", "0.5", "--calib", "d.txt"]
+    for argv, needle in [
+            (["prune-structured", "m", "out", "--params", "0,1M", "--calib", "d.txt"], "three digits"),
+            (["assert-budget", "m", "--max", "0,1M"], "three digits"),
+            (["inspect", "m", "--budget", "122,5k"], "three digits"),
+            (structured + ["--damp", "NaN"], "--damp"),
+            (structured + ["--damp", "-1"], "--damp"),
+            (structured + ["--damp", "inf"], "--damp"),
+            (structured + ["--calib-sentences", "0"], "--calib-sentences"),
+            (structured + ["--heldout-sentences", "0"], "--heldout-sentences"),
+            (structured + ["--seq-len", str(2**62)], "--seq-len"),
+            (["inspect", "m", "--seq-len", str(2**62)], "--seq-len"),
+            (["check-device", "--steps", "0"], "--steps"),
+            (["prune-neurons", "m", "out", "--keep-ratio", "-0.5", "--by", "magnitude"], "--keep-ratio"),
+            (["prune-neurons", "m", "out", "--keep-ratio", "0.5", "--by", "fisher", "--calib",
+              "d.txt", "--calib-sentences", "0"], "--calib-sentences"),
+            (["train", "focal", "m", "--train", "d.txt", "--dev", "d.txt", "--out", "run",
+              "--gamma", "1e308"], "--gamma")]:
+        case("option " + " ".join(argv[-2:]) + f" ({argv[0]})", "error", argv, needle=needle)
+    case("assert-budget --max 1,000,000 (groups of three)", "ok",
+         ["assert-budget", "m", "--max", "1,000,000"])
+
+    def intermediate_sum(n):
+        def check(d, r, binary):
+            rr = subprocess.run([binary, "inspect", "out", "--json"], cwd=d, capture_output=True,
+                                text=True, timeout=60)
+            kept = sum(l["intermediate"] for l in json.loads(rr.stdout)["budget"]["layers"])
+            return None if kept == n else f"kept {kept} neurons, asked {n}"
+        return check
+    for keep in [1, 3, 5]:
+        case(f"prune-neurons --keep {keep} --uniform", "ok",
+             ["prune-neurons", "m", "out", "--keep", str(keep), "--uniform", "--by", "magnitude"],
+             check=intermediate_sum(keep))
+
+    # -- recipe values: negative numbers, switches, missing options
+    def step(kind, options):
+        return recipe(f'[[step]]\nname = "s"\nkind = "{kind}"\ninput = "MODEL"\n{options}\n')
+    dry = run + ["--dry-run"]
+    data = 'train = "d.txt"\ndev = "d.txt"\n'
+    for kind, options, needle in [
+            ("train finetune", data + "lr = -1e-5", "--lr"),
+            ("train focal", data + "gamma = -1", "--gamma"),
+            ("prune-neurons", 'by = "magnitude"\nkeep = -1', "--keep"),
+            ("prune-structured", 'flops = 0.5\ncalib = "d.txt"\ndamp = -1', "--damp"),
+            ("prune-structured", 'flops = 0.5\ncalib = "d.txt"\nseq-len = -1', "--seq-len"),
+            ("prune-neurons", "keep = 3", "`by`"),
+            ("prune-neurons", 'by = "magnitude"\nkeep = true', "option `keep` takes a value"),
+            ("prune-neurons", 'by = "magnitude"\nkeep = 3\nuniform = "yes"',
+             "option `uniform` is a switch")]:
+        case(f"recipe {kind}: {options.splitlines()[-1]}", "error", dry, step(kind, options),
+             needle=needle)
+    case("recipe step name in non-ASCII letters", "ok", run,
+         recipe('[[step]]\nname = "größe"\nkind = "drop-layers"\ninput = "MODEL"\nkeep = "0"\n'),
+         check=exists("runs/r/01-größe/model.safetensors"))
+
+    # -- calibration tags the model does not know
+    bad = write("c.txt", "John B-PER\nlives O\n\nParis B-FOO\n")
+    for argv in [["prune-neurons", "m", "out", "--keep-ratio", "0.5", "--by", "fisher",
+                  "--calib", "c.txt"],
+                 ["prune-structured", "m", "out", "--flops", "0.5", "--calib", "c.txt"]]:
+        case(f"{argv[0]} on calibration tags unknown to the model", "error", argv, bad,
+             needle="B-FOO")
+
+    # -- a classifier with the data's labels in another order
+    reordered = set_cfg(id2label={"0": "O", "1": "I-PER", "2": "B-PER", "3": "I-LOC", "4": "B-LOC"},
+                        label2id={"O": 0, "I-PER": 1, "B-PER": 2, "I-LOC": 3, "B-LOC": 4})
+    case("train on data whose labels the classifier has in another order", "ok",
+         ["train", "finetune", "m", "--train", "d.txt", "--dev", "d.txt", "--out", "run",
+          "--max-steps", "1", "--batch-size", "2"], reordered, check=exists("run/best/config.json"),
+         timeout=120)
+
+    # -- family configs
+    for key, value in [("pad_token_id", 320), ("max_position_embeddings", 3),
+                       ("max_position_embeddings", 4), ("model_type", 5), ("hidden_act", 5)]:
+        case(f"RoBERTa config {key}={value}", "error", ["inspect", "m"],
+             chain(family("roberta"), lambda d, k=key, v=value: cfg(d, lambda c: c.update({k: v}))),
+             needle=key)
+
+    # -- text input with CR-only line ends
+    case("predict on CR-only line endings", "ok", ["predict", "m", "--input", "e.txt"],
+         write("e.txt", "John lives\rAnna visited Berlin\rPeter\r"), check=stdout_lines(3))
+
+
 # ---------------------------------------------------------------- running
 
 def snapshot(paths):
@@ -798,9 +965,21 @@ def run_case(binary, c):
             c["setup"](d)
         watched = [d / p for p in c["inputs"]] + [d / "r.toml"]
         before = snapshot(watched)
+        env = dict(os.environ, **(c["env"] or {}))
         try:
-            r = subprocess.run([binary] + c["argv"], cwd=d, input=c["stdin"] or b"",
-                               capture_output=True, timeout=c["timeout"])
+            if c["expect"] == "closed-pipe":
+                reader, writer = os.pipe()
+                os.close(reader)
+                try:
+                    r = subprocess.run([binary] + c["argv"], cwd=d, input=c["stdin"] or b"",
+                                       stdout=writer, stderr=subprocess.PIPE,
+                                       timeout=c["timeout"], env=env)
+                finally:
+                    os.close(writer)
+                r.stdout = b""
+            else:
+                r = subprocess.run([binary] + c["argv"], cwd=d, input=c["stdin"] or b"",
+                                   capture_output=True, timeout=c["timeout"], env=env)
             code, stdout, stderr = r.returncode, r.stdout.decode(errors="replace"), \
                 r.stderr.decode(errors="replace")
         except subprocess.TimeoutExpired:
@@ -814,6 +993,9 @@ def run_case(binary, c):
         first = stderr.strip().splitlines()[-1] if stderr.strip() else ""
         if modified:
             outcome = "input-modified"
+        elif c["expect"] == "closed-pipe" and "panicked" not in stderr and \
+                code in (0, -signal.SIGPIPE):
+            outcome = "handled"
         elif code < 0:
             outcome = "abort"
         elif code == 101 or "panicked" in stderr:
@@ -854,6 +1036,7 @@ def main():
     BINARY = binary
     build_cases()
     more_cases()
+    resume_and_value_cases()
     results, counts = [], {}
     for c in CASES:
         if args.only and args.only not in c["name"]:

@@ -233,6 +233,20 @@ impl BertConfig {
         let object = value
             .as_object_mut()
             .ok_or("config.json must hold a JSON object")?;
+        // Text keys must hold text: `model_type: 5` is not "absent, so BERT".
+        for key in [
+            "model_type",
+            "hidden_act",
+            "activation",
+            "position_embedding_type",
+        ] {
+            if let Some(v) = object.get(key).filter(|v| !v.is_string()) {
+                return Err(format!(
+                    "`{key}` is {}; expected a string",
+                    crate::util::excerpt::excerpt(&v.to_string())
+                ));
+            }
+        }
         let model_type = model_type_of(object).map(String::from);
         match model_type.as_deref() {
             Some(name) if Family::from_model_type(name).is_none() => {
@@ -336,6 +350,13 @@ impl BertConfig {
                     "`{name}` is {p}; a dropout probability is in [0, 1)"
                 ));
             }
+        }
+        // transformers refuses it too: the padding row must be a row of the embedding table.
+        if self.pad_token_id >= self.vocab_size {
+            return Err(format!(
+                "`pad_token_id` is {}, outside the vocabulary (`vocab_size` {})",
+                self.pad_token_id, self.vocab_size
+            ));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             return Err(format!(

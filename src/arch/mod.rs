@@ -153,10 +153,21 @@ impl Arch {
             },
             _ => Positions::FromZero,
         };
-        if positions.offset() >= config.max_position_embeddings {
+        // A window holds at least [CLS], one word piece and [SEP].
+        let usable = config
+            .max_position_embeddings
+            .saturating_sub(positions.offset());
+        if usable < 3 {
+            let after_pad = match positions {
+                Positions::AfterPadding { .. } => {
+                    format!(" after the {} rows up to pad_token_id", positions.offset())
+                }
+                Positions::FromZero => String::new(),
+            };
             return Err(format!(
-                "max_position_embeddings {} leaves no position after pad_token_id {}",
-                config.max_position_embeddings, config.pad_token_id
+                "`max_position_embeddings` is {}: it leaves {usable} position(s){after_pad}; a \
+                 sequence needs at least 3 ([CLS], a word, [SEP])",
+                config.max_position_embeddings
             ));
         }
         let default_info = SurgeryInfo::default();

@@ -23,7 +23,7 @@ pub struct InspectArgs {
     #[arg(long, value_parser = parse_count)]
     budget: Option<u64>,
     /// The sequence length encoder FLOPs per token are counted at.
-    #[arg(long, default_value_t = DEFAULT_SEQ_LEN, value_parser = surgery::util::options::positive)]
+    #[arg(long, default_value_t = DEFAULT_SEQ_LEN, value_parser = surgery::util::options::seq_len)]
     seq_len: usize,
 }
 

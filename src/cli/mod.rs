@@ -67,7 +67,7 @@ enum Command {
         #[command(flatten)]
         compute: surgery::kernels::Compute,
         /// Fine-tuning steps compared.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = options::positive)]
         steps: usize,
         /// Print the results as JSON.
         #[arg(long)]
@@ -152,8 +152,7 @@ fn check_device(
     steps: usize,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let check =
-        surgery::pipeline::device_check::check(compute, steps.max(1)).context("check-device")?;
+    let check = surgery::pipeline::device_check::check(compute, steps).context("check-device")?;
     if json {
         println!("{}", serde_json::to_string_pretty(&check)?);
     } else {

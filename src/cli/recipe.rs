@@ -88,10 +88,11 @@ fn print_dry_run(plan: &Plan, start: Option<usize>) -> anyhow::Result<ExitCode> 
         w2 = w.max(16) + 1
     );
     for step in &planned.steps {
-        let mut state = match step.state {
+        let mut state = match &step.state {
             StepState::WillRunFrom => "will run (--from)".to_string(),
             StepState::Skipped => "done, will be skipped".to_string(),
             StepState::WillRun => "will run".to_string(),
+            StepState::WillRunAgain(why) => format!("will run again: {why}"),
         };
         if let Some(b) = step.budget {
             state = if b.over() {
@@ -193,6 +194,11 @@ fn execute(plan: &mut Plan, start: Option<usize>) -> anyhow::Result<ExitCode> {
 
 fn print_progress(event: Progress<'_>) {
     match event {
+        Progress::Stale { step, why } => println!(
+            "── {} ({}): done before, but {why}; running it again",
+            step.name,
+            step.kind.name()
+        ),
         Progress::Skipped { step, total } => println!(
             "── {}/{total} {} ({}): done, skipped",
             step.index + 1,

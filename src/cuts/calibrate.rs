@@ -117,11 +117,13 @@ pub fn calibration_examples(
 ) -> Result<(Prepared, WordTokenizer, Option<String>)> {
     // Tags do not matter here: every tag is read as O.
     let labels = LabelSet::new(vec!["O".into()])?;
-    labelled_examples(ckpt, path, n, &labels)
+    let data = read_dataset(path, &ReadOptions::default())?;
+    examples(ckpt, path, n, data, &labels)
 }
 
-/// [`calibration_examples`] with the tags read as `labels` (for surgeries scored on the task
-/// loss; tags outside `labels` read as O).
+/// [`calibration_examples`] with the tags read as `labels`, for surgeries scored on the task
+/// loss: a tag the model does not know is refused (as `eval` refuses it), since reading it as O
+/// would rank heads and neurons against wrong targets.
 pub fn labelled_examples(
     ckpt: &Checkpoint,
     path: &Path,
@@ -129,6 +131,36 @@ pub fn labelled_examples(
     labels: &LabelSet,
 ) -> Result<(Prepared, WordTokenizer, Option<String>)> {
     let mut data = read_dataset(path, &ReadOptions::default())?;
+    data.sentences.truncate(n);
+    check_known_tags(&data, labels)?;
+    examples(ckpt, path, n, data, labels)
+}
+
+/// Refuses a labelled calibration file with a tag outside the model's labels, naming file:line.
+pub fn check_known_tags(data: &crate::data::Dataset, labels: &LabelSet) -> Result<()> {
+    match labels.first_unknown(data) {
+        Some((line, tag)) => Err(Error::Input {
+            path: data.path.clone(),
+            line,
+            msg: format!(
+                "tag `{tag}` is not one of the model's labels ({}); the scores are computed \
+                 on the task loss, so calibration tags must be the model's",
+                labels.labels().join(", ")
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first `n` sentences of `data` tokenised for `ckpt` with `labels`, and a note when there
+/// are fewer; no sentence at all is an error.
+fn examples(
+    ckpt: &Checkpoint,
+    path: &Path,
+    n: usize,
+    mut data: crate::data::Dataset,
+    labels: &LabelSet,
+) -> Result<(Prepared, WordTokenizer, Option<String>)> {
     let available = data.sentences.len();
     let note = (available < n).then(|| {
         format!(

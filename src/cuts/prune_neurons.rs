@@ -34,11 +34,12 @@ pub struct Spec {
     #[arg(
         long,
         conflicts_with = "keep_ratio",
-        required_unless_present = "keep_ratio"
+        required_unless_present = "keep_ratio",
+        value_parser = crate::util::options::whole
     )]
     pub keep: Option<usize>,
     /// Share of the neurons to keep, in (0, 1].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::fraction_above_zero)]
     pub keep_ratio: Option<f64>,
     /// Keep the same share in every layer instead of ranking globally.
     #[arg(long)]
@@ -48,7 +49,7 @@ pub struct Spec {
     /// Labelled sentences (CoNLL or JSONL) for --by fisher.
     #[arg(long)]
     pub calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::util::options::positive)]
     pub calib_sentences: usize,
 }
 
@@ -63,14 +64,14 @@ fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
     super::require_layers(arch, "prune-neurons")?;
     let sizes: Vec<usize> = arch.layers.iter().map(|l| l.intermediate).collect();
     let total: usize = sizes.iter().sum();
-    let ratio = match (spec.keep, spec.keep_ratio) {
+    let keep = match (spec.keep, spec.keep_ratio) {
         (Some(n), _) if n > total => {
             return Err(Error::Spec(format!(
                 "--keep {n}: the model has only {total} neurons"
             )))
         }
-        (Some(n), _) => n as f64 / total.max(1) as f64,
-        (None, Some(r)) if r > 0.0 && r <= 1.0 => r,
+        (Some(n), _) => n,
+        (None, Some(r)) if r > 0.0 && r <= 1.0 => (r * total as f64).round() as usize,
         (None, r) => {
             return Err(Error::Spec(format!(
                 "--keep-ratio {}: must be in (0, 1]",
@@ -79,17 +80,44 @@ fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
         }
     };
     if !spec.uniform {
-        let keep = spec
-            .keep
-            .unwrap_or_else(|| (ratio * total as f64).round() as usize);
         return Ok(Counts::Total(keep));
     }
-    Ok(Counts::PerLayer(
-        sizes
-            .iter()
-            .map(|&n| (ratio * n as f64).round() as usize)
-            .collect(),
-    ))
+    Ok(Counts::PerLayer(match (spec.keep, spec.keep_ratio) {
+        // A count is kept exactly, split over the layers.
+        (Some(n), _) => apportion(&sizes, n),
+        // A share is the same share of every layer (equal layers stay equal: a plain config).
+        (None, r) => {
+            let r = r.unwrap_or(1.0);
+            sizes
+                .iter()
+                .map(|&n| (r * n as f64).round() as usize)
+                .collect()
+        }
+    }))
+}
+
+/// Splits `keep` (at most the sum of `sizes`) over the layers in proportion to their sizes, by
+/// largest remainders (ties to the earlier layer), so the counts sum to exactly `keep`:
+/// rounding each layer's share alone made `--keep 3` keep 4.
+fn apportion(sizes: &[usize], keep: usize) -> Vec<usize> {
+    let total: u128 = sizes.iter().map(|&n| n as u128).sum();
+    if total == 0 {
+        return vec![0; sizes.len()];
+    }
+    let share = |n: usize| {
+        (
+            keep as u128 * n as u128 / total,
+            keep as u128 * n as u128 % total,
+        )
+    };
+    let mut counts: Vec<usize> = sizes.iter().map(|&n| share(n).0 as usize).collect();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| share(sizes[b]).1.cmp(&share(sizes[a]).1).then(a.cmp(&b)));
+    let short = keep - counts.iter().sum::<usize>();
+    for &layer in order.iter().take(short) {
+        counts[layer] += 1;
+    }
+    counts
 }
 
 /// `--uniform` is exact. A global ranking is exact in size when every neuron costs the same
@@ -259,5 +287,19 @@ impl Surgery for Spec {
 
     fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome> {
         apply(ckpt, self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apportion;
+
+    #[test]
+    fn a_uniform_count_is_split_exactly_by_largest_remainders() {
+        assert_eq!(apportion(&[24, 24, 24], 3), [1, 1, 1]);
+        assert_eq!(apportion(&[24, 24, 24], 4), [2, 1, 1]);
+        assert_eq!(apportion(&[10, 30, 0], 5), [1, 4, 0]);
+        assert_eq!(apportion(&[10, 30], 40), [10, 30]);
+        assert_eq!(apportion(&[0, 0], 0), [0, 0]);
     }
 }

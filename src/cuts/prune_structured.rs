@@ -34,31 +34,31 @@ use crate::io::Checkpoint;
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// Keep at most this fraction of the encoder FLOPs per token, in (0, 1].
-    #[arg(long, conflicts_with = "params", required_unless_present = "params")]
+    #[arg(long, conflicts_with = "params", required_unless_present = "params", value_parser = crate::util::options::fraction_above_zero)]
     pub flops: Option<f64>,
     /// Keep at most this many unique parameters (e.g. 15M).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::budget::count_text)]
     pub params: Option<String>,
     /// The sequence length FLOPs are counted at (attention costs grow with it).
-    #[arg(long, default_value_t = DEFAULT_SEQ_LEN)]
+    #[arg(long, default_value_t = DEFAULT_SEQ_LEN, value_parser = crate::util::options::seq_len)]
     pub seq_len: usize,
     /// Labelled sentences (CoNLL or JSONL): Fisher scores and reconstruction.
     #[arg(long)]
     pub calib: PathBuf,
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = crate::util::options::positive)]
     pub calib_sentences: usize,
     /// Skip the layer-wise least-squares reconstruction.
     #[arg(long)]
     pub no_reconstruct: bool,
     /// Ridge strength of the reconstruction, times the mean diagonal of ZᵀZ.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
     pub damp: f64,
     /// Held-out sentences (e.g. the dev set) on which each layer's output error is measured,
     /// with and without reconstruction.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout: Option<PathBuf>,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::util::options::positive)]
     pub heldout_sentences: usize,
 }
 

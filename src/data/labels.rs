@@ -59,6 +59,11 @@ impl LabelSet {
         &self.labels
     }
 
+    /// True when `other` holds exactly these labels, in any order.
+    pub fn same_labels(&self, other: &[String]) -> bool {
+        other.len() == self.labels.len() && other.iter().all(|l| self.ids.contains_key(l))
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -73,6 +78,16 @@ impl LabelSet {
 
     pub fn id(&self, tag: &str) -> Option<usize> {
         self.ids.get(tag).copied()
+    }
+
+    /// The first tag of a dataset outside this set, with its line (for error messages).
+    pub fn first_unknown<'a>(&self, data: &'a Dataset) -> Option<(usize, &'a str)> {
+        data.sentences.iter().find_map(|s| {
+            s.tags.iter().enumerate().find_map(|(i, tag)| {
+                let line = s.line + if data.one_word_per_line { i } else { 0 };
+                self.id(tag).is_none().then_some((line, tag.as_str()))
+            })
+        })
     }
 
     /// Ids of every tag of a dataset; unknown tags are an error naming file:line, or `O`.

@@ -11,6 +11,13 @@ pub struct QuantizedMatrix {
 /// Quantizes a row-major [rows, cols] matrix column by column. An all-zero column gets scale 1.
 pub fn per_column_int8(values: &[f32], rows: usize, cols: usize) -> QuantizedMatrix {
     assert_eq!(values.len(), rows * cols, "matrix size");
+    if cols == 0 || rows == 0 {
+        // A linear left with no neurons (pruned FFN): nothing to quantize, one scale per column.
+        return QuantizedMatrix {
+            values: vec![],
+            scales: vec![1.0; cols],
+        };
+    }
     let mut scales = vec![0f32; cols];
     for row in values.chunks_exact(cols) {
         for (s, &v) in scales.iter_mut().zip(row) {
@@ -34,6 +41,14 @@ pub fn per_column_int8(values: &[f32], rows: usize, cols: usize) -> QuantizedMat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_matrix_without_rows_or_columns_quantizes_to_nothing() {
+        let q = per_column_int8(&[], 0, 4);
+        assert!(q.values.is_empty());
+        assert_eq!(q.scales, vec![1.0; 4]);
+        assert!(per_column_int8(&[], 8, 0).values.is_empty());
+    }
 
     #[test]
     fn columns_are_scaled_by_their_own_maximum() {

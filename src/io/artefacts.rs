@@ -72,6 +72,39 @@ pub struct StepRecord {
     pub eval_f1: Option<f64>,
     pub eval_data: Option<String>,
     pub tokens_per_s: Option<f64>,
+    /// The files the step read and wrote as they were when it finished, so that a rerun skips
+    /// it only while they are unchanged (`None` in records written before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<StepFiles>,
+}
+
+/// The files of a finished recipe step: what it read (inputs, data) and what it wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StepFiles {
+    pub read: Vec<FileStamp>,
+    pub written: Vec<FileStamp>,
+    /// The files each folder it read or wrote held (a file added to an input folder, such as
+    /// a tokenizer, can change what the step does).
+    #[serde(default)]
+    pub folders: Vec<FolderListing>,
+}
+
+/// A file's size, modification time and content checksum when it was recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileStamp {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub modified_ns: u64,
+    /// CRC-64 of the content, 16 hex digits.
+    pub crc64: String,
+}
+
+/// The names of the files of a folder a step read or wrote, sorted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FolderListing {
+    pub path: PathBuf,
+    pub files: Vec<String>,
 }
 
 /// `summary.json` in a recipe's run folder: what each step did in the last `surgery run`.

@@ -21,6 +21,8 @@ pub struct Lines<R> {
     total: u64,
     reject_nul: bool,
     failed: bool,
+    /// The last line ended with a lone `\r`: a `\n` that follows it belongs to that line end.
+    after_cr: bool,
 }
 
 impl Lines<BufReader<std::fs::File>> {
@@ -47,6 +49,7 @@ impl<R: BufRead> Lines<R> {
             total: 0,
             reject_nul: true,
             failed: false,
+            after_cr: false,
         }
     }
 
@@ -64,11 +67,51 @@ impl<R: BufRead> Lines<R> {
         }
     }
 
+    /// Reads up to a line end (`\n`, `\r\n`, or a lone `\r` as classic Mac files end lines)
+    /// or [`MAX_LINE_BYTES`] + 1 bytes. Returns the bytes consumed (0 at the end) and whether a
+    /// line end was found. A `\r` is a line end at once (standard input must not wait for the
+    /// next byte to know); a `\n` right after it is then skipped.
+    fn read_raw(&mut self, buf: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+        let mut consumed = 0;
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                return Ok((consumed, false));
+            }
+            if std::mem::take(&mut self.after_cr) && available[0] == b'\n' {
+                self.reader.consume(1);
+                self.total += 1;
+                continue;
+            }
+            let room = MAX_LINE_BYTES + 1 - buf.len();
+            match available
+                .iter()
+                .take(room)
+                .position(|&b| b == b'\n' || b == b'\r')
+            {
+                Some(i) => {
+                    self.after_cr = available[i] == b'\r';
+                    buf.extend_from_slice(&available[..i]);
+                    self.reader.consume(i + 1);
+                    return Ok((consumed + i + 1, true));
+                }
+                None => {
+                    let n = available.len().min(room);
+                    buf.extend_from_slice(&available[..n]);
+                    self.reader.consume(n);
+                    consumed += n;
+                    if buf.len() > MAX_LINE_BYTES {
+                        return Ok((consumed, false));
+                    }
+                }
+            }
+        }
+    }
+
     fn read_line(&mut self) -> Result<Option<String>> {
         let mut buf = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut buf)
+        let (n, ended) = self
+            .read_raw(&mut buf)
             .map_err(|e| Error::io(&self.path, e))?;
         if n == 0 {
             return Ok(None);
@@ -81,12 +124,7 @@ impl<R: BufRead> Lines<R> {
                 MAX_FILE_BYTES >> 20
             )));
         }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-        } else if buf.len() > MAX_LINE_BYTES {
+        if !ended && buf.len() > MAX_LINE_BYTES {
             return Err(self.bad(format!(
                 "line is longer than {} MiB (a binary file?)",
                 MAX_LINE_BYTES >> 20
@@ -196,6 +234,11 @@ mod tests {
             .map(|l| l.unwrap())
             .collect();
         assert_eq!(got, text.lines().collect::<Vec<_>>());
+        // A lone carriage return ends a line too (classic Mac files), as in `normalize_line_ends`.
+        let mac: Vec<String> = Lines::new("a\rb c\r\rd\r\ne".as_bytes(), Path::new("t"))
+            .map(|l| l.unwrap())
+            .collect();
+        assert_eq!(mac, ["a", "b c", "", "d", "e"]);
         let raw = Lines::new("x\0y\n".as_bytes(), Path::new("t")).allow_nul();
         assert_eq!(raw.map(|l| l.unwrap()).collect::<Vec<_>>(), ["x\0y"]);
     }

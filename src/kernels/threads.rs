@@ -43,6 +43,39 @@ pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
+/// The most threads a pool may be given: 8 per core, at least 64. Beyond that the threads only
+/// contend (and `RAYON_NUM_THREADS=100000` spends minutes and gigabytes starting them).
+pub fn max_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (8 * cores).max(64)
+}
+
+/// Checks the thread-count variables (`RAYON_NUM_THREADS`, `CANDLE_NUM_THREADS`) before any
+/// pool starts: each must be a whole number in 1..=[`max_threads`] (rayon and candle would
+/// silently ignore a malformed one and start an absurd one).
+pub fn check_environment() -> Result<(), String> {
+    for key in ["RAYON_NUM_THREADS", CANDLE_THREADS] {
+        let Some(value) = std::env::var_os(key) else {
+            continue;
+        };
+        check_thread_count(key, &value.to_string_lossy(), max_threads())?;
+    }
+    Ok(())
+}
+
+/// One thread-count variable's value checked against `max`.
+pub fn check_thread_count(key: &str, value: &str, max: usize) -> Result<(), String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(()),
+        Ok(n) => Err(format!(
+            "{key}={n}: give a thread count in 1..={max} (8 per core on this machine, at least 64)"
+        )),
+        Err(_) => Err(format!(
+            "{key}=`{value}` is not a whole number; give a thread count in 1..={max}"
+        )),
+    }
+}
+
 /// The variables the rule sets for `workload` with `compute` threads for the products.
 pub fn defaults(workload: Workload, compute: usize) -> Vec<(&'static str, String)> {
     match workload {
@@ -62,6 +95,20 @@ pub fn training_elementwise_threads(compute: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_or_malformed_thread_counts_are_refused_with_the_variable_named() {
+        assert!(check_thread_count("RAYON_NUM_THREADS", "4", 64).is_ok());
+        let err = check_thread_count("RAYON_NUM_THREADS", "100000", 64).unwrap_err();
+        assert!(
+            err.contains("RAYON_NUM_THREADS=100000") && err.contains("1..=64"),
+            "{err}"
+        );
+        assert!(check_thread_count("RAYON_NUM_THREADS", "0", 64).is_err());
+        assert!(check_thread_count("CANDLE_NUM_THREADS", "four", 64)
+            .unwrap_err()
+            .contains("CANDLE_NUM_THREADS"));
+    }
 
     #[test]
     fn training_keeps_two_cores_on_one_elementwise_thread_and_halves_larger_machines() {

@@ -86,6 +86,32 @@ pub fn attach_classifier(
     ckpt.set_arch(arch)
 }
 
+/// Puts the classifier's rows in the order of `labels`, which must hold the same labels as the
+/// classifier: the model computes the same function, with `id2label` in the new order.
+pub fn reorder_classifier(ckpt: &mut Checkpoint, labels: &[String]) -> Result<()> {
+    let current = ckpt.require_labels()?;
+    let rows: Vec<u32> = labels
+        .iter()
+        .map(|l| {
+            current
+                .iter()
+                .position(|c| c == l)
+                .map(|i| i as u32)
+                .ok_or_else(|| {
+                    Error::Internal(format!("label `{l}` is not in the classifier's labels"))
+                })
+        })
+        .collect::<Result<_>>()?;
+    let rows = Tensor::new(rows, &Device::Cpu)?;
+    for part in [NormPart::Weight, NormPart::Bias] {
+        let key = Key::Classifier(part);
+        let t = ckpt.tensor(key, &Device::Cpu)?;
+        ckpt.set_tensor(key, t.index_select(&rows, 0)?);
+    }
+    ckpt.config.set_labels(labels);
+    Ok(())
+}
+
 /// Writes a checkpoint folder whose tensors are all zeros without writing their bytes: the
 /// safetensors data section is a hole in a sparse file. For parameter-count tests and
 /// header-reading benchmarks at full size (bert-base: 430 MB that take no disk).

@@ -12,16 +12,16 @@ use crate::model::generate::{attach_classifier, random_checkpoint};
 /// The shape of a student.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::Args)]
 pub struct Shape {
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::whole)]
     pub layers: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub hidden: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub heads: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub intermediate: usize,
     /// Factorize the word embeddings at this rank.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub embedding_rank: Option<usize>,
 }
 

@@ -12,9 +12,11 @@ use crate::pipeline::runner::Plan;
 use crate::pipeline::step::StepCommand;
 
 /// Whether a step will run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepState {
     WillRun,
+    /// Finished with these options, but a file it read or wrote changed since (why).
+    WillRunAgain(String),
     /// Forced by `--from`.
     WillRunFrom,
     /// Finished with the same spec hash.
@@ -109,10 +111,11 @@ pub fn dry_run(plan: &Plan, start: Option<usize>) -> DryRun {
             }),
             (None, None) => Err(step.index),
         };
-        let state = match start {
-            Some(s) if step.index >= s => StepState::WillRunFrom,
-            _ if plan.is_done(step.index) => StepState::Skipped,
-            _ => StepState::WillRun,
+        let state = match (start, plan.check_done(step.index)) {
+            (Some(s), _) if step.index >= s => StepState::WillRunFrom,
+            (_, Ok(())) => StepState::Skipped,
+            (_, Err(Some(why))) => StepState::WillRunAgain(why),
+            (_, Err(None)) => StepState::WillRun,
         };
         let budget = match (plan.command(step.index), &after) {
             (Some(StepCommand::AssertBudget(a)), Ok(arch)) => Some(BudgetVerdict {

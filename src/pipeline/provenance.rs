@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::budget::{group, Budget};
 use crate::error::{Error, Result};
-use crate::io::artefacts::{read_eval, run_best_dev_f1, write_json, StepRecord};
+use crate::io::artefacts::{read_eval, run_best_dev_f1, write_json, StepFiles, StepRecord};
 use crate::io::Checkpoint;
 use crate::pipeline::recipe::{Recipe, Step};
 use crate::util::shell::shell_words;
@@ -51,6 +51,7 @@ pub fn record(
     output: &Path,
     argv: &[String],
     seconds: f64,
+    files: StepFiles,
 ) -> Result<()> {
     let input = std::path::PathBuf::from(&argv[step.kind.name().split(' ').count()]);
     let before = unique_params(&input);
@@ -149,6 +150,7 @@ pub fn record(
         eval_f1: q.eval_f1,
         eval_data: q.eval_data,
         tokens_per_s: q.tokens_per_s,
+        files: Some(files),
     };
     write_json(&dir.join("step.json"), &record)
 }

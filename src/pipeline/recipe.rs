@@ -135,13 +135,14 @@ impl Step {
             Kind::Eval => argv.extend(["--save-json".into(), format!("{dir}/eval.json")]),
             _ => {}
         }
+        // `--key=value` in one word: a value that starts with `-` (`lr = -1e-5`) stays the
+        // option's value, for its own parser to judge, instead of being read as a flag.
         for option in &self.options {
             if option.values.is_empty() {
                 argv.push(format!("--{}", option.key));
             }
             for value in &option.values {
-                argv.push(format!("--{}", option.key));
-                argv.push(resolve(value));
+                argv.push(format!("--{}={}", option.key, resolve(value)));
             }
         }
         argv
@@ -556,12 +557,12 @@ fn option_values(
     args
 }
 
-/// Letters, digits, `-` and `_` only: the name is a folder name.
+/// Letters (of any script), digits, `-` and `_` only: the name is a folder name.
 fn is_simple_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
 }
 
 /// A TOML scalar as the command line writes it.

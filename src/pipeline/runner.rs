@@ -1,7 +1,8 @@
 //! Runs a recipe: its steps in order under `runs/<recipe>/NN-step/`, skipping the steps whose
-//! folder holds a finished output with the same spec hash (so a rerun resumes, and a changed step
-//! re-runs with everything downstream), continuing a training step a kill interrupted, removing
-//! what a failed step leaves, and recording each output's provenance and `summary.json`.
+//! folder holds a finished output with the same spec hash and whose files read and written are
+//! unchanged (`step_check`), so a rerun resumes and a changed step re-runs with everything
+//! downstream; continuing a training step a kill interrupted, removing what a failed step
+//! leaves, and recording each output's provenance and `summary.json`.
 //!
 //! A step's command line is parsed into a [`StepCommand`], the same typed command the CLI runs,
 //! so a recipe and a command line can never disagree; the runner runs it itself.
@@ -16,10 +17,16 @@ use crate::io::artefacts::{StepStatus, StepSummary};
 use crate::io::lock::FolderLock;
 use crate::pipeline::recipe::{did_you_mean, Arg, Kind, Recipe, Step, PLACEMENT_OPTIONS};
 use crate::pipeline::step::{StepCommand, StepError, StepOutput};
+use crate::pipeline::step_check;
 
 /// The runner's progress through the steps.
 pub enum Progress<'a> {
-    /// A finished step with the same spec hash, left as it is.
+    /// A finished step with the same spec hash whose files changed since: it runs again.
+    Stale {
+        step: &'a Step,
+        why: &'a str,
+    },
+    /// A finished step with the same spec hash and unchanged files, left as it is.
     Skipped {
         step: &'a Step,
         total: usize,
@@ -59,7 +66,7 @@ pub enum Outcome {
 }
 
 /// Options the runner fills in, or that name files a step writes (not checked for existence).
-const WRITTEN: [&str; 5] = [
+pub(crate) const WRITTEN: [&str; 5] = [
     "out",
     "output",
     "save-json",
@@ -79,6 +86,8 @@ pub struct Plan {
     /// What the steps read that exists before the run (the recipe file, inputs, data): the run
     /// folder must not overlap it.
     reads: Vec<PathBuf>,
+    /// Each step's input paths, earlier steps' outputs included (recorded in its step.json).
+    inputs: Vec<Vec<PathBuf>>,
 }
 
 impl Plan {
@@ -91,18 +100,24 @@ impl Plan {
             reads: vec![recipe.path.clone()],
             argv: vec![],
             commands: vec![],
+            inputs: vec![],
             recipe,
         };
         for step in &plan.recipe.steps {
             if !step.is_valid() {
                 plan.argv.push(vec![]);
                 plan.commands.push(None);
+                plan.inputs.push(vec![]);
                 continue;
             }
             let label = format!("step {} ({})", step.index + 1, step.name);
             let argv = plan.command_line(step);
             let parsed = StepCommand::parse(&argv);
             plan.argv.push(argv);
+            let inputs = step_check::input_paths(step, &|a| plan.resolve(a), &|key| {
+                is_path_option(step, key)
+            });
+            plan.inputs.push(inputs);
             match parsed {
                 Ok(command) => plan.commands.push(Some(command)),
                 Err(problem) => {
@@ -170,7 +185,7 @@ impl Plan {
         }
     }
 
-    fn resolve(&self, arg: &Arg) -> String {
+    pub(crate) fn resolve(&self, arg: &Arg) -> String {
         match arg {
             Arg::Text(t) => t.clone(),
             Arg::Step { index, sub } if sub.is_empty() => {
@@ -197,11 +212,36 @@ impl Plan {
     }
 
     /// True when the step's folder holds a finished output with the step's current hash, and
-    /// the output is still there (a deleted `model.safetensors` makes the step run again).
+    /// the files it read and wrote are unchanged (see [`check_done`](Self::check_done)).
     pub fn is_done(&self, index: usize) -> bool {
-        read_json::<StepRecord>(&self.dir(index).join("step.json"))
-            .is_ok_and(|step| step.hash == self.recipe.steps[index].hash)
-            && self.outputs_present(index)
+        self.check_done(index).is_ok()
+    }
+
+    /// `Ok` when the step is done: a finished output with the step's current hash, still there,
+    /// and the files it read and wrote unchanged. `Err(Some(why))` when it finished with these
+    /// options but a file changed since; `Err(None)` when it never finished with them.
+    pub fn check_done(&self, index: usize) -> std::result::Result<(), Option<String>> {
+        let record = read_json::<StepRecord>(&self.dir(index).join("step.json"))
+            .ok()
+            .filter(|step| step.hash == self.recipe.steps[index].hash)
+            .ok_or(None)?;
+        if !self.outputs_present(index) {
+            return Err(Some("its output is missing".into()));
+        }
+        step_check::verify(record.files.as_ref()).map_err(Some)
+    }
+
+    /// What a step writes that a later run checks: the checkpoint of a surgery or a training,
+    /// the evaluation of `eval`.
+    fn written(&self, index: usize) -> Vec<PathBuf> {
+        let kind = self.recipe.steps[index].kind;
+        if kind.is_surgery() || kind.is_training() {
+            vec![self.output_checkpoint(index)]
+        } else if kind == Kind::Eval {
+            vec![self.dir(index).join("eval.json")]
+        } else {
+            vec![]
+        }
     }
 
     /// The files a finished step leaves: a checkpoint (config and weights) for surgeries and
@@ -289,7 +329,15 @@ pub fn execute(
     for step in &plan.recipe.steps {
         let dir = plan.dir(step.index);
         let forced = start.is_some_and(|s| step.index >= s);
-        if !forced && plan.is_done(step.index) {
+        let done = if forced {
+            Err(None)
+        } else {
+            plan.check_done(step.index)
+        };
+        if let Err(Some(why)) = &done {
+            progress(Progress::Stale { step, why });
+        }
+        if done.is_ok() {
             progress(Progress::Skipped { step, total });
             steps.push(StepSummary {
                 step: step.folder_name(),
@@ -363,6 +411,7 @@ pub fn execute(
             step,
             output: &output,
         });
+        let files = step_check::record(&plan.inputs[step.index], &plan.written(step.index))?;
         crate::pipeline::provenance::record(
             &plan.recipe,
             step,
@@ -370,6 +419,7 @@ pub fn execute(
             &plan.output_checkpoint(step.index),
             argv,
             seconds,
+            files,
         )?;
         if pending.exists() {
             std::fs::remove_file(&pending).map_err(|e| Error::io(&pending, e))?;

@@ -206,6 +206,9 @@ fn clap_problem(e: &clap::Error) -> String {
             .unwrap_or_default();
         return format!("unknown option `{}`{hint}", arg.trim_start_matches("--"));
     }
+    if let Some(problem) = recipe_value_problem(e) {
+        return problem;
+    }
     let rendered = e.render().to_string();
     rendered
         .lines()
@@ -213,4 +216,42 @@ fn clap_problem(e: &clap::Error) -> String {
         .unwrap_or_default()
         .trim_start_matches("error: ")
         .to_string()
+}
+
+/// Clap's messages for options missing, lacking a value or given one they cannot take, in a
+/// recipe's words (`key = VALUE`), naming the options; `None` for every other error.
+fn recipe_value_problem(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let strings = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        _ => vec![],
+    };
+    // `--keep <KEEP>` → `keep`
+    let key = |arg: &str| {
+        let arg = arg.trim_start_matches('-');
+        arg.split([' ', '=']).next().unwrap_or(arg).to_string()
+    };
+    let arg = strings(ContextKind::InvalidArg).first().map(|a| key(a))?;
+    let value = strings(ContextKind::InvalidValue).pop().unwrap_or_default();
+    match e.kind() {
+        ErrorKind::MissingRequiredArgument => {
+            let missing: Vec<String> = strings(ContextKind::InvalidArg)
+                .iter()
+                .map(|a| format!("`{}`", key(a)))
+                .collect();
+            Some(format!(
+                "missing required option(s) {} (add `{arg} = VALUE`)",
+                missing.join(", ")
+            ))
+        }
+        ErrorKind::InvalidValue if value.is_empty() => Some(format!(
+            "option `{arg}` takes a value: write `{arg} = VALUE`, not `{arg} = true`"
+        )),
+        ErrorKind::TooManyValues | ErrorKind::NoEquals => Some(format!(
+            "option `{arg}` is a switch and takes no value: write `{arg} = true` or `{arg} = false`, not `{}`",
+            value
+        )),
+        _ => None,
+    }
 }

@@ -21,7 +21,7 @@ pub struct FocalArgs {
     /// Checkpoint folder to start from (a classifier is added if it has none).
     pub checkpoint: PathBuf,
     /// Focusing parameter γ: how much confident tokens are down-weighted (0 = cross-entropy).
-    #[arg(long, default_value_t = 2.0, value_parser = crate::util::options::non_negative)]
+    #[arg(long, default_value_t = 2.0, value_parser = crate::util::options::focal_gamma)]
     pub gamma: f64,
 }
 
@@ -44,9 +44,10 @@ pub struct Focal {
 
 impl Focal {
     pub fn new(gamma: f64) -> Result<Self> {
-        if !(gamma >= 0.0 && gamma.is_finite()) {
+        if !(0.0..=crate::util::options::MAX_FOCAL_GAMMA).contains(&gamma) {
             return Err(Error::Spec(format!(
-                "--gamma {gamma}: must be a finite number ≥ 0"
+                "--gamma {gamma}: must be in [0, {}]",
+                crate::util::options::MAX_FOCAL_GAMMA
             )));
         }
         Ok(Focal { gamma })

@@ -13,22 +13,28 @@ use crate::io::Checkpoint;
 use crate::train::spec::{DataSpec, TrainSpec};
 
 /// Checks the checkpoint's classifier against the training labels; attaches a new one if it has
-/// none (or if asked to replace a mismatching one).
+/// none (or if asked to replace a mismatching one). Returns the labels the run uses: a trained
+/// classifier with exactly the data's labels in another order (transformers' order for many
+/// checkpoints) is kept, and its order used, since labels are matched by name.
 pub fn ensure_classifier(
     ckpt: &mut Checkpoint,
-    labels: &LabelSet,
+    labels: LabelSet,
     reinit: bool,
     seed: u64,
-) -> Result<()> {
+) -> Result<LabelSet> {
     match ckpt.classifier_labels() {
-        Some(l) if l == labels.labels() => Ok(()),
+        Some(l) if l == labels.labels() => Ok(labels),
+        Some(l) if !reinit && labels.same_labels(&l) => LabelSet::new(l),
         Some(l) if !reinit => Err(Error::Spec(format!(
             "{}: the classifier has labels [{}] but the training data has [{}]; pass --reinit-classifier to replace it",
             ckpt.source().display(),
             l.join(", "),
             labels.labels().join(", ")
         ))),
-        _ => crate::model::generate::attach_classifier(ckpt, labels.labels(), 0.02, seed),
+        _ => {
+            crate::model::generate::attach_classifier(ckpt, labels.labels(), 0.02, seed)?;
+            Ok(labels)
+        }
     }
 }
 
@@ -53,7 +59,7 @@ pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Resul
     let train = read_train(data, spec)?;
     let labels = LabelSet::discover(&train)?;
     let mut ckpt = Checkpoint::open(input)?;
-    ensure_classifier(&mut ckpt, &labels, data.reinit_classifier, spec.seed)?;
+    let labels = ensure_classifier(&mut ckpt, labels, data.reinit_classifier, spec.seed)?;
     prepare(ckpt, labels, train, data, spec, &[])
 }
 

@@ -232,7 +232,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub force: bool,
     /// Stop after N optimizer steps as if interrupted (continue later with --resume).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::util::options::positive)]
     pub stop_after: Option<usize>,
     /// Also write the metrics as TensorBoard event files into OUT/tensorboard (watch them live with
     /// `tensorboard --logdir OUT`).

@@ -18,6 +18,39 @@ pub fn positive(text: &str) -> std::result::Result<usize, String> {
     Ok(value)
 }
 
+/// An integer ≥ 0 (counts where none is a valid answer, e.g. neurons to keep).
+pub fn whole(text: &str) -> std::result::Result<usize, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number ≥ 0"))
+}
+
+/// A sequence length FLOPs are counted at: 1 to [`MAX_LEN_LIMIT`] (no model has more
+/// positions), which also keeps every FLOPs count far inside 64 bits (at most 2^20 tokens ×
+/// 2^16 wide × 2^10 layers).
+pub fn seq_len(text: &str) -> std::result::Result<usize, String> {
+    let value = positive(text)?;
+    if value > MAX_LEN_LIMIT {
+        return Err(format!("must be in 1..={MAX_LEN_LIMIT}, not {text}"));
+    }
+    Ok(value)
+}
+
+/// The largest focusing parameter γ of the focal loss: (1 − p)^γ of a token predicted at
+/// p = 0.5 is 2^-100 there already, below f32's normal range, so the loss would vanish.
+pub const MAX_FOCAL_GAMMA: f64 = 100.0;
+
+/// The focal loss's γ: a finite number in [0, [`MAX_FOCAL_GAMMA`]].
+pub fn focal_gamma(text: &str) -> std::result::Result<f64, String> {
+    let value = non_negative(text)?;
+    if value > MAX_FOCAL_GAMMA {
+        return Err(format!(
+            "must be in [0, {MAX_FOCAL_GAMMA}] (beyond, (1 − p)^γ underflows and nothing is learnt), not {text}"
+        ));
+    }
+    Ok(value)
+}
+
 fn number(text: &str) -> std::result::Result<f64, String> {
     let value: f64 = text
         .trim()
@@ -196,6 +229,17 @@ mod tests {
                 Err(_) => prop_assert!(integer.is_none_or(|v| !(3..=MAX_LEN_LIMIT).contains(&v))),
             }
         }
+    }
+
+    #[test]
+    fn sequence_lengths_and_gamma_have_bounds() {
+        assert_eq!(seq_len("128"), Ok(128));
+        assert!(seq_len("4611686018427387904").is_err());
+        assert!(seq_len("0").is_err());
+        assert_eq!(focal_gamma("2"), Ok(2.0));
+        assert!(focal_gamma("1e308").unwrap_err().contains("[0, 100]"));
+        assert_eq!(whole("0"), Ok(0));
+        assert!(whole("-1").is_err());
     }
 
     #[test]

@@ -275,11 +275,12 @@ impl<'a> Search<'a> {
                 candidates: vec![],
                 refused_by_plan: vec![],
                 stages: vec![],
+                elapsed_seconds: 0.0,
                 decisions: BTreeMap::new(),
                 winner: None,
             }
         };
-        let spent_before = record.stages.iter().map(|s| s.seconds).sum();
+        let spent_before = record.elapsed_seconds;
         let fresh = record.stages.is_empty() && record.candidates.is_empty();
         Ok(Search {
             fresh,
@@ -293,7 +294,8 @@ impl<'a> Search<'a> {
         })
     }
 
-    fn save(&self) -> Result<()> {
+    fn save(&mut self) -> Result<()> {
+        self.record.elapsed_seconds = self.elapsed();
         write_json(&self.out.join(CompressRecord::FILE), &self.record)
     }
 
@@ -329,7 +331,7 @@ impl<'a> Search<'a> {
     fn stage_done(&mut self, stage: &str, started: f64, budget: f64) -> Result<()> {
         let seconds = self.elapsed() - started;
         match self.record.stages.iter_mut().find(|s| s.stage == stage) {
-            // A resumed stage: its earlier time is already in `spent_before`.
+            // A stage finished before and found done again on a rerun.
             Some(s) => s.seconds += seconds,
             None => self.record.stages.push(StageRecord {
                 stage: stage.to_string(),
@@ -750,6 +752,7 @@ impl<'a> Search<'a> {
             seconds,
         });
         self.say(&format!("  {name} at lr {lr:e}: dev-subset F1 {f1:.4}"));
+        self.save()?;
         Ok(f1)
     }
 
@@ -764,7 +767,9 @@ impl<'a> Search<'a> {
         let epochs_aug = self.decide("final_epochs_augmented", |_| {
             (remaining * 0.9 / augmented_epoch).floor().min(max_epochs)
         });
-        let (epochs, augment) = if epochs_aug >= 1.0 {
+        // Augmentation doubles the sentences of an epoch: worth it only when it still leaves two
+        // epochs, else the same time goes to more plain epochs.
+        let (epochs, augment) = if epochs_aug >= 2.0 {
             (epochs_aug as usize, true)
         } else {
             let plain = self.decide("final_epochs_plain", |_| {

@@ -98,6 +98,10 @@ pub struct CompressRecord {
     /// Chains refused by their plan before anything ran, and why.
     pub refused_by_plan: Vec<(String, String)>,
     pub stages: Vec<StageRecord>,
+    /// Seconds spent by every invocation so far, saved with each record (a killed search counts
+    /// the time it had spent).
+    #[serde(default)]
+    pub elapsed_seconds: f64,
     /// Numbers decided from timings (steps per round, epochs): a resumed run reuses them so it
     /// repeats the same runs.
     pub decisions: BTreeMap<String, f64>,

@@ -247,6 +247,10 @@ impl DistillInputs {
         let augmented = augment_with(&mut train, distill, augment_seed);
         let mut student = Checkpoint::open(student_dir)?;
         match student.classifier_labels() {
+            // The same labels in another order: the student's rows follow the teacher's.
+            Some(l) if l != labels.labels() && labels.same_labels(&l) => {
+                crate::model::generate::reorder_classifier(&mut student, labels.labels())?
+            }
             Some(l) if l != labels.labels() => {
                 return Err(Error::Spec(format!(
                     "the student {} has labels [{}] but the teacher {} has [{}]",
@@ -256,7 +260,9 @@ impl DistillInputs {
                     labels.labels().join(", ")
                 )))
             }
-            _ => ensure_classifier(&mut student, &labels, false, spec.seed)?,
+            _ => {
+                ensure_classifier(&mut student, labels.clone(), false, spec.seed)?;
+            }
         }
         let teacher_positions = [("the teacher", teacher.arch.max_positions)];
         let student = prepare(
