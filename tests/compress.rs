@@ -254,3 +254,35 @@ fn targets_compress_cannot_use_are_refused_and_write_nothing() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!out.exists());
 }
+
+#[test]
+fn a_speed_target_is_searched_at_the_share_its_latency_table_predicts_and_measured_at_the_end() {
+    let (s, teacher) = teacher();
+    let out = s.dir.path().join("fast");
+    // A speed-up any cut reaches: what is checked is the search's bookkeeping, not this
+    // machine's timing.
+    let run = surgery(&command(&s, &teacher, &out, &["--speedup", "1.05"]));
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = record(&out);
+    assert_eq!(r.speed_table.len(), 9);
+    assert!(r
+        .speed_table
+        .iter()
+        .all(|&(share, ratio)| share > 0.0 && share < 1.0 && ratio > 0.0));
+    let share = r.decisions["speed_share"];
+    let winner = r.winner.as_ref().unwrap();
+    assert!(winner.flops as f64 <= share * r.teacher_flops as f64 * (1.0 + 1e-9));
+    assert!(winner.measured_speedup.is_some_and(|x| x > 0.0));
+    assert!(r.candidates.iter().all(|c| c.predicted_speedup.is_some()));
+    // ONNX Runtime timing is not built in: refused before anything is written.
+    let other = s.dir.path().join("onnx");
+    let r = surgery(&command(
+        &s,
+        &teacher,
+        &other,
+        &["--speedup", "2", "--runtime", "onnx"],
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not built in"), "{}", r.stderr);
+    assert!(!other.exists());
+}

@@ -74,6 +74,14 @@ pub fn run(args: CompressArgs) -> anyhow::Result<ExitCode> {
                         .map(|s| format!(", {s:.2}× the teacher's tokens/s"))
                         .unwrap_or_default()
                 );
+                if let (Some(goal), Some(measured)) = (args.speedup, w.measured_speedup) {
+                    if measured < goal {
+                        println!(
+                            "the speed target is missed: measured {measured:.2}× < --speedup {goal} \
+                             (the latency table predicted it; see compress.json)"
+                        );
+                    }
+                }
                 println!("model: {}", w.model.display());
                 println!("recipe: {}", w.recipe.display());
                 println!("record: {}", args.out.join("compress.json").display());

@@ -124,11 +124,9 @@ impl CompressRecord {
     /// The report: the candidates' dev F1 at each fidelity against the target's measure, the
     /// table of every candidate, the stages' time against `--hours`, and the winner.
     pub fn markdown(&self) -> (String, String) {
-        let (x_label, limit) = match self.target {
-            Target::Params { max } => ("unique parameters", max as f64),
-            Target::Flops { ratio } | Target::Speedup { ratio } => {
-                ("share of the teacher's encoder FLOPs", ratio)
-            }
+        let x_label = match self.target {
+            Target::Params { .. } => "unique parameters",
+            Target::Flops { .. } | Target::Speedup { .. } => "share of the teacher's encoder FLOPs",
         };
         let mut by_stage: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for c in &self.candidates {
@@ -168,7 +166,6 @@ impl CompressRecord {
             group(self.teacher_flops),
             self.teacher_dev_subset_f1
         ));
-        let _ = limit;
         md.push_str("![candidates](candidates.svg)\n\n");
         md.push_str(
             "| candidate | chain | params | FLOPs share | dev F1 by fidelity | dropped |\n",
@@ -242,6 +239,17 @@ impl CompressRecord {
                 w.model.display(),
                 w.recipe.display()
             ));
+            let predicted = self
+                .candidates
+                .iter()
+                .find(|c| c.candidate.name == w.candidate)
+                .and_then(|c| c.predicted_speedup);
+            if let (Some(p), Some(m)) = (predicted, w.measured_speedup) {
+                md.push_str(&format!(
+                    "\nSpeed: the latency table predicted {p:.2}× the teacher's tokens/s; the finished model measured {m:.2}× ({:+.0}%).\n",
+                    100.0 * (m / p - 1.0)
+                ));
+            }
         }
         (md, chart.to_svg())
     }
