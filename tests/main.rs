@@ -22,4 +22,5 @@ mod sparsegpt;
 mod structured;
 mod surgeries;
 mod train;
+mod transformers;
 mod util;
