@@ -16,6 +16,7 @@ mod layers;
 mod metrics;
 mod model;
 mod parity;
+mod progress;
 mod recipe;
 mod reliability;
 mod sparsegpt;
