@@ -341,6 +341,17 @@ fn every_cut_of_every_family_loads_in_transformers_with_the_same_logits() {
     }
     let dir = tempdir();
     let root = dir.path();
+    // The parity sentences as a CoNLL corpus, for prune-vocab.
+    let corpus = root.join("corpus.txt");
+    let conll: String = std::fs::read_to_string(sentences())
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let words: String = line.split(' ').map(|w| format!("{w} O\n")).collect();
+            words + "\n"
+        })
+        .collect();
+    std::fs::write(&corpus, conll).unwrap();
     let mut cases = vec![];
     for family in FAMILIES {
         for c in &CUTS {
@@ -353,6 +364,19 @@ fn every_cut_of_every_family_loads_in_transformers_with_the_same_logits() {
                 remote: c.remote,
             });
         }
+        // A pruned vocabulary keeps vanilla shapes, with a tokenizer of its own.
+        let out = root.join(format!("{family}-vocab"));
+        cut(
+            &fixture(family),
+            &out,
+            &["prune-vocab", "--corpus", corpus.to_str().unwrap()],
+        );
+        cases.push(Case {
+            name: format!("{family}-vocab"),
+            dir: out,
+            head: true,
+            remote: false,
+        });
         cases.push(Case {
             name: format!("{family}-chain"),
             dir: chained(family, root),
