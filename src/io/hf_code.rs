@@ -150,3 +150,93 @@ pub fn tokenizer_config(tokenizer_json: &[u8], max_length: usize) -> Option<Stri
     }
     Some(serde_json::to_string_pretty(&config).expect("a map serialises"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Layout;
+
+    fn prepared(config_json: &str, family: Family) -> (bool, BertConfig) {
+        let mut config = BertConfig::from_json(config_json).unwrap();
+        let layout = Layout {
+            family,
+            prefixed: true,
+        };
+        let arch = Arch::resolve(&config, layout, false, false).unwrap();
+        let needed = prepare_config(&mut config, &arch);
+        (needed, config)
+    }
+
+    const SIZES: &str = r#""hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "vocab_size": 10, "max_position_embeddings": 16"#;
+
+    #[test]
+    fn only_shapes_transformers_cannot_hold_get_the_code() {
+        let sparse = format!(
+            r#"{{{SIZES}, "model_type": "bert", "surgery": {{"format_version": 1, "layers": [
+                {{"num_heads": 2, "linears": {{"query": {{"kind": "sparse",
+                  "pattern": {{"type": "nof_m", "n": 2, "m": 4}}}}}}}}, {{"num_heads": 2}}]}}}}"#
+        );
+        let (needed, config) = prepared(&sparse, Family::Bert);
+        assert!(!needed);
+        assert!(!config.extra.contains_key("auto_map"));
+        let shared = format!(
+            r#"{{{SIZES}, "model_type": "distilbert", "surgery": {{"format_version": 1,
+                "layer_map": [0, 0]}}}}"#
+        )
+        .replace("hidden_size", "dim")
+        .replace("num_hidden_layers", "n_layers")
+        .replace("num_attention_heads", "n_heads")
+        .replace("intermediate_size", "hidden_dim");
+        let (needed, config) = prepared(&shared, Family::DistilBert);
+        assert!(needed);
+        assert_eq!(
+            config.extra["auto_map"]["AutoModelForTokenClassification"],
+            "modeling_surgery.SurgeryDistilBertForTokenClassification"
+        );
+        assert_eq!(config.extra["architectures"][0], "SurgeryDistilBertModel");
+    }
+
+    #[test]
+    fn a_vanilla_structure_drops_only_an_auto_map_naming_this_code() {
+        let ours = format!(
+            r#"{{{SIZES}, "model_type": "roberta", "pad_token_id": 1,
+                "auto_map": {{"AutoConfig": "configuration_surgery.SurgeryConfig"}},
+                "architectures": ["SurgeryRobertaForTokenClassification"]}}"#
+        );
+        let (needed, config) = prepared(&ours, Family::Roberta);
+        assert!(!needed);
+        assert!(!config.extra.contains_key("auto_map"));
+        assert!(!config.extra.contains_key("architectures"));
+        let theirs = format!(
+            r#"{{{SIZES}, "model_type": "bert", "auto_map": {{"AutoConfig": "other.Config"}},
+                "architectures": ["BertForTokenClassification"]}}"#
+        );
+        let (_, config) = prepared(&theirs, Family::Bert);
+        assert_eq!(config.extra["auto_map"]["AutoConfig"], "other.Config");
+        assert_eq!(
+            config.extra["architectures"][0],
+            "BertForTokenClassification"
+        );
+    }
+
+    #[test]
+    fn the_tokenizer_config_names_the_special_tokens_the_vocabulary_has() {
+        let wordpiece = br#"{"model": {"type": "WordPiece",
+            "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4}}, "added_tokens": []}"#;
+        let config: serde_json::Value =
+            serde_json::from_str(&tokenizer_config(wordpiece, 126).unwrap()).unwrap();
+        assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+        assert_eq!(config["cls_token"], "[CLS]");
+        assert_eq!(config["pad_token"], "[PAD]");
+        assert_eq!(config["model_max_length"], 126);
+        assert!(config.get("mask_token").is_none());
+        let unigram = br#"{"model": {"type": "Unigram", "vocab": [["<s>", 0.0], ["<pad>", 0.0],
+            ["</s>", 0.0], ["<unk>", 0.0]]}, "added_tokens": [{"id": 4, "content": "<mask>"}]}"#;
+        let config: serde_json::Value =
+            serde_json::from_str(&tokenizer_config(unigram, 512).unwrap()).unwrap();
+        assert_eq!(config["sep_token"], "</s>");
+        assert_eq!(config["mask_token"], "<mask>");
+        assert!(tokenizer_config(b"not json", 8).is_none());
+    }
+}
