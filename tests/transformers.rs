@@ -397,10 +397,17 @@ fn the_pipeline_finds_the_entities_surgery_predict_finds() {
     let dir = tempdir();
     let text = dir.path().join("text.txt");
     let mut lines = std::fs::read_to_string(sentences()).unwrap();
+    // And lines of the text the fixtures' tokenizers were trained on (whole-word pieces), an
+    // empty line and punctuation attached to a word.
     lines.push_str(
         "Maria Novak flew from Lisbon to Nairobi on Tuesday.\n\
          \n\
-         The city council of Porto said on Friday it would review the contract with Globex Shipping\n",
+         The city council of Porto said on Friday it would review the contract with Globex Shipping\n\
+         Peter Blackburn spoke in Brussels on Monday about the European Commission .\n\
+         The team won the cup in London after a long season , said the coach .\n\
+         Germany and France agreed on new rules for farmers and workers in the region .\n\
+         Shares in the company rose sharply in New York trading on Friday morning .\n\
+         She visited Tokyo , Madrid and Cairo before returning to her home in Toronto .\n",
     );
     std::fs::write(&text, &lines).unwrap();
     let mut total = 0;
