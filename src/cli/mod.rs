@@ -26,6 +26,9 @@ use surgery::util::options;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show no progress (no bars on a terminal, no progress lines in logs).
+    #[arg(long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +98,7 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    surgery::util::progress::set_quiet(cli.quiet);
     run_command(cli.command)
 }
 

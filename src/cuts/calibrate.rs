@@ -60,7 +60,10 @@ pub fn collect(ckpt: &Checkpoint, path: &Path, n: usize, compute: Compute) -> Re
         ..Default::default()
     };
     let examples: Vec<_> = prepared.examples.iter().collect();
+    let progress =
+        crate::util::progress::Progress::new("calibration", examples.len() as u64, "sentences");
     for chunk in examples.chunks(32) {
+        progress.inc(chunk.len() as u64);
         let batch = collate(chunk, tokenizer.pad_id(), &device)?;
         let real: Vec<u32> = batch
             .batch

@@ -70,7 +70,10 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             ),
         ),
     };
+    let progress = crate::util::progress::Progress::new("svd of the word embeddings", 1, "tables");
     let svd = truncated_svd(to_mat(&dense)?.as_ref(), e, &what)?;
+    progress.inc(1);
+    progress.finish();
     let table = to_tensor(svd.left.as_ref())?;
     let projection = to_tensor(svd.right.as_ref())?; // width×E: the E→width linear's weight
     let mut out = ckpt.clone();

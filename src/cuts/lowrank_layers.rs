@@ -344,10 +344,16 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         }
         None => None,
     };
+    let progress = crate::util::progress::Progress::new("svd", selection.len() as u64, "linears");
     let targets = selection
         .iter()
-        .map(|&shape| decompose(ckpt, spec, calib.as_ref(), shape))
+        .map(|&shape| {
+            let target = decompose(ckpt, spec, calib.as_ref(), shape);
+            progress.inc(1);
+            target
+        })
         .collect::<Result<Vec<_>>>()?;
+    progress.finish();
     let ranks = match structural_ranks(&ckpt.arch, &selection, spec)? {
         Some(ranks) => ranks,
         None => {

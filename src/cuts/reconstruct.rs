@@ -92,7 +92,10 @@ pub fn reconstruct(
     let arch = &pruned.arch;
     let mut blocks = vec![];
     let mut skipped = vec![];
+    let progress =
+        crate::util::progress::Progress::new("reconstruction", arch.num_layers() as u64, "layers");
     for logical in 0..arch.num_layers() {
+        progress.inc(1);
         let stored = arch.layer_map[logical];
         // Targets: the original layer's two pre-LayerNorm sums on its own inputs.
         let mut targets: [Vec<Tensor>; 2] = [vec![], vec![]];

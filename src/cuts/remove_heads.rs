@@ -118,7 +118,13 @@ pub fn importance(
     let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
     let mut scores: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
     let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
+    let progress = crate::util::progress::Progress::new(
+        "head importance",
+        prepared.examples.len() as u64,
+        "sentences",
+    );
     for batch in &plan.batches {
+        progress.inc(batch.len() as u64);
         let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
         let b = collate(&examples, tokenizer.pad_id(), &device)?;
         let out = model.forward_gated(

@@ -315,6 +315,14 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let (mut forward_s, mut solve_s) = (0.0, 0.0);
     let mut done = vec![false; ckpt.arch.layers.len()];
     let mut details = vec![];
+    let progress = crate::util::progress::Progress::new(
+        match spec.method {
+            Method::Sparsegpt => "sparsegpt: Hessians and OBS updates",
+            Method::Magnitude => "magnitude: layer inputs",
+        },
+        ckpt.arch.layers.len() as u64,
+        "layers",
+    );
     for logical in 0..ckpt.arch.num_layers() {
         let stored = ckpt.arch.layer_map[logical];
         if !done[stored] {
@@ -390,6 +398,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
                 details.push(detail);
             }
             solve_s += t1.elapsed().as_secs_f64();
+            progress.inc(1);
         }
         let t2 = Instant::now();
         calib.advance(&model, logical)?;
@@ -398,6 +407,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         }
         forward_s += t2.elapsed().as_secs_f64();
     }
+    progress.finish();
     let mut out = ckpt.clone();
     params.store_into(&mut out)?;
     out.set_arch(new_arch)?;

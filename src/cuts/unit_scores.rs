@@ -84,7 +84,13 @@ pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
             .collect(),
     };
     let plan = bucket_batches(&prepared.lengths(), FISHER_BATCH, None);
+    let progress = crate::util::progress::Progress::new(
+        "fisher scores",
+        prepared.examples.len() as u64,
+        "sentences",
+    );
     for batch in &plan.batches {
+        progress.inc(batch.len() as u64);
         let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
         let b = collate(&examples, tokenizer.pad_id(), &device)?;
         let out = model.forward(&b.batch, &mut Mode::Eval, Outputs::default())?;

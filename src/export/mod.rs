@@ -98,7 +98,10 @@ pub fn export_onnx(
     }
     let inputs: Vec<&Path> = ckpt.dir.iter().map(|d| d.as_path()).collect();
     output::check_output(out, &inputs, force)?;
+    let progress = crate::util::progress::Progress::new("export", 3, "stages");
+    progress.set_message("lowering the graph");
     let (builder, inputs) = bert::lower(ckpt, options.linears)?;
+    progress.inc(1);
     if builder.initializer_bytes() > PROTOBUF_LIMIT {
         return Err(Error::Unsupported {
             path: source,
@@ -136,7 +139,10 @@ pub fn export_onnx(
         metadata_props: metadata(ckpt, options),
         ..Default::default()
     };
+    progress.set_message("encoding");
     let bytes = model.encode_to_vec();
+    progress.inc(1);
+    progress.set_message("writing");
     let sparse_stored_dense = ckpt
         .arch
         .layers
@@ -167,6 +173,8 @@ pub fn export_onnx(
     )?;
     output::mark(&folder.path(""), "onnx-export")?;
     folder.commit()?;
+    progress.inc(1);
+    progress.finish();
     Ok(ExportSummary {
         model_file: out.join(MODEL_FILE),
         file_bytes: bytes.len() as u64,

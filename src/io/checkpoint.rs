@@ -248,6 +248,8 @@ impl Checkpoint {
     }
 
     /// Writes the checkpoint to a new folder, atomically. `history` is the full history to record.
+    /// A structure transformers' own classes cannot hold gets the transformers code beside it
+    /// (see [`super::hf_code`]).
     pub fn save(&self, out: &Path, force: bool, history: Vec<HistoryEntry>) -> Result<()> {
         if let Some(dir) = &self.dir {
             super::output::check_no_overlap(out, &[dir])?;
@@ -255,8 +257,14 @@ impl Checkpoint {
         let mut config = self.config.clone();
         config.num_hidden_layers = self.arch.num_layers();
         config.surgery = self.arch.surgery_info(history, &self.config);
+        let remote_code = super::hf_code::prepare_config(&mut config, &self.arch);
         let folder = AtomicDir::create(out, force)?;
         folder.write("config.json", config.to_json().as_bytes())?;
+        if remote_code {
+            for (name, text) in super::hf_code::FILES {
+                folder.write(name, text.as_bytes())?;
+            }
+        }
 
         let mut tensors = vec![];
         for (key, _) in self.arch.expected_tensors() {
@@ -278,6 +286,15 @@ impl Checkpoint {
         write_safetensors(&folder.path("model.safetensors"), tensors, metadata)?;
         for (name, bytes) in &self.tokenizer_files {
             folder.write(name, bytes)?;
+        }
+        if let (Some(tokenizer), false) = (
+            self.tokenizer_files.get("tokenizer.json"),
+            self.tokenizer_files.contains_key("tokenizer_config.json"),
+        ) {
+            if let Some(text) = super::hf_code::tokenizer_config(tokenizer, self.arch.max_positions)
+            {
+                folder.write("tokenizer_config.json", text.as_bytes())?;
+            }
         }
         super::output::mark(&folder.path(""), "checkpoint")?;
         folder.commit()

@@ -4,6 +4,7 @@ pub mod artefacts;
 pub mod atomic;
 pub mod capacity;
 pub mod checkpoint;
+pub mod hf_code;
 pub mod lock;
 pub mod output;
 pub mod store;

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 /// Flags that do not change the trained model (where it is written, whether an old output of
-/// this tool may be replaced, resuming, logging, where teacher logits are cached) or that are
-/// the seed itself.
-const IGNORED_FLAGS: [&str; 7] = [
+/// this tool may be replaced, resuming, logging, progress display, where teacher logits are
+/// cached) or that are the seed itself.
+const IGNORED_FLAGS: [&str; 8] = [
     "--seed",
     "--augment-seed",
     "--out",
@@ -14,14 +14,16 @@ const IGNORED_FLAGS: [&str; 7] = [
     "--resume",
     "--tensorboard",
     "--cache-teacher",
+    "--quiet",
 ];
 
 /// The training commands' flags that take no value, so the word after one is a positional
 /// argument (a test keeps this list equal to the CLI's).
-pub const FLAGS_WITHOUT_VALUE: [&str; 6] = [
+pub const FLAGS_WITHOUT_VALUE: [&str; 7] = [
     "--force",
     "--iob1",
     "--label-all-subtokens",
+    "--quiet",
     "--reinit-classifier",
     "--resume",
     "--tensorboard",

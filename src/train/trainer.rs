@@ -3,7 +3,6 @@
 //! the NaN guard and the final test evaluation. An [`Objective`] supplies the loss and whatever
 //! it adds (parameters, log fields, output files); a [`Trainer`] runs it.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use crate::train::schedule::learning_rate;
 use crate::train::spec::TrainSpec;
 use crate::util::build_info;
 use crate::util::hash::fnv1a;
+use crate::util::progress::{Display, Progress as StepBar};
 use crate::util::rng::Rng;
 
 /// What a finished run reports.
@@ -241,7 +241,9 @@ pub struct Trainer<'o> {
     all_tokens: usize,
     train_seconds: f64,
     started: Instant,
-    interactive: bool,
+    /// How progress is shown; the bar while the steps run on a terminal.
+    display: Display,
+    bar: Option<StepBar>,
 }
 
 impl<'o> Trainer<'o> {
@@ -297,7 +299,8 @@ impl<'o> Trainer<'o> {
             all_tokens: 0,
             train_seconds: 0.0,
             started,
-            interactive: std::io::stderr().is_terminal(),
+            display: Display::current(),
+            bar: None,
         };
         trainer.write_run_json()?;
         Ok(trainer)
@@ -312,13 +315,31 @@ impl<'o> Trainer<'o> {
             self.eval_and_checkpoint()?;
             self.last_eval_step = Some(0);
         }
+        if self.display == Display::Bar {
+            let bar = StepBar::with_display(
+                "train",
+                self.schedule.total_steps as u64,
+                "steps",
+                Display::Bar,
+            );
+            bar.inc(self.progress.step as u64);
+            self.bar = Some(bar);
+        }
         while self.progress.step < self.schedule.total_steps {
-            match self.epoch()? {
-                Flow::Continue => {}
-                Flow::Done => break,
-                Flow::Stopped => return self.stop(),
+            match self.epoch() {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Done) => break,
+                Ok(Flow::Stopped) => {
+                    self.bar = None;
+                    return self.stop();
+                }
+                Err(e) => {
+                    self.bar = None;
+                    return Err(e);
+                }
             }
         }
+        self.bar = None;
         self.finish()
     }
 
@@ -395,6 +416,9 @@ impl<'o> Trainer<'o> {
             .step(lr, self.accumulated as f64, spec.max_grad_norm)?;
         self.accumulated = 0;
         self.progress.step += 1;
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
         self.train_seconds += t0.elapsed().as_secs_f64();
         let (step, total) = (self.progress.step, self.schedule.total_steps);
         if step % spec.log_every.max(1) == 0 || step == total {
@@ -411,9 +435,6 @@ impl<'o> Trainer<'o> {
             self.progress.batch_in_epoch = 0;
         }
         if eval_now {
-            if self.interactive {
-                eprintln!();
-            }
             self.eval_and_checkpoint()?;
             self.last_eval_step = Some(step);
         }
@@ -437,15 +458,17 @@ impl<'o> Trainer<'o> {
         let (step, total) = (self.progress.step, self.schedule.total_steps);
         let log_every = self.inputs.spec.log_every.max(1);
         let remaining = (total - step) as f64 * secs / log_every as f64;
-        let line = format!(
-            "step {step}/{total} epoch {} loss {avg:.4} lr {lr:.2e} grad-norm {grad_norm:.3} {tps:.0} tok/s ETA {}",
-            self.progress.epoch + 1,
-            format_duration(remaining)
-        );
-        if self.interactive {
-            eprint!("\r{line}   ");
-        } else {
-            eprintln!("{line}");
+        match (&self.bar, self.display) {
+            (Some(bar), _) => bar.set_message(format!(
+                "epoch {} loss {avg:.4} lr {lr:.2e} {tps:.0} tok/s",
+                self.progress.epoch + 1
+            )),
+            (None, Display::Quiet) => {}
+            (None, _) => eprintln!(
+                "step {step}/{total} epoch {} loss {avg:.4} lr {lr:.2e} grad-norm {grad_norm:.3} {tps:.0} tok/s ETA {}",
+                self.progress.epoch + 1,
+                format_duration(remaining)
+            ),
         }
         self.run.log(MetricLine::Train(TrainLine {
             step,
@@ -464,11 +487,19 @@ impl<'o> Trainer<'o> {
     fn eval_and_checkpoint(&mut self) -> Result<()> {
         let e = self.evaluate(&self.model, &self.inputs.prepared.dev)?;
         let f1 = e.report.f1();
-        let progress = &mut self.progress;
-        eprintln!(
+        let line = format!(
             "eval step {}: dev F1 {:.4} (P {:.4} R {:.4}), {:.0} tok/s",
-            progress.step, f1, e.report.micro.precision, e.report.micro.recall, e.tokens_per_second
+            self.progress.step,
+            f1,
+            e.report.micro.precision,
+            e.report.micro.recall,
+            e.tokens_per_second
         );
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+        let progress = &mut self.progress;
         self.run.log(MetricLine::Eval(EvalLine {
             step: progress.step,
             epoch: Some(progress.epoch),

@@ -7,5 +7,6 @@ pub mod exit;
 pub mod hash;
 pub mod options;
 pub mod precision;
+pub mod progress;
 pub mod rng;
 pub mod shell;
