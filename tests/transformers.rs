@@ -104,19 +104,12 @@ const CHAIN: [&[&str]; 5] = [
 /// True when python3 imports torch and transformers; panics when CI requires them and they are
 /// missing.
 fn transformers_available() -> bool {
-    let ok = Command::new("python3")
-        .arg(repo().join(CHECK))
-        .arg("available")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("SURGERY_REQUIRE_TRANSFORMERS").is_err(),
-            "SURGERY_REQUIRE_TRANSFORMERS is set but python3 cannot import torch and transformers"
-        );
-        eprintln!("skipped: python3 cannot import torch and transformers (pip install torch transformers)");
-    }
-    ok
+    let check = repo().join(CHECK);
+    crate::util::python_check(
+        &[check.to_str().unwrap(), "available"],
+        "SURGERY_REQUIRE_TRANSFORMERS",
+        "torch transformers",
+    )
 }
 
 fn fixture(family: &str) -> PathBuf {

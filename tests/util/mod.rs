@@ -124,3 +124,20 @@ pub fn random_tensor(shape: &[usize], seed: u64) -> Tensor {
     let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
+
+/// True when `python3 ARGS…` succeeds (a Python package the test needs imports); when it does
+/// not, skips with a message, or panics when CI sets `required_by` to require the package.
+pub fn python_check(args: &[&str], required_by: &str, what: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var(required_by).is_err(),
+            "{required_by} is set but python3 cannot import {what}"
+        );
+        eprintln!("skipped: python3 cannot import {what} (pip install {what})");
+    }
+    ok
+}

@@ -380,8 +380,16 @@ impl<'a> Search<'a> {
         self.final_recovery(winner, lr)
     }
 
-    /// The dev subset the cheap fidelities are scored on: the first `--dev-sentences`.
+    /// The training set's size (for the time estimates) and the dev subset the cheap
+    /// fidelities are scored on: the first `--dev-sentences`.
     fn prepare_data(&mut self) -> Result<()> {
+        if !self.record.decisions.contains_key("train_sentences") {
+            let train = read_dataset(&self.args.train, &ReadOptions::default())?;
+            let words: usize = train.sentences.iter().map(|s| s.words.len()).sum();
+            let decisions = &mut self.record.decisions;
+            decisions.insert("train_sentences".into(), train.sentences.len() as f64);
+            decisions.insert("train_words".into(), words as f64);
+        }
         if self.dev_subset.is_file() {
             return Ok(());
         }
@@ -480,8 +488,7 @@ impl<'a> Search<'a> {
 
     /// Refuses a budget too small for even one candidate: its cut, a short run and one epoch.
     fn check_hours(&mut self) -> Result<()> {
-        let epoch = self.epoch_seconds_estimate()?;
-        let needed = epoch * 1.5 + 60.0;
+        let needed = self.epoch_seconds() * 1.5 + 60.0;
         if self.budget_seconds() < needed {
             return Err(Error::Spec(format!(
                 "--hours {}: too little for even one candidate (its cut, a short distillation and \
@@ -494,47 +501,23 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    /// Seconds one epoch of distillation takes here, first estimated from the teacher's speed
-    /// (a training step costs about three forward passes), then measured by the short runs.
-    fn epoch_seconds_estimate(&mut self) -> Result<f64> {
-        if let Some(measured) = self.record.decisions.get("seconds_per_step").copied() {
-            return Ok(measured * self.steps_per_epoch()? as f64);
+    /// Seconds one epoch of distillation takes here: first estimated from the teacher's speed
+    /// (a training step costs about three forward passes of as many tokens; 1.4 pieces a word
+    /// is typical of CoNLL), then from the step time the first short run measured.
+    fn epoch_seconds(&self) -> f64 {
+        match self.record.decisions.get("seconds_per_step") {
+            Some(step) => step * self.steps_per_epoch() as f64,
+            None => {
+                self.record.decisions["train_words"] * 1.4 * 3.0
+                    / self.record.teacher_tokens_per_second.max(1.0)
+            }
         }
-        let tokens = self.train_tokens()? as f64;
-        Ok(tokens * 3.0 / self.record.teacher_tokens_per_second.max(1.0))
     }
 
-    fn train_sentences(&mut self) -> Result<usize> {
-        let args = self.args;
-        let n = self.decide("train_sentences", |_| {
-            read_dataset(&args.train, &ReadOptions::default())
-                .map(|d| d.sentences.len() as f64)
-                .unwrap_or(f64::NAN)
-        });
-        if !n.is_finite() {
-            self.record.decisions.remove("train_sentences");
-            // Read again for the error.
-            read_dataset(&args.train, &ReadOptions::default())?;
-        }
-        Ok(n as usize)
-    }
-
-    fn train_tokens(&mut self) -> Result<usize> {
-        // Words are a lower bound of the pieces; 1.4 pieces a word is typical of CoNLL.
-        let args = self.args;
-        let words = self.decide("train_words", |_| {
-            read_dataset(&args.train, &ReadOptions::default())
-                .map(|d| d.sentences.iter().map(|s| s.words.len()).sum::<usize>() as f64)
-                .unwrap_or(0.0)
-        });
-        Ok((words * 1.4) as usize)
-    }
-
-    fn steps_per_epoch(&mut self) -> Result<usize> {
-        Ok(self
-            .train_sentences()?
+    fn steps_per_epoch(&self) -> usize {
+        (self.record.decisions["train_sentences"] as usize)
             .div_ceil(self.args.batch_size)
-            .max(1))
+            .max(1)
     }
 
     /// Stage 1: every candidate cut and scored on the dev subset.
@@ -619,6 +602,11 @@ impl<'a> Search<'a> {
             let f = |i: usize| self.record.candidates[i].fidelities[0].dev_f1;
             f(b).total_cmp(&f(a)).then(a.cmp(&b))
         });
+        if alive.is_empty() {
+            return Err(Error::Unreachable(
+                "no candidate met the target once cut (see compress.json)".into(),
+            ));
+        }
         let keep = alive.len().div_ceil(2).max(alive.len().min(2));
         for &i in &alive[keep..] {
             self.record.candidates[i].dropped =
@@ -631,9 +619,9 @@ impl<'a> Search<'a> {
             .collect();
         let rounds = (arms.len() as f64).log2().ceil().max(1.0) as usize;
         // Round r runs arms/2^r arms for s·2^r steps: each round costs about arms·s steps.
-        let steps_per_epoch = self.steps_per_epoch()?;
+        let steps_per_epoch = self.steps_per_epoch();
         let first_steps = self.decide("short_first_steps", |s| {
-            let step = s.epoch_seconds_estimate_const() / steps_per_epoch as f64;
+            let step = s.epoch_seconds() / steps_per_epoch as f64;
             let per_round = budget / rounds as f64;
             let steps = per_round / (arms.len() as f64 * step.max(1e-6));
             // At least 10 steps, at most half an epoch (or 10 when an epoch is shorter).
@@ -671,36 +659,9 @@ impl<'a> Search<'a> {
             arms = scored[..survivors].iter().map(|s| (s.1, s.2)).collect();
             self.save()?;
             steps *= 2;
-            // The later rounds use the measured step time.
-            if round == 0 {
-                let _ = self.epoch_seconds_estimate()?;
-            }
         }
         self.stage_done("short distillation", t0, budget)?;
         Ok(arms[0])
-    }
-
-    /// The epoch estimate from the teacher's speed, without measurements (for decisions taken
-    /// before any run).
-    fn epoch_seconds_estimate_const(&self) -> f64 {
-        let words = self
-            .record
-            .decisions
-            .get("train_words")
-            .copied()
-            .unwrap_or(0.0);
-        match self.record.decisions.get("seconds_per_step") {
-            Some(step) => {
-                let sentences = self
-                    .record
-                    .decisions
-                    .get("train_sentences")
-                    .copied()
-                    .unwrap_or(0.0);
-                step * (sentences / self.args.batch_size as f64).ceil()
-            }
-            None => words * 1.4 * 3.0 / self.record.teacher_tokens_per_second.max(1.0),
-        }
     }
 
     /// One short distillation arm: `steps` steps from the candidate's cut, scored on the dev
@@ -716,7 +677,7 @@ impl<'a> Search<'a> {
             return Ok(f.dev_f1);
         }
         let started = Instant::now();
-        let spe = self.steps_per_epoch()?;
+        let spe = self.steps_per_epoch();
         let epochs = steps.div_ceil(spe).max(1);
         let run_name = format!("{name}-lr{lr:e}-{steps}");
         let distill = self.distill_step(&[
@@ -760,7 +721,7 @@ impl<'a> Search<'a> {
     fn final_recovery(&mut self, winner: usize, lr: f64) -> Result<()> {
         let t0 = self.elapsed();
         let remaining = (self.budget_seconds() - self.elapsed()).max(0.0);
-        let epoch = self.epoch_seconds_estimate()?;
+        let epoch = self.epoch_seconds();
         // Augmentation doubles an epoch's sentences; hidden-state matching runs the teacher.
         let augmented_epoch = epoch * 2.0 * 1.3;
         let max_epochs = self.args.max_epochs as f64;
