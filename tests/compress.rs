@@ -274,6 +274,25 @@ fn a_speed_target_is_searched_at_the_share_its_latency_table_predicts_and_measur
     assert!(winner.flops as f64 <= share * r.teacher_flops as f64 * (1.0 + 1e-9));
     assert!(winner.measured_speedup.is_some_and(|x| x > 0.0));
     assert!(r.candidates.iter().all(|c| c.predicted_speedup.is_some()));
+    // Every cut model was timed against the teacher; one measured below the target was
+    // dropped, unless the plan was corrected by those measurements and made again.
+    let corrected = r.decisions.contains_key("speed_correction");
+    for c in &r.candidates {
+        let measured = c.measured_speedup.expect("every candidate timed once cut");
+        if measured < 1.05 && !c.candidate.name.ends_with("-corrected") {
+            assert!(
+                c.dropped.is_some(),
+                "{} ran at {measured}",
+                c.candidate.name
+            );
+        }
+    }
+    assert_eq!(
+        corrected,
+        r.candidates
+            .iter()
+            .any(|c| c.candidate.name.ends_with("-corrected"))
+    );
     // ONNX Runtime timing is not built in: refused before anything is written.
     let other = s.dir.path().join("onnx");
     let r = surgery(&command(

@@ -132,6 +132,9 @@ const LEARNING_RATES: [f64; 2] = [1e-4, 3e-4];
 const SHORT_SHARE: f64 = 0.3;
 /// A distillation step with hidden-state matching against one with cached teacher logits.
 const HIDDEN_MATCHING_COST: f64 = 1.45;
+/// The name suffix of candidates planned again after the cut models measured slower than the
+/// latency table predicted.
+const REPLANNED: &str = "-corrected";
 
 /// Runs the whole search; `progress` gets one line per event.
 pub fn compress(args: &CompressArgs, progress: &mut dyn FnMut(&str)) -> Result<CompressResult> {
@@ -362,6 +365,7 @@ impl<'a> Search<'a> {
                     cut_params: None,
                     cut_flops: None,
                     predicted_speedup: None,
+                    measured_speedup: None,
                     fidelities: vec![],
                     dropped: None,
                     seconds: 0.0,
@@ -378,6 +382,9 @@ impl<'a> Search<'a> {
         }
         self.stage_done("plan and measure", t0, 0.0)?;
         self.cut_all()?;
+        if self.replan_for_measured_speed(teacher, cut_data)? {
+            self.cut_all()?;
+        }
         let (winner, lr) = self.successive_halving()?;
         self.final_recovery(winner, lr)
     }
@@ -395,7 +402,9 @@ impl<'a> Search<'a> {
         if !self.record.decisions.contains_key("dev_words") {
             let dev = read_dataset(&self.args.dev, &ReadOptions::default())?;
             let words: usize = dev.sentences.iter().map(|s| s.words.len()).sum();
-            self.record.decisions.insert("dev_words".into(), words as f64);
+            self.record
+                .decisions
+                .insert("dev_words".into(), words as f64);
         }
         if self.dev_subset.is_file() {
             return Ok(());
@@ -449,10 +458,7 @@ impl<'a> Search<'a> {
         };
         if self.record.speed_table.is_empty() {
             self.say("timing the teacher cut to a grid of FLOPs shares");
-            let precision = match self.args.runtime {
-                Runtime::SurgeryBf16 => Precision::Bf16,
-                _ => Precision::F32,
-            };
+            let precision = self.speed_precision();
             let scratch = self.out.join("speed");
             let (_, table) = speed::latency_table(
                 &self.args.teacher,
@@ -546,7 +552,13 @@ impl<'a> Search<'a> {
                 .filter_map(|r| r.get("eval_tokens_per_s")?.as_f64()),
         )?;
         // 1.4 word pieces a word is typical of CoNLL.
-        let dev_tokens = self.record.decisions.get("dev_words").copied().unwrap_or(0.0) * 1.4;
+        let dev_tokens = self
+            .record
+            .decisions
+            .get("dev_words")
+            .copied()
+            .unwrap_or(0.0)
+            * 1.4;
         Some(train_tokens / train_speed + dev_tokens / eval_speed)
     }
 
@@ -600,6 +612,26 @@ impl<'a> Search<'a> {
                     group(flops)
                 ));
             }
+            if let Target::Speedup { ratio } = self.record.target {
+                let measured = speed::measured_speedup(
+                    &self.args.teacher,
+                    &self.cut_dir(i),
+                    &self.dev_subset,
+                    self.speed_precision(),
+                )?;
+                let c = &mut self.record.candidates[i];
+                c.measured_speedup = Some(measured);
+                // Candidates of a corrected plan stay: they are the closest the table can get.
+                if measured < ratio && c.dropped.is_none() && !c.candidate.name.ends_with(REPLANNED)
+                {
+                    c.dropped = Some(format!(
+                        "measured {measured:.2}× the teacher's tokens/s once cut, below {ratio}×"
+                    ));
+                }
+                self.say(&format!(
+                    "  {name}: measured {measured:.2}× the teacher's tokens/s"
+                ));
+            }
             self.say(&format!(
                 "  {name}: {} params, {:.1}% FLOPs, dev-subset F1 {f1:.4} with no training",
                 group(params),
@@ -608,6 +640,82 @@ impl<'a> Search<'a> {
             self.save()?;
         }
         self.stage_done("cut", t0, 0.0)
+    }
+
+    /// A speed target whose cut candidates all measured below it: the latency table is scaled
+    /// by how the cut models measured against its prediction, the share read off again and the
+    /// candidates planned anew at it (once). Returns whether new candidates were planned.
+    fn replan_for_measured_speed(
+        &mut self,
+        teacher: &Checkpoint,
+        cut_data: &candidates::CutData,
+    ) -> Result<bool> {
+        let Target::Speedup { ratio } = self.record.target else {
+            return Ok(false);
+        };
+        if self.record.decisions.contains_key("speed_correction")
+            || self.record.candidates.iter().any(|c| c.dropped.is_none())
+        {
+            return Ok(false);
+        }
+        let factors: Vec<f64> = self
+            .record
+            .candidates
+            .iter()
+            .filter_map(|c| Some(c.measured_speedup? / c.predicted_speedup?))
+            .collect();
+        let Some(factor) = median(factors.into_iter()) else {
+            return Ok(false);
+        };
+        let table = speed::corrected(&self.record.speed_table, factor);
+        let Some(share) = speed::share_for(&table, ratio) else {
+            return Err(Error::Unreachable(format!(
+                "--speedup {ratio}: the cut models ran at {factor:.2} of the speed the latency \
+                 table predicted, and no share timed here reaches {ratio}× once corrected"
+            )));
+        };
+        let first = self.record.decisions["speed_share"];
+        self.record
+            .decisions
+            .insert("speed_correction".into(), factor);
+        self.record
+            .decisions
+            .insert("speed_share_first".into(), first);
+        self.record.decisions.insert("speed_share".into(), share);
+        self.say(&format!(
+            "the cut models ran at {factor:.2} of the predicted speed: searching again at {:.1}% \
+             of the encoder FLOPs",
+            share * 100.0
+        ));
+        let (found, _) =
+            candidates::candidates(&teacher.arch, Target::Flops { ratio: share }, cut_data);
+        let table = self.record.speed_table.clone();
+        for mut candidate in found {
+            candidate.name.push_str(REPLANNED);
+            let predicted = candidate.flops.and_then(|f| {
+                speed::predicted_speedup(&table, f as f64 / self.record.teacher_flops as f64)
+            });
+            self.record.candidates.push(CandidateRecord {
+                candidate,
+                cut_params: None,
+                cut_flops: None,
+                predicted_speedup: predicted,
+                measured_speedup: None,
+                fidelities: vec![],
+                dropped: None,
+                seconds: 0.0,
+            });
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// The precision the speed target is timed at.
+    fn speed_precision(&self) -> Precision {
+        match self.args.runtime {
+            Runtime::SurgeryBf16 => Precision::Bf16,
+            _ => Precision::F32,
+        }
     }
 
     fn meets(&self, params: u64, flops: u64) -> bool {
@@ -758,7 +866,8 @@ impl<'a> Search<'a> {
         let t0 = self.elapsed();
         let remaining = (self.budget_seconds() - self.elapsed()).max(0.0);
         let epoch = self.decide("final_plain_epoch_seconds", |s| {
-            s.winner_epoch_seconds(winner).unwrap_or_else(|| s.epoch_seconds())
+            s.winner_epoch_seconds(winner)
+                .unwrap_or_else(|| s.epoch_seconds())
         });
         // Augmentation doubles an epoch's sentences; hidden-state matching runs the teacher's
         // encoder live (measured at 1.43x the cached-logits step on the MiniLM teacher).
@@ -774,8 +883,8 @@ impl<'a> Search<'a> {
         } else {
             let plain = self.decide("final_epochs_plain", |_| {
                 (remaining * 0.9 / (epoch * HIDDEN_MATCHING_COST))
-                .floor()
-                .clamp(1.0, max_epochs)
+                    .floor()
+                    .clamp(1.0, max_epochs)
             });
             (plain as usize, false)
         };
@@ -826,16 +935,12 @@ impl<'a> Search<'a> {
             .ok()
             .map(|r| r.f1);
         let measured_speedup = match self.record.target {
-            Target::Speedup { .. } => {
-                let precision = match self.args.runtime {
-                    Runtime::SurgeryBf16 => Precision::Bf16,
-                    _ => Precision::F32,
-                };
-                let t = speed::tokens_per_second(&self.args.teacher, &self.dev_subset, precision)?;
-                let m = speed::tokens_per_second(&model, &self.dev_subset, precision)?;
-                let t2 = speed::tokens_per_second(&self.args.teacher, &self.dev_subset, precision)?;
-                Some(m / ((t + t2) / 2.0))
-            }
+            Target::Speedup { .. } => Some(speed::measured_speedup(
+                &self.args.teacher,
+                &model,
+                &self.dev_subset,
+                self.speed_precision(),
+            )?),
             _ => None,
         };
         let seconds = self.elapsed() - t0;

@@ -35,6 +35,9 @@ pub struct CandidateRecord {
     pub cut_flops: Option<u64>,
     /// Predicted tokens/s against the teacher (speed targets only).
     pub predicted_speedup: Option<f64>,
+    /// Tokens/s of the cut model against the teacher, timed side by side (speed targets only).
+    #[serde(default)]
+    pub measured_speedup: Option<f64>,
     pub fidelities: Vec<Fidelity>,
     /// Why the search stopped considering it (`None` for the winner, or before the search
     /// reached it).
