@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use surgery::budget::Budget;
 use surgery::io::Checkpoint;
 use surgery::pipeline::compress::CompressRecord;
-use surgery::train::finetune::finetune;
 use surgery::train::spec::RunOptions;
 
 use crate::train::{quick_spec, setup, Setup};
@@ -19,7 +18,11 @@ fn teacher() -> (Setup, PathBuf) {
     let run = s.dir.path().join("teacher-run");
     let mut spec = quick_spec();
     spec.epochs = 3;
-    finetune(&s.model, &s.data, &spec, &run, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &run, RunOptions::default()),
+    )
+    .unwrap();
     let teacher = run.join("best");
     (s, teacher)
 }

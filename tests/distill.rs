@@ -3,8 +3,7 @@
 use surgery::data::augment::AugmentKind;
 use surgery::io::Checkpoint;
 use surgery::model::student::{init_student, plan, Shape};
-use surgery::train::distill::{distill, DistillSpec};
-use surgery::train::finetune::finetune;
+use surgery::train::distill::DistillSpec;
 use surgery::train::spec::RunOptions;
 
 use crate::train::{quick_spec, setup, Setup};
@@ -18,7 +17,11 @@ fn teacher_and_student(
     let run = s.dir.path().join("teacher-run");
     let mut spec = quick_spec();
     spec.epochs = 3;
-    finetune(&s.model, &s.data, &spec, &run, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &run, RunOptions::default()),
+    )
+    .unwrap();
     let teacher = run.join("best");
     let student = init_student(
         &Checkpoint::open(&teacher).unwrap(),
@@ -79,14 +82,11 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
     let mut d = kd();
     d.cache_teacher = Some(s.dir.path().join("cache"));
     let a = s.dir.path().join("a");
-    let outcome = distill(
+    let outcome = crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &a,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &a, RunOptions::default()),
     )
     .unwrap();
     assert!(outcome.best_dev_f1 > 0.3, "dev F1 {}", outcome.best_dev_f1);
@@ -109,14 +109,11 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
         1
     );
     let b = s.dir.path().join("b");
-    distill(
+    crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &b,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &b, RunOptions::default()),
     )
     .unwrap();
     let run: serde_json::Value =
@@ -146,14 +143,11 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
     d.augment = vec![AugmentKind::Mention, AugmentKind::Token];
     d.augment_ratio = 0.5;
     let c = s.dir.path().join("c");
-    distill(
+    crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &c,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &c, RunOptions::default()),
     )
     .unwrap();
     let run: serde_json::Value =
@@ -174,14 +168,16 @@ fn a_student_learns_from_the_teacher_and_the_cache_is_reused() {
         2
     );
     d.augment_ratio = 0.0;
-    let err = distill(
+    let err = crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &s.dir.path().join("d"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &spec,
+            &s.dir.path().join("d"),
+            RunOptions::default(),
+        ),
     );
     assert!(err.unwrap_err().to_string().contains("--augment-ratio"));
 }
@@ -203,14 +199,11 @@ fn intermediate_matching_trains_a_projection_that_is_not_saved() {
     d.hidden_weight = 1.0;
     d.attention_weight = 1.0;
     let out = s.dir.path().join("inter");
-    distill(
+    crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &out,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &out, RunOptions::default()),
     )
     .unwrap();
     let store = surgery::io::TensorStore::open_dir(&out.join("best")).unwrap();
@@ -231,14 +224,16 @@ fn intermediate_matching_trains_a_projection_that_is_not_saved() {
     // A layer map naming a missing layer, and attention matching with other head counts, are refused.
     let mut bad = d.clone();
     bad.layer_map = Some("0:5".into());
-    let err = distill(
+    let err = crate::util::distill(
         &student,
         &teacher,
-        &s.data,
-        &spec,
         &bad,
-        &s.dir.path().join("x"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &spec,
+            &s.dir.path().join("x"),
+            RunOptions::default(),
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().contains("the teacher 0..1"), "{err}");
@@ -248,14 +243,16 @@ fn intermediate_matching_trains_a_projection_that_is_not_saved() {
         .unwrap()
         .save(&other, false, vec![])
         .unwrap();
-    let err = distill(
+    let err = crate::util::distill(
         &other,
         &teacher,
-        &s.data,
-        &spec,
         &d,
-        &s.dir.path().join("y"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &spec,
+            &s.dir.path().join("y"),
+            RunOptions::default(),
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().contains("equal head counts"), "{err}");
@@ -270,14 +267,16 @@ fn students_with_other_labels_are_refused_naming_both() {
         .unwrap();
     let path = s.dir.path().join("other");
     other.save(&path, false, vec![]).unwrap();
-    let err = distill(
+    let err = crate::util::distill(
         &path,
         &teacher,
-        &s.data,
-        &quick_spec(),
         &kd(),
-        &s.dir.path().join("r"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &quick_spec(),
+            &s.dir.path().join("r"),
+            RunOptions::default(),
+        ),
     )
     .unwrap_err();
     let msg = err.to_string();
@@ -344,14 +343,11 @@ fn hidden_matching_works_across_tokenizers_word_by_word() {
     spec.max_steps = 4;
     let run = |d: &DistillSpec, name: &str| {
         let out = s.dir.path().join(name);
-        distill(
+        crate::util::distill(
             &student,
             &teacher,
-            &s.data,
-            &spec,
             d,
-            &out,
-            RunOptions::default(),
+            &crate::util::common(&s.data, &spec, &out, RunOptions::default()),
         )
         .map(|_| {
             let last = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -401,12 +397,9 @@ fn a_damaged_teacher_cache_is_refused_naming_the_file() {
     let mut spec = quick_spec();
     spec.max_steps = 2;
     let teacher_run = s.dir.path().join("teacher");
-    finetune(
+    crate::util::finetune(
         &s.model,
-        &s.data,
-        &spec,
-        &teacher_run,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &teacher_run, RunOptions::default()),
     )
     .unwrap();
     let teacher = teacher_run.join("best");
@@ -414,14 +407,11 @@ fn a_damaged_teacher_cache_is_refused_naming_the_file() {
     d.cache_teacher = Some(s.dir.path().join("cache"));
     let run = |name: &str| {
         let out = s.dir.path().join(name);
-        distill(
+        crate::util::distill(
             &s.model,
             &teacher,
-            &s.data,
-            &spec,
             &d,
-            &out,
-            Default::default(),
+            &crate::util::common(&s.data, &spec, &out, Default::default()),
         )
     };
     run("first").unwrap();

@@ -2,7 +2,6 @@
 //! norms, dev F1) is pinned in `fixtures/golden/`, so a refactor of the trainer provably changes
 //! no number. Regenerate deliberately with `SURGERY_BLESS=1 cargo test --release golden`.
 
-use surgery::train::finetune::finetune;
 use surgery::train::spec::RunOptions;
 
 use crate::train::{quick_spec, setup};
@@ -45,7 +44,11 @@ fn a_tiny_seeded_run_reproduces_its_pinned_metrics() {
     spec.log_every = 2;
     spec.eval_every = 4;
     let out = s.dir.path().join("run");
-    finetune(&s.model, &s.data, &spec, &out, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &out, RunOptions::default()),
+    )
+    .unwrap();
     let got = pinned(&std::fs::read_to_string(out.join("metrics.jsonl")).unwrap());
     let path = crate::util::repo().join(FIXTURE);
     if std::env::var_os("SURGERY_BLESS").is_some() {

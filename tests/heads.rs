@@ -1,7 +1,7 @@
 //! remove-heads: exact removal, importance ranking, gates files, and refusals.
 
 use candle_core::Device;
-use surgery::arch::Layout;
+use surgery::arch::{Key, Layout, LinearPart, LinearSlot};
 use surgery::cuts::remove_heads::{apply, Ranking, Spec};
 use surgery::io::Checkpoint;
 use surgery::model::gates::GatesFile;
@@ -158,8 +158,11 @@ fn importance_keeps_the_requested_number_of_heads() {
     let run = s.dir.path().join("run");
     let mut train = crate::train::quick_spec();
     train.epochs = 1;
-    surgery::train::finetune::finetune(&s.model, &s.data, &train, &run, Default::default())
-        .unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &train, &run, Default::default()),
+    )
+    .unwrap();
     let ckpt = Checkpoint::open(&run.join("best")).unwrap();
     let out = apply(
         &ckpt,
@@ -177,13 +180,16 @@ fn importance_keeps_the_requested_number_of_heads() {
 
 #[test]
 fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
-    use surgery::train::gates::{train_gates, GateSpec};
+    use surgery::train::gates::GateSpec;
     let s = crate::train::setup(300);
     let run = s.dir.path().join("base");
     let mut train = crate::train::quick_spec();
     train.epochs = 1;
-    surgery::train::finetune::finetune(&s.model, &s.data, &train, &run, Default::default())
-        .unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &train, &run, Default::default()),
+    )
+    .unwrap();
     let base = run.join("best");
     let gates_run = s.dir.path().join("gates");
     let mut spec = crate::train::quick_spec();
@@ -195,7 +201,12 @@ fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
         gate_lr: 0.1,
         gate_init: 3.0,
     };
-    train_gates(&base, &s.data, &spec, &g, &gates_run, Default::default()).unwrap();
+    crate::util::gates(
+        &base,
+        &g,
+        &crate::util::common(&s.data, &spec, &gates_run, Default::default()),
+    )
+    .unwrap();
     let metrics = std::fs::read_to_string(gates_run.join("metrics.jsonl")).unwrap();
     let open: Vec<f64> = metrics
         .lines()
@@ -209,16 +220,43 @@ fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
     );
     let svg = std::fs::read_to_string(gates_run.join("gates.svg")).unwrap();
     assert!(svg.contains("<polyline") && svg.contains("layer 1"));
+    // The cut keeps exactly the heads whose learned gate reaches the threshold, layer by layer.
+    // The gates of this short run all sit near 0.73, so the threshold is set at their mean: some
+    // heads are kept and some removed.
+    let file: GatesFile =
+        serde_json::from_str(&std::fs::read_to_string(gates_run.join("gates.json")).unwrap())
+            .unwrap();
+    let values: Vec<f64> = file.gates.iter().flatten().copied().collect();
+    let threshold = values.iter().sum::<f64>() / values.len() as f64;
     let out = apply(
         &Checkpoint::open(&gates_run.join("best")).unwrap(),
         &Spec {
             gates: Some(gates_run.join("gates.json")),
+            threshold,
             allow_empty: true,
             ..spec_defaults()
         },
     )
     .unwrap();
-    assert!(out.report["heads_left"].as_u64().unwrap() <= 8);
+    let open_per_layer: Vec<usize> = file
+        .gates
+        .iter()
+        .map(|g| g.iter().filter(|v| **v >= threshold).count())
+        .collect();
+    let arch = &out.checkpoint.arch;
+    let kept: Vec<usize> = arch
+        .layer_map
+        .iter()
+        .map(|&l| arch.layers[l].num_heads)
+        .collect();
+    assert_eq!(kept, open_per_layer, "gates {:?}", file.gates);
+    let left: usize = kept.iter().sum();
+    assert_eq!(out.report["heads_left"], left);
+    assert!(
+        0 < left && left < 8,
+        "threshold {threshold}: {:?}",
+        file.gates
+    );
 }
 
 fn spec_defaults() -> Spec {
@@ -242,13 +280,42 @@ fn a_model_with_a_headless_layer_trains() {
     let path = s.dir.path().join("headless");
     cut.save(&path, false).unwrap();
     let mut train = crate::train::quick_spec();
-    train.max_steps = 2;
-    surgery::train::finetune::finetune(
+    train.max_steps = 10;
+    train.log_every = 1;
+    // Stopped after 2 steps as if interrupted, so last/ holds the trained model.
+    let stopped = surgery::train::spec::RunOptions {
+        stop_after: Some(2),
+        ..Default::default()
+    };
+    crate::util::finetune(
         &path,
-        &s.data,
-        &train,
-        &s.dir.path().join("run"),
-        Default::default(),
+        &crate::util::common(&s.data, &train, &s.dir.path().join("run"), stopped),
     )
     .unwrap();
+    // It trained: finite losses, every layer's attention output bias learned (in layer 1, whose
+    // heads are all gone, the bias is all its attention adds), and layer 1 kept no heads.
+    let run = s.dir.path().join("run");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 2, "{metrics}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let before = Checkpoint::open(&path).unwrap();
+    let after = Checkpoint::open(&run.join("last/model")).unwrap();
+    assert_eq!(after.arch.layers[after.arch.layer_map[1]].num_heads, 0);
+    let changed = |layer: usize, slot: LinearSlot, part: LinearPart| {
+        let key = Key::Linear { layer, slot, part };
+        let a = before.tensor(key, &Device::Cpu).unwrap();
+        let b = after.tensor(key, &Device::Cpu).unwrap();
+        max_abs_diff(&a, &b) > 0.0
+    };
+    for layer in 0..before.arch.num_layers() {
+        assert!(
+            changed(layer, LinearSlot::AttentionOutput, LinearPart::Bias),
+            "layer {layer}'s attention output bias did not train"
+        );
+    }
+    assert!(changed(0, LinearSlot::Query, LinearPart::Weight));
 }

@@ -850,14 +850,16 @@ fn a_teacher_with_non_finite_logits_is_not_blamed_on_its_tokenizer() {
     let teacher = overflowing_model(&s_);
     let teacher_dir = s_.dir.path().join("teacher");
     teacher.save(&teacher_dir, false, vec![]).unwrap();
-    let err = surgery::train::distill::distill(
+    let err = crate::util::distill(
         &teacher_dir,
         &teacher_dir,
-        &s_.data,
-        &quick_spec(),
         &kd(),
-        &s_.dir.path().join("run"),
-        Default::default(),
+        &crate::util::common(
+            &s_.data,
+            &quick_spec(),
+            &s_.dir.path().join("run"),
+            Default::default(),
+        ),
     )
     .unwrap_err()
     .to_string();

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 
 use surgery::io::Checkpoint;
 use surgery::kernels::{Compute, KernelChoice};
-use surgery::train::distill::{distill, DistillSpec};
-use surgery::train::finetune::{finetune, supervised};
-use surgery::train::gates::{train_gates, GateSpec};
+use surgery::train::distill::DistillSpec;
+use surgery::train::gates::GateSpec;
 use surgery::train::label_smoothing::LabelSmoothing;
 use surgery::train::spec::{RunOptions, TrainSpec};
 
@@ -88,7 +87,11 @@ fn generic_kernels_fine_tune_like_fused_on_every_structure() {
             .iter()
             .map(|&k| {
                 let out = s.dir.path().join(format!("{name}-{k:?}"));
-                finetune(&model, &s.data, &spec(), &out, options(k)).unwrap();
+                crate::util::finetune(
+                    &model,
+                    &crate::util::common(&s.data, &spec(), &out, options(k)),
+                )
+                .unwrap();
                 losses(&out)
             })
             .collect();
@@ -100,12 +103,9 @@ fn generic_kernels_fine_tune_like_fused_on_every_structure() {
 fn generic_kernels_train_like_fused_with_every_objective() {
     let s = setup(64);
     let teacher_run = s.dir.path().join("teacher");
-    finetune(
+    crate::util::finetune(
         &s.model,
-        &s.data,
-        &spec(),
-        &teacher_run,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec(), &teacher_run, RunOptions::default()),
     )
     .unwrap();
     let teacher = teacher_run.join("best");
@@ -118,8 +118,12 @@ fn generic_kernels_train_like_fused_with_every_objective() {
                 match objective {
                     "label smoothing" => {
                         let mut ls = LabelSmoothing::new(0.1).unwrap();
-                        supervised(&s.model, &s.data, &spec(), &out, options(k), &mut ls)
-                            .map(|_| ())
+                        surgery::train::finetune::supervised(
+                            &s.model,
+                            &crate::util::common(&s.data, &spec(), &out, options(k)),
+                            &mut ls,
+                        )
+                        .map(|_| ())
                     }
                     "gates" => {
                         let gates = GateSpec {
@@ -129,8 +133,12 @@ fn generic_kernels_train_like_fused_with_every_objective() {
                             gate_lr: 0.1,
                             gate_init: 3.0,
                         };
-                        train_gates(&teacher, &s.data, &spec(), &gates, &out, options(k))
-                            .map(|_| ())
+                        crate::util::gates(
+                            &teacher,
+                            &gates,
+                            &crate::util::common(&s.data, &spec(), &out, options(k)),
+                        )
+                        .map(|_| ())
                     }
                     _ => {
                         let kd = DistillSpec {
@@ -144,8 +152,13 @@ fn generic_kernels_train_like_fused_with_every_objective() {
                             augment_ratio: 1.0,
                             augment_seed: None,
                         };
-                        distill(&s.model, &teacher, &s.data, &spec(), &kd, &out, options(k))
-                            .map(|_| ())
+                        crate::util::distill(
+                            &s.model,
+                            &teacher,
+                            &kd,
+                            &crate::util::common(&s.data, &spec(), &out, options(k)),
+                        )
+                        .map(|_| ())
                     }
                 }
                 .unwrap();
@@ -162,12 +175,9 @@ fn generic_kernels_train_like_fused_with_every_objective() {
 fn generic_kernels_resume_exactly() {
     let s = setup(64);
     let full = s.dir.path().join("full");
-    finetune(
+    crate::util::finetune(
         &s.model,
-        &s.data,
-        &spec(),
-        &full,
-        options(KernelChoice::Generic),
+        &crate::util::common(&s.data, &spec(), &full, options(KernelChoice::Generic)),
     )
     .unwrap();
     let cut = s.dir.path().join("cut");
@@ -175,12 +185,20 @@ fn generic_kernels_resume_exactly() {
         stop_after: Some(13),
         ..options(KernelChoice::Generic)
     };
-    finetune(&s.model, &s.data, &spec(), &cut, stopped).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec(), &cut, stopped),
+    )
+    .unwrap();
     let resumed = RunOptions {
         resume: surgery::train::run_dir::Resume::Required,
         ..options(KernelChoice::Generic)
     };
-    finetune(&s.model, &s.data, &spec(), &cut, resumed).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec(), &cut, resumed),
+    )
+    .unwrap();
     assert_eq!(losses(&full), losses(&cut));
     let (a, b) = (
         Checkpoint::open(&full.join("last/model")).unwrap(),

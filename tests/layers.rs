@@ -1,6 +1,8 @@
 //! The library's layering: every module under `src/` imports only modules of the layers below
 //! it (the order `lib.rs` documents; siblings in a layer, such as `train` and `cuts`, stay
-//! independent), and no two files import each other through a cycle.
+//! independent), and no two files import each other through a cycle (a file and its parent
+//! module excepted: they are one module split into files). `super::`, `self::` and submodule
+//! paths count, and a path to a re-exported item counts as a use of the file that defines it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -52,74 +54,188 @@ fn module_of(src: &Path, path: &Path) -> Vec<String> {
     parts
 }
 
-/// The `crate::x` and `crate::x::y` paths a file's code (not its comments) names.
-fn crate_paths(text: &str) -> Vec<Vec<String>> {
-    let ident = |s: &str| -> String {
-        s.chars()
-            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-            .collect()
+/// A file's code: comments and its test module (at the end of the file) left out.
+fn code_of(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod ") {
+        Some(i) => &text[..i],
+        None => text,
     };
-    let mut out = vec![];
-    for line in text.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        for (i, _) in code.match_indices("crate::") {
-            let rest = &code[i + "crate::".len()..];
-            let first = ident(rest);
-            if first.is_empty() {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ident_len(s: &str) -> usize {
+    s.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .count()
+}
+
+/// The paths of a `use` tree starting at `s`, each after `prefix`: `a::b::{c, d::e}` gives
+/// `a::b::c` and `a::b::d::e`. Returns how many bytes were read.
+fn use_tree(s: &str, prefix: &[String], out: &mut Vec<Vec<String>>) -> usize {
+    let mut path = prefix.to_vec();
+    let mut i = 0;
+    loop {
+        let n = ident_len(&s[i..]);
+        if n > 0 {
+            path.push(s[i..i + n].to_string());
+            i += n;
+            if s[i..].starts_with("::") {
+                i += 2;
                 continue;
             }
-            let mut path = vec![first.clone()];
-            if let Some(after) = rest[first.len()..].strip_prefix("::") {
-                let second = ident(after);
-                if !second.is_empty() {
-                    path.push(second);
-                }
-            }
             out.push(path);
+            return i;
+        }
+        if s[i..].starts_with('{') {
+            i += 1;
+            loop {
+                i += s[i..]
+                    .chars()
+                    .take_while(|c| c.is_whitespace() || *c == ',')
+                    .count();
+                if s[i..].starts_with('}') || i >= s.len() {
+                    return (i + 1).min(s.len());
+                }
+                i += use_tree(&s[i..], &path, out);
+            }
+        }
+        out.push(path);
+        return i;
+    }
+}
+
+/// The module paths a file's code names: `crate::`, `super::` and `self::` paths, and `use` of
+/// its own submodules, each made absolute. `pub use` statements (re-exports: the module's face,
+/// not what its code depends on) are returned apart.
+fn named_paths(module: &[String], text: &str) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let code = code_of(text);
+    let children: Vec<String> = code
+        .match_indices("mod ")
+        .filter_map(|(i, _)| {
+            let rest = &code[i + 4..];
+            let n = ident_len(rest);
+            (n > 0 && rest[n..].trim_start().starts_with(';')).then(|| rest[..n].to_string())
+        })
+        .collect();
+    let parent = module[..module.len().saturating_sub(1)].to_vec();
+    let (mut uses, mut reexports) = (vec![], vec![]);
+    for statement in code.split(';') {
+        let trimmed = statement.trim_start();
+        let is_reexport = trimmed.starts_with("pub use ") || trimmed.starts_with("pub(crate) use ");
+        let out = if is_reexport {
+            &mut reexports
+        } else {
+            &mut uses
+        };
+        for (start, _) in statement.match_indices("::") {
+            let before = &statement[..start];
+            let word_start = before
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            if word_start > 0 && statement[..word_start].ends_with("::") {
+                continue;
+            }
+            let base = match &before[word_start..] {
+                "crate" => vec![],
+                "super" => parent.clone(),
+                "self" => module.to_vec(),
+                child if children.iter().any(|c| c == child) && trimmed.contains("use ") => {
+                    let mut m = module.to_vec();
+                    m.push(child.to_string());
+                    let mut paths = vec![];
+                    use_tree(&statement[start + 2..], &m, &mut paths);
+                    out.extend(paths);
+                    continue;
+                }
+                _ => continue,
+            };
+            use_tree(&statement[start + 2..], &base, out);
         }
     }
-    out
+    (uses, reexports)
+}
+
+/// The file a path names: the longest prefix that is a module file, followed through that
+/// module's re-exports (`pub use child::Item`) to the file that defines the item.
+fn resolve(
+    path: &[String],
+    files: &BTreeSet<Vec<String>>,
+    reexports: &BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>>,
+    depth: usize,
+) -> Option<Vec<String>> {
+    let k = (1..=path.len())
+        .rev()
+        .find(|&k| files.contains(&path[..k]))?;
+    let module = path[..k].to_vec();
+    if let Some(target) = path
+        .get(k)
+        .and_then(|item| reexports.get(&module)?.get(item))
+        .filter(|_| depth < 5)
+    {
+        let mut next = target.clone();
+        next.extend_from_slice(&path[k + 1..]);
+        return resolve(&next, files, reexports, depth + 1);
+    }
+    Some(module)
 }
 
 #[test]
 fn the_module_tree_keeps_its_layers_without_cycles() {
     let src = repo().join("src");
-    let mut files = vec![];
-    rust_files(&src, &mut files);
-    files.sort();
+    let mut paths = vec![];
+    rust_files(&src, &mut paths);
+    paths.sort();
+    let modules: Vec<(Vec<String>, String)> = paths
+        .iter()
+        .map(|p| (module_of(&src, p), std::fs::read_to_string(p).unwrap()))
+        .filter(|(parts, _)| {
+            !parts.is_empty() && !["lib", "main", "cli"].contains(&parts[0].as_str())
+        })
+        .collect();
+    let files: BTreeSet<Vec<String>> = modules.iter().map(|(m, _)| m.clone()).collect();
+    let mut reexports: BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut uses = BTreeMap::new();
+    for (module, text) in &modules {
+        let (used, exported) = named_paths(module, text);
+        for path in exported {
+            if let Some(item) = path.last() {
+                reexports
+                    .entry(module.clone())
+                    .or_default()
+                    .insert(item.clone(), path.clone());
+            }
+        }
+        uses.insert(module.clone(), used);
+    }
     let mut problems = vec![];
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for path in &files {
-        let parts = module_of(&src, path);
-        if parts.is_empty() || ["lib", "main", "cli"].contains(&parts[0].as_str()) {
-            continue;
-        }
-        let own = parts.join("::");
-        let Some(own_rank) = rank(&parts[0]) else {
+    for (module, text) in &modules {
+        let own = module.join("::");
+        let Some(own_rank) = rank(&module[0]) else {
             problems.push(format!("{own}: not in any layer (add it to LAYERS)"));
             continue;
         };
-        let mut deps = BTreeSet::new();
-        for target in crate_paths(&std::fs::read_to_string(path).unwrap()) {
-            let Some(r) = rank(&target[0]) else { continue };
+        for target in crate_paths(&code_of(text)) {
+            let Some(r) = rank(&target) else { continue };
             if r > own_rank {
-                problems.push(format!(
-                    "{own} imports crate::{}, a higher layer",
-                    target[0]
-                ));
-            } else if r == own_rank && target[0] != parts[0] && r > 0 {
-                problems.push(format!("{own} imports its sibling crate::{}", target[0]));
+                problems.push(format!("{own} imports crate::{target}, a higher layer"));
+            } else if r == own_rank && target != module[0] && r > 0 {
+                problems.push(format!("{own} imports its sibling crate::{target}"));
             }
-            let candidate = src.join(target.join("/"));
-            let is_file =
-                candidate.with_extension("rs").is_file() || candidate.join("mod.rs").is_file();
-            deps.insert(if is_file {
-                target.join("::")
-            } else {
-                target[0].clone()
-            });
         }
-        deps.remove(&own);
+        // A file may use its parent module's items and the parent its children's (one module,
+        // split into files); any other pair of files must not import each other in a cycle.
+        let deps: BTreeSet<String> = uses[module]
+            .iter()
+            .filter_map(|p| resolve(p, &files, &reexports, 0))
+            .filter(|d| {
+                d != module && d[..] != module[..module.len() - 1] && d[..d.len() - 1] != module[..]
+            })
+            .map(|d| d.join("::"))
+            .collect();
         edges.insert(own, deps);
     }
     problems.extend(cycles(&edges));
@@ -129,6 +245,17 @@ fn the_module_tree_keeps_its_layers_without_cycles() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// The top-level modules a file's code names as `crate::x`.
+fn crate_paths(code: &str) -> Vec<String> {
+    code.match_indices("crate::")
+        .map(|(i, _)| {
+            let rest = &code[i + "crate::".len()..];
+            rest[..ident_len(rest)].to_string()
+        })
+        .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect()
 }
 
 /// The import cycles between files (Tarjan's strongly connected components of two or more).

@@ -205,7 +205,11 @@ fn pruned_weights_stay_zero_through_fine_tuning_and_inspect_counts_them() {
     let mut train = crate::train::quick_spec();
     train.epochs = 1;
     let run = s.dir.path().join("run");
-    surgery::train::finetune::finetune(&path, &s.data, &train, &run, Default::default()).unwrap();
+    crate::util::finetune(
+        &path,
+        &crate::util::common(&s.data, &train, &run, Default::default()),
+    )
+    .unwrap();
     let tuned = Checkpoint::open(&run.join("last/model")).unwrap();
     let before = Checkpoint::open(&path).unwrap();
     for slot in LinearSlot::ALL {

@@ -9,7 +9,6 @@ use surgery::arch::{BertConfig, Key, Layout, NormPart};
 use surgery::data::labels::UnknownLabels;
 use surgery::io::Checkpoint;
 use surgery::model::generate::random_checkpoint;
-use surgery::train::finetune::finetune;
 use surgery::train::run_dir::Resume;
 use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
 
@@ -106,7 +105,11 @@ fn finetuning_learns_and_writes_the_run_folder() {
     let out = s.dir.path().join("run");
     let mut spec = quick_spec();
     spec.epochs = 3;
-    let outcome = finetune(&s.model, &s.data, &spec, &out, RunOptions::default()).unwrap();
+    let outcome = crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &out, RunOptions::default()),
+    )
+    .unwrap();
     assert!(outcome.best_dev_f1 > 0.5, "dev F1 {}", outcome.best_dev_f1);
     assert!(outcome.test.unwrap().f1() > 0.4);
     for file in [
@@ -142,15 +145,27 @@ fn a_seed_makes_training_repeatable() {
     spec.epochs = 1;
     let a = s.dir.path().join("a");
     let b = s.dir.path().join("b");
-    finetune(&s.model, &s.data, &spec, &a, RunOptions::default()).unwrap();
-    finetune(&s.model, &s.data, &spec, &b, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &a, RunOptions::default()),
+    )
+    .unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &b, RunOptions::default()),
+    )
+    .unwrap();
     assert_same_weights(
         &weights(&a.join("last/model")),
         &weights(&b.join("last/model")),
     );
     spec.seed += 1;
     let c = s.dir.path().join("c");
-    finetune(&s.model, &s.data, &spec, &c, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &c, RunOptions::default()),
+    )
+    .unwrap();
     let (x, y) = (
         weights(&a.join("last/model")),
         weights(&c.join("last/model")),
@@ -169,23 +184,33 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let s = setup(96);
     let spec = quick_spec(); // 2 epochs of 6 batches = 12 steps
     let full = s.dir.path().join("full");
-    finetune(&s.model, &s.data, &spec, &full, RunOptions::default()).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &full, RunOptions::default()),
+    )
+    .unwrap();
     let cut = s.dir.path().join("cut");
     let stopped = RunOptions {
         stop_after: Some(7),
         ..Default::default()
     };
-    let partial = finetune(&s.model, &s.data, &spec, &cut, stopped).unwrap();
-    assert_eq!(partial.steps, 7);
-    let resumed = finetune(
+    let partial = crate::util::finetune(
         &s.model,
-        &s.data,
-        &spec,
-        &cut,
-        RunOptions {
-            resume: Resume::Required,
-            ..Default::default()
-        },
+        &crate::util::common(&s.data, &spec, &cut, stopped),
+    )
+    .unwrap();
+    assert_eq!(partial.steps, 7);
+    let resumed = crate::util::finetune(
+        &s.model,
+        &crate::util::common(
+            &s.data,
+            &spec,
+            &cut,
+            RunOptions {
+                resume: Resume::Required,
+                ..Default::default()
+            },
+        ),
     )
     .unwrap();
     assert_eq!(resumed.steps, 12);
@@ -196,20 +221,26 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     // A different spec is refused on resume.
     let mut other = spec.clone();
     other.lr *= 2.0;
-    let err = finetune(
+    let err = crate::util::finetune(
         &s.model,
-        &s.data,
-        &other,
-        &cut,
-        RunOptions {
-            resume: Resume::Required,
-            ..Default::default()
-        },
+        &crate::util::common(
+            &s.data,
+            &other,
+            &cut,
+            RunOptions {
+                resume: Resume::Required,
+                ..Default::default()
+            },
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().contains("other hyper-parameters"), "{err}");
     // An existing run folder is not overwritten without --force.
-    let err = finetune(&s.model, &s.data, &spec, &cut, RunOptions::default()).unwrap_err();
+    let err = crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &cut, RunOptions::default()),
+    )
+    .unwrap_err();
     assert!(matches!(err, surgery::Error::OutputExists { .. }));
 }
 
@@ -249,12 +280,14 @@ fn a_nan_loss_stops_the_run_with_a_clear_message() {
     let ckpt = overflowing_model(&s);
     let broken = s.dir.path().join("broken");
     ckpt.save(&broken, false, vec![]).unwrap();
-    let err = finetune(
+    let err = crate::util::finetune(
         &broken,
-        &s.data,
-        &quick_spec(),
-        &s.dir.path().join("run"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &quick_spec(),
+            &s.dir.path().join("run"),
+            RunOptions::default(),
+        ),
     )
     .unwrap_err();
     let msg = err.to_string();
@@ -283,23 +316,27 @@ fn a_classifier_with_other_labels_is_refused_unless_reinitialised() {
     ckpt.save(&other, false, vec![]).unwrap();
     let mut spec = quick_spec();
     spec.max_steps = 2;
-    let err = finetune(
+    let err = crate::util::finetune(
         &other,
-        &s.data,
-        &spec,
-        &s.dir.path().join("r1"),
-        RunOptions::default(),
+        &crate::util::common(
+            &s.data,
+            &spec,
+            &s.dir.path().join("r1"),
+            RunOptions::default(),
+        ),
     )
     .unwrap_err();
     assert!(err.to_string().contains("--reinit-classifier"), "{err}");
     let mut data = s.data.clone();
     data.reinit_classifier = true;
-    finetune(
+    crate::util::finetune(
         &other,
-        &data,
-        &spec,
-        &s.dir.path().join("r2"),
-        RunOptions::default(),
+        &crate::util::common(
+            &data,
+            &spec,
+            &s.dir.path().join("r2"),
+            RunOptions::default(),
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -470,7 +507,11 @@ fn tensorboard_events_mirror_the_metric_lines() {
         tensorboard: true,
         ..Default::default()
     };
-    finetune(&s.model, &s.data, &spec, &out, options).unwrap();
+    crate::util::finetune(
+        &s.model,
+        &crate::util::common(&s.data, &spec, &out, options),
+    )
+    .unwrap();
     let files: Vec<_> = std::fs::read_dir(out.join("tensorboard"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -510,8 +551,16 @@ fn label_smoothing_mixes_the_gold_and_the_uniform_cross_entropy() {
     use surgery::train::label_smoothing::LabelSmoothing;
     use surgery::train::objective::Objective;
     let s = setup(16);
-    let prepared =
-        surgery::train::inputs::finetune_inputs(&s.model, &s.data, &quick_spec()).unwrap();
+    let prepared = surgery::train::inputs::finetune_inputs(
+        &s.model,
+        &crate::util::common(
+            &s.data,
+            &quick_spec(),
+            &s.dir.path().join("unused"),
+            Default::default(),
+        ),
+    )
+    .unwrap();
     let model = surgery::eval::infer::load_model(&prepared.ckpt, &Device::Cpu).unwrap();
     let examples: Vec<_> = prepared.train.examples.iter().take(4).collect();
     let batch =
@@ -663,12 +712,9 @@ fn every_registered_training_command_trains_resumes_and_is_a_recipe_kind() {
     let root = s.dir.path();
     let mut spec = quick_spec();
     spec.max_steps = 2;
-    finetune(
+    crate::util::finetune(
         &s.model,
-        &s.data,
-        &spec,
-        &root.join("teacher"),
-        Default::default(),
+        &crate::util::common(&s.data, &spec, &root.join("teacher"), Default::default()),
     )
     .unwrap();
     let teacher = root.join("teacher/best").display().to_string();
@@ -764,10 +810,7 @@ fn focal_loss_training_learns_and_records_gamma() {
     let mut focal = surgery::train::focal::Focal::new(2.0).unwrap();
     let outcome = surgery::train::finetune::supervised(
         &s.model,
-        &s.data,
-        &spec,
-        &out,
-        RunOptions::default(),
+        &crate::util::common(&s.data, &spec, &out, RunOptions::default()),
         &mut focal,
     )
     .unwrap();

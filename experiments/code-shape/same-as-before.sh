@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the quickstart recipe (fine-tune, cut, recover, eval, budget; then a resume), every cut and
 # every training command with two `surgery` binaries, and compares the tensors and metrics they
-# write. Usage: same-as-before.sh OLD_BINARY NEW_BINARY WORKDIR
+# write and the recipe's `--dry-run` output. Usage: same-as-before.sh OLD_BINARY NEW_BINARY WORKDIR
 set -euo pipefail
 old=$1 new=$2 work=$3
 rm -rf "$work"; mkdir -p "$work"
@@ -27,6 +27,7 @@ for who in old new; do
   "$bin" train gates "$t" --target-heads 4 --out "$d/train-gates" "${common[@]}" > /dev/null
   "$bin" train focal "$t" --out "$d/train-focal" "${common[@]}" > /dev/null
   "$bin" eval "$t" --data "$data/test.txt" --json > "$d.eval.json"
+  "$bin" run "$d/qs/quickstart.toml" --set dir="$d/qs" --runs "$d/qs" --dry-run | sed "s#$d#DIR#g" > "$d.dry-run.txt"
 done
 python3 - "$work" <<'PY'
 import json, sys, pathlib
@@ -49,5 +50,8 @@ for f in sorted((work / "old").rglob("metrics.jsonl")):
 e = [json.load(open(work / f"{w}.eval.json")) for w in ("old", "new")]
 ok = e[0]["f1"] == e[1]["f1"] and e[0]["report"] == e[1]["report"]
 same += ok; differ += not ok
+ok = open(work / "old.dry-run.txt").read() == open(work / "new.dry-run.txt").read()
+same += ok; differ += not ok
+if not ok: print("DIFFERENT --dry-run output")
 print(f"{same} files identical, {differ} different")
 PY

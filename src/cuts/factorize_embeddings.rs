@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
+use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, EmbeddingKind, Key};
 use crate::cuts::linalg::{to_mat, to_tensor, truncated_svd};

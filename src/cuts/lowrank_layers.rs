@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use faer::{Mat, Par};
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
+use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};

@@ -6,8 +6,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::obs::magnitude;
-use super::registry::Surgery;
 use super::sparsegpt::{parse_pattern, sparse_arch};
+use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearPart, LinearSlot};
 use crate::error::Result;

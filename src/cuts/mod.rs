@@ -1,6 +1,8 @@
-//! Surgeries: each is a pure function `apply(&Checkpoint, &Spec) -> Outcome` in its own file (no
-//! file I/O) with a tensor-free `plan`; the outcome carries the new checkpoint, the history entry
-//! and a short report. [`registry`] lists them all.
+//! Surgeries: each is a function `apply(&Checkpoint, &Spec) -> Outcome` in its own file with a
+//! tensor-free `plan`; the outcome carries the new checkpoint, the history entry and a short
+//! report. A surgery writes no file; the files it reads are named in its options (calibration
+//! data through [`calibrate`], `remove-heads`' gates file and data, `prune-vocab`'s corpus).
+//! [`registry`] lists them all.
 
 pub mod calibrate;
 pub mod drop_layers;
@@ -12,13 +14,13 @@ pub mod obs;
 pub mod prune_neurons;
 pub mod prune_structured;
 pub mod prune_vocab;
-pub mod reconstruct;
+pub(crate) mod reconstruct;
 pub mod registry;
 pub mod remove_heads;
 pub mod sparsegpt;
 pub mod tie_layers;
 pub mod unit_scores;
-pub mod units;
+pub(crate) mod units;
 
 use std::path::Path;
 
@@ -29,6 +31,29 @@ use crate::arch::{Arch, HistoryEntry, Key};
 use crate::budget::Budget;
 use crate::error::Result;
 use crate::io::Checkpoint;
+
+/// A checkpoint-to-checkpoint cut.
+pub trait Surgery: clap::Args + serde::Serialize {
+    /// The command name; also the recipe kind and the `op` of the history entry.
+    const NAME: &'static str;
+    /// One line of help.
+    const ABOUT: &'static str;
+    /// Options that make a valid example on the tiny test models (`{calib}` stands for a small
+    /// CoNLL file); the registry's test runs every surgery with them.
+    const EXAMPLE: &'static [&'static str];
+
+    /// The files the cut reads besides the checkpoint (calibration data, gates, corpora): the
+    /// output must not overlap them either.
+    fn reads(&self) -> Vec<&Path> {
+        vec![]
+    }
+
+    /// The structure after the cut, from the structure alone (no tensor is read).
+    fn plan(&self, arch: &Arch) -> Result<Planned>;
+
+    /// The cut itself: a new checkpoint, its history entry and a report (no file is written).
+    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome>;
+}
 
 /// What a surgery does to the structure, worked out without reading a tensor (for
 /// `surgery run --dry-run`).

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
 use super::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
 use super::units::{arch_with_counts, cut, is_vanilla, Keep};
+use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::Arch;
 use crate::budget::flops::neuron_cost;

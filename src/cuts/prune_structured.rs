@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::prune_neurons::describe_cut;
 use super::reconstruct::{heldout_errors, reconstruct};
-use super::registry::Surgery;
 use super::unit_scores::{fisher, require_classifier, UnitScores};
 use super::units::{cut, Keep};
+use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::Arch;
 use crate::budget::flops::{head_cost, neuron_cost, Flops, UnitCost, DEFAULT_SEQ_LEN};

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
+use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, Positions};
 use crate::data::tokenize::WordTokenizer;

@@ -1,4 +1,4 @@
-//! The one list of surgeries. Each surgery implements [`Surgery`] in its own file (its name,
+//! The one list of surgeries. Each surgery implements [`Surgery`] (in `cuts/mod.rs`) in its own file (its name,
 //! help, options, a tensor-free `plan` and the `apply` that cuts); the list below turns them into
 //! the CLI's subcommands, the recipe kinds and the plan/apply agreement test. Adding a surgery is
 //! its file plus one line here.
@@ -9,30 +9,7 @@ use crate::arch::Arch;
 use crate::error::Result;
 use crate::io::Checkpoint;
 
-use super::{Outcome, Planned};
-
-/// A checkpoint-to-checkpoint cut.
-pub trait Surgery: clap::Args + serde::Serialize {
-    /// The command name; also the recipe kind and the `op` of the history entry.
-    const NAME: &'static str;
-    /// One line of help.
-    const ABOUT: &'static str;
-    /// Options that make a valid example on the tiny test models (`{calib}` stands for a small
-    /// CoNLL file); the registry's test runs every surgery with them.
-    const EXAMPLE: &'static [&'static str];
-
-    /// The files the cut reads besides the checkpoint (calibration data, gates, corpora): the
-    /// output must not overlap them either.
-    fn reads(&self) -> Vec<&Path> {
-        vec![]
-    }
-
-    /// The structure after the cut, from the structure alone (no tensor is read).
-    fn plan(&self, arch: &Arch) -> Result<Planned>;
-
-    /// The cut itself: a new checkpoint, its history entry and a report (no file is written).
-    fn apply(&self, ckpt: &Checkpoint) -> Result<Outcome>;
-}
+use super::{Outcome, Planned, Surgery};
 
 /// What every surgery command reads and writes.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
+use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::data::tokenize::WordTokenizer;

@@ -13,7 +13,7 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 use super::obs::{magnitude, sparsegpt, Pattern, Solver};
-use super::registry::Surgery;
+use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
 use crate::cuts::calibrate::Input;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::Surgery;
+use super::Surgery;
 use super::{cpu, move_to_layer, Outcome, Planned};
 use crate::arch::Arch;
 use crate::error::{Error, Result};

@@ -33,6 +33,7 @@ pub fn bucket_batches(lengths: &[usize], batch_size: usize, rng: Option<&mut Rng
 }
 
 /// Random batches (no bucketing), for comparison with the usual training loops.
+#[cfg(test)]
 pub fn random_batches(lengths: &[usize], batch_size: usize, rng: &mut Rng) -> BatchPlan {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     rng.shuffle(&mut order);

@@ -3,7 +3,7 @@
 
 pub mod align;
 pub mod augment;
-pub mod batches;
+pub(crate) mod batches;
 pub mod labels;
 pub mod reader;
 pub mod synthetic;

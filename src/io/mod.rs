@@ -2,9 +2,9 @@
 
 pub mod artefacts;
 pub mod atomic;
-pub mod capacity;
+pub(crate) mod capacity;
 pub mod checkpoint;
-pub mod hf_code;
+pub(crate) mod hf_code;
 pub mod lock;
 pub mod output;
 pub mod store;

@@ -9,9 +9,10 @@
 //! dispatching functions below with the run's [`Kernels`]; nothing above this layer knows which
 //! implementation ran.
 
+pub(crate) mod adamw;
 pub mod cpu;
 pub mod device;
-pub mod generic;
+pub(crate) mod generic;
 pub mod threads;
 
 use candle_core::{Device, Tensor};
@@ -246,6 +247,25 @@ pub fn self_attention(
             Ok(out.context)
         }
     }
+}
+
+/// Self-attention that also returns the probabilities [B, heads, L, L] (before dropout), for
+/// attention matching and head gates; `gate` [heads] multiplies each head's context. Written
+/// with per-head products in both implementations (the fused one computes the softmax with its
+/// own kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_with_probs(
+    k: Kernels,
+    q: &Tensor,
+    key: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: &KeyMask,
+    dropout: Option<Multipliers>,
+    gate: Option<&Tensor>,
+) -> candle_core::Result<generic::Attention> {
+    let fused_softmax = k == Kernels::Fused;
+    generic::attention(q, key, v, heads, &mask.bias, dropout, gate, fused_softmax)
 }
 
 /// A line for logs: the kernels, the precision and what runs the products.

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 
 use super::{dropout_mask, dropout_multipliers, Bert, LinearInputs, Mode, Params};
 use crate::arch::{Activation, Key, LinearKind, LinearPart, LinearSlot};
-use crate::kernels::{self, generic, Kernels, KeyMask, Multipliers, Precision};
+use crate::kernels::{self, Kernels, KeyMask, Multipliers, Precision};
 
 pub(super) struct Linear {
     /// Dense: [out, in]; low-rank: `down` [r, in] then `up` [out, r].
@@ -206,15 +206,15 @@ impl EncoderLayer {
                 kernels::self_attention(k, &q, &key, &v, heads, ctx.mask, dropout(mode)?)?;
             (context, None)
         } else {
-            let out = generic::attention(
+            let out = kernels::self_attention_with_probs(
+                k,
                 &q,
                 &key,
                 &v,
                 heads,
-                &ctx.mask.bias,
+                ctx.mask,
                 dropout(mode)?,
                 ctx.gate,
-                k == Kernels::Fused,
             )?;
             (out.context, Some(out.probs))
         };

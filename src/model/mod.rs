@@ -6,7 +6,7 @@
 
 pub mod gates;
 pub mod generate;
-pub mod layer;
+pub(crate) mod layer;
 pub mod loss;
 pub mod params;
 pub mod student;

@@ -22,9 +22,10 @@ use crate::kernels::{device, Compute, Kernels};
 use crate::model::generate::{attach_classifier, random_checkpoint};
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
-use crate::train::finetune::finetune;
+use crate::train::command::{CommonArgs, TrainingCommand};
+use crate::train::finetune::FinetuneArgs;
 use crate::train::schedule::Decay;
-use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
+use crate::train::spec::{DataSpec, TrainSpec};
 
 /// The largest relative differences accepted (of the reference's largest magnitude).
 pub const LOGITS_TOLERANCE: f64 = 1e-4;
@@ -329,11 +330,9 @@ fn fine_tune(
         max_train_sentences: None,
         precision: Default::default(),
     };
-    let options = RunOptions {
-        compute,
-        ..Default::default()
-    };
-    finetune(model, &data.spec, &spec, out, options)?;
+    let mut common = CommonArgs::new(out, data.spec.clone(), spec);
+    common.run.compute = compute;
+    FinetuneArgs::new(model).train(&common)?;
     let metrics = crate::io::artefacts::read_metrics(&out.join("metrics.jsonl"))?;
     Ok(metrics
         .iter()

@@ -4,12 +4,12 @@
 pub mod compress;
 pub mod device_check;
 pub mod dry_run;
-pub mod plot;
-pub mod provenance;
+pub(crate) mod plot;
+pub(crate) mod provenance;
 pub mod quickstart;
 pub mod recipe;
 pub mod report;
 pub mod runner;
 pub mod seeds;
 pub mod step;
-pub mod step_check;
+pub(crate) mod step_check;

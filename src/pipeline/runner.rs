@@ -65,15 +65,6 @@ pub enum Outcome {
     },
 }
 
-/// Options the runner fills in, or that name files a step writes (not checked for existence).
-pub(crate) const WRITTEN: [&str; 5] = [
-    "out",
-    "output",
-    "save-json",
-    "write-predictions",
-    "cache-teacher",
-];
-
 /// A checked recipe: every step's command line parsed, every file it names present.
 pub struct Plan {
     pub recipe: Recipe,
@@ -298,7 +289,8 @@ fn read_paths(step: &Step) -> Vec<(String, String)> {
         out.push(("input".to_string(), t.clone()));
     }
     for option in &step.options {
-        if WRITTEN.contains(&option.key.as_str()) || !is_path_option(step, &option.key) {
+        if step_check::WRITTEN.contains(&option.key.as_str()) || !is_path_option(step, &option.key)
+        {
             continue;
         }
         for v in &option.values {

@@ -17,6 +17,15 @@ use crate::io::artefacts::{FileStamp, FolderListing, StepFiles};
 use crate::pipeline::recipe::{Arg, Step};
 use crate::util::hash::file_crc64;
 
+/// Options the runner fills in, or that name files a step writes (not checked for existence).
+pub const WRITTEN: [&str; 5] = [
+    "out",
+    "output",
+    "save-json",
+    "write-predictions",
+    "cache-teacher",
+];
+
 /// Files in a step's folder that say how the step was made, not what it is: rewritten by the
 /// runner after the step, so neither read nor compared.
 const PROVENANCE: [&str; 3] = ["step.json", "recipe-step.toml", "README.md"];
@@ -34,7 +43,7 @@ pub fn input_paths(
 ) -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from(resolve(&step.input))];
     for option in &step.options {
-        if super::runner::WRITTEN.contains(&option.key.as_str()) || !is_path(&option.key) {
+        if WRITTEN.contains(&option.key.as_str()) || !is_path(&option.key) {
             continue;
         }
         paths.extend(option.values.iter().map(|v| PathBuf::from(resolve(v))));

@@ -2,7 +2,7 @@
 //! implements [`TrainingCommand`] in its own file; [`crate::train::registry`] lists them.
 
 use crate::error::Result;
-use crate::train::spec::{DataSpec, RunArgs, TrainSpec};
+pub use crate::train::spec::CommonArgs;
 use crate::train::trainer::TrainOutcome;
 
 /// A `train` subcommand: the objective's options (its input checkpoint first) and how it
@@ -21,16 +21,4 @@ pub trait TrainingCommand: clap::Args {
 
     /// Reads the inputs, builds the objective and trains it in `common.run.out`.
     fn train(&self, common: &CommonArgs) -> Result<TrainOutcome>;
-}
-
-/// What every training command takes besides its objective's options: the run folder, the
-/// data and the hyper-parameters.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CommonArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub data: DataSpec,
-    #[command(flatten)]
-    pub spec: TrainSpec,
 }

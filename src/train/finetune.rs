@@ -14,8 +14,8 @@ use crate::train::command::{CommonArgs, TrainingCommand};
 use crate::train::inputs::finetune_inputs;
 use crate::train::label_smoothing::LabelSmoothing;
 use crate::train::objective::Objective;
-use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
-use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
+use crate::train::setup;
+use crate::train::trainer::TrainOutcome;
 
 /// Cross-entropy on the aligned labels.
 pub struct CrossEntropy;
@@ -47,6 +47,16 @@ pub struct FinetuneArgs {
     pub label_smoothing: f64,
 }
 
+impl FinetuneArgs {
+    /// Plain cross-entropy from `checkpoint`.
+    pub fn new(checkpoint: impl Into<PathBuf>) -> Self {
+        FinetuneArgs {
+            checkpoint: checkpoint.into(),
+            label_smoothing: 0.0,
+        }
+    }
+}
+
 impl TrainingCommand for FinetuneArgs {
     const NAME: &'static str = "train finetune";
     const ABOUT: &'static str =
@@ -57,59 +67,26 @@ impl TrainingCommand for FinetuneArgs {
         // ε = 0 keeps plain cross-entropy, whose spec hash records no objective settings.
         if self.label_smoothing != 0.0 {
             let mut objective = LabelSmoothing::new(self.label_smoothing)?;
-            return train_supervised(&self.checkpoint, common, &mut objective);
+            return supervised(&self.checkpoint, common, &mut objective);
         }
-        train_supervised(&self.checkpoint, common, &mut CrossEntropy)
+        supervised(&self.checkpoint, common, &mut CrossEntropy)
     }
 }
 
-/// `train finetune`: reads data, prepares the checkpoint and runs the loop with cross-entropy.
-pub fn finetune(
-    input: &Path,
-    data: &DataSpec,
-    spec: &TrainSpec,
-    out: &Path,
-    options: RunOptions,
-) -> Result<TrainOutcome> {
-    supervised(input, data, spec, out, options, &mut CrossEntropy)
-}
-
-/// [`supervised`] with a command's common options.
-pub fn train_supervised(
+/// Supervised training of the checkpoint `input` on the aligned labels, with any objective that
+/// needs only them (the run every supervised command shares).
+pub fn supervised(
     input: &Path,
     common: &CommonArgs,
     objective: &mut dyn Objective,
 ) -> Result<TrainOutcome> {
-    let options = common.run.options();
-    let (data, spec) = (&common.data, &common.spec);
-    supervised(input, data, spec, &common.run.out, options, objective)
-}
-
-/// Supervised training on the aligned labels with any objective that needs only them.
-pub fn supervised(
-    input: &Path,
-    data: &DataSpec,
-    spec: &TrainSpec,
-    out: &Path,
-    options: RunOptions,
-    objective: &mut dyn Objective,
-) -> Result<TrainOutcome> {
-    let mut read = data.paths();
-    read.push(input);
-    let (device, kernels) = options.compute.open()?;
-    let run = options.open(out, &read)?;
-    let prepared = finetune_inputs(input, data, spec)?;
+    let open = setup::open(common, &[input])?;
+    let prepared = finetune_inputs(input, common)?;
     let provenance = serde_json::json!({
         "input": input,
-        "data": data,
+        "data": common.data,
         "files": prepared.files,
     });
-    let inputs = LoopInputs {
-        prepared,
-        spec: spec.clone(),
-        device,
-        kernels,
-        provenance,
-    };
-    fit(inputs, objective, run, options.stop_after)
+    open.ready(prepared, common)?
+        .fit(common, provenance, objective)
 }

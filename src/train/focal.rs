@@ -11,7 +11,7 @@ use crate::eval::BatchData;
 use crate::model::loss::scored_positions;
 use crate::model::{log_softmax, Bert, Mode, Outputs};
 use crate::train::command::{CommonArgs, TrainingCommand};
-use crate::train::finetune::train_supervised;
+use crate::train::finetune::supervised;
 use crate::train::objective::Objective;
 use crate::train::trainer::TrainOutcome;
 
@@ -33,7 +33,7 @@ impl TrainingCommand for FocalArgs {
 
     fn train(&self, common: &CommonArgs) -> Result<TrainOutcome> {
         let mut objective = Focal::new(self.gamma)?;
-        train_supervised(&self.checkpoint, common, &mut objective)
+        supervised(&self.checkpoint, common, &mut objective)
     }
 }
 

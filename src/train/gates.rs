@@ -24,8 +24,8 @@ use crate::train::inputs::{finetune_inputs, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
 use crate::train::run_dir::RunDir;
-use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
-use crate::train::trainer::{fit, LoopInputs, TrainOutcome};
+use crate::train::setup;
+use crate::train::trainer::TrainOutcome;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -68,17 +68,75 @@ impl TrainingCommand for GatesArgs {
     const EXAMPLE: &'static [&'static str] = &["--target-heads", "4"];
     const OUTPUTS: &'static [(&'static str, &'static str)] = &[("gates", "gates.json")];
 
-    fn train(&self, c: &CommonArgs) -> Result<TrainOutcome> {
-        let (data, spec, out) = (&c.data, &c.spec, &c.run.out);
-        train_gates(
-            &self.checkpoint,
-            data,
-            spec,
-            &self.gates,
-            out,
-            c.run.options(),
-        )
+    /// Fine-tuning with gates and the L0 penalty.
+    fn train(&self, common: &CommonArgs) -> Result<TrainOutcome> {
+        let (input, gates, spec) = (&self.checkpoint, &self.gates, &common.spec);
+        if gates.l0.is_some_and(|l| l < 0.0) {
+            return Err(Error::Spec("--l0 must be non-negative".into()));
+        }
+        let open = setup::open(common, &[input])?;
+        let prepared = finetune_inputs(input, common)?;
+        let head_gates = head_gates(input, &prepared, gates, &open.device)?;
+        let extra_params: Vec<OptParam> = head_gates
+            .log_alpha
+            .iter()
+            .enumerate()
+            .map(|(l, v)| {
+                OptParam::external(
+                    &format!("gates.log_alpha.{l}"),
+                    v.clone(),
+                    false,
+                    gates.gate_lr / spec.lr,
+                )
+            })
+            .collect();
+        let provenance = serde_json::json!({
+            "input": input, "data": common.data, "gates": gates, "files": prepared.files
+        });
+        // The saved checkpoints carry no gates: a test score of them would not be the gated
+        // model's. Remove the heads (`remove-heads --gates`), then evaluate.
+        let prepared = PreparedRun {
+            test: None,
+            ..prepared
+        };
+        let mut objective = GatedCrossEntropy {
+            gates: head_gates,
+            extra_params,
+            spec: gates.clone(),
+            lambda: gates.l0.unwrap_or(0.0),
+        };
+        open.ready(prepared, common)?
+            .fit(common, provenance, &mut objective)
     }
+}
+
+/// One gate per head of the prepared model, every one at `--gate-init`; refuses a model
+/// without heads and a target above their number.
+fn head_gates(
+    input: &Path,
+    prepared: &PreparedRun,
+    gates: &GateSpec,
+    device: &candle_core::Device,
+) -> Result<HeadGates> {
+    let arch = &prepared.ckpt.arch;
+    let heads: Vec<usize> = arch
+        .layer_map
+        .iter()
+        .map(|&s| arch.layers[s].num_heads)
+        .collect();
+    let total: usize = heads.iter().sum();
+    if total == 0 {
+        return Err(Error::Spec(format!(
+            "{}: the model has no attention heads to gate",
+            input.display()
+        )));
+    }
+    if gates.target_heads.is_some_and(|k| k > total) {
+        return Err(Error::Spec(format!(
+            "--target-heads exceeds the model's {total} heads"
+        )));
+    }
+    Ok(HeadGates::new(&heads, gates.gate_init, device)?)
 }
 
 /// Writes `gates.json` for `remove-heads --gates`.
@@ -101,78 +159,6 @@ pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
     crate::io::atomic::replace_file(path, |tmp| {
         std::fs::write(tmp, text.as_bytes()).map_err(|e| Error::io(tmp, e))
     })
-}
-
-/// `train gates`: fine-tuning with gates and the L0 penalty; returns the run's outcome.
-pub fn train_gates(
-    input: &Path,
-    data: &DataSpec,
-    spec: &TrainSpec,
-    gates: &GateSpec,
-    out: &Path,
-    options: RunOptions,
-) -> Result<TrainOutcome> {
-    if gates.l0.is_some_and(|l| l < 0.0) {
-        return Err(Error::Spec("--l0 must be non-negative".into()));
-    }
-    let mut read = data.paths();
-    read.push(input);
-    let (device, kernels) = options.compute.open()?;
-    let run = options.open(out, &read)?;
-    let prepared = finetune_inputs(input, data, spec)?;
-    let arch = &prepared.ckpt.arch;
-    let heads: Vec<usize> = arch
-        .layer_map
-        .iter()
-        .map(|&s| arch.layers[s].num_heads)
-        .collect();
-    let total: usize = heads.iter().sum();
-    if total == 0 {
-        return Err(Error::Spec(format!(
-            "{}: the model has no attention heads to gate",
-            input.display()
-        )));
-    }
-    if gates.target_heads.is_some_and(|k| k > total) {
-        return Err(Error::Spec(format!(
-            "--target-heads exceeds the model's {total} heads"
-        )));
-    }
-    let head_gates = HeadGates::new(&heads, gates.gate_init, &device)?;
-    let extra_params: Vec<OptParam> = head_gates
-        .log_alpha
-        .iter()
-        .enumerate()
-        .map(|(l, v)| {
-            OptParam::external(
-                &format!("gates.log_alpha.{l}"),
-                v.clone(),
-                false,
-                gates.gate_lr / spec.lr,
-            )
-        })
-        .collect();
-    let provenance =
-        serde_json::json!({"input": input, "data": data, "gates": gates, "files": prepared.files});
-    let inputs = LoopInputs {
-        // The saved checkpoints carry no gates: a test score of them would not be the gated
-        // model's. Remove the heads (`remove-heads --gates`), then evaluate.
-        prepared: PreparedRun {
-            test: None,
-            ..prepared
-        },
-        spec: spec.clone(),
-        device,
-        kernels,
-        provenance,
-    };
-    let mut objective = GatedCrossEntropy {
-        gates: head_gates,
-        extra_params,
-        spec: gates.clone(),
-        lambda: gates.l0.unwrap_or(0.0),
-    };
-    fit(inputs, &mut objective, run, options.stop_after)
 }
 
 /// Cross-entropy plus λ·E[open heads] over hard-concrete head gates.

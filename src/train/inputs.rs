@@ -10,6 +10,7 @@ use crate::data::{read_dataset, Dataset, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::Prepared;
 use crate::io::Checkpoint;
+use crate::train::spec::CommonArgs;
 use crate::train::spec::{DataSpec, TrainSpec};
 
 /// Checks the checkpoint's classifier against the training labels; attaches a new one if it has
@@ -54,13 +55,14 @@ pub struct PreparedRun {
 
 /// Reads the data (labels from the training file), opens the checkpoint (adding a classifier if
 /// needed) and tokenises every split.
-pub fn finetune_inputs(input: &Path, data: &DataSpec, spec: &TrainSpec) -> Result<PreparedRun> {
+pub fn finetune_inputs(input: &Path, common: &CommonArgs) -> Result<PreparedRun> {
+    let (data, spec) = (&common.data, &common.spec);
     spec.validate()?;
     let train = read_train(data, spec)?;
     let labels = LabelSet::discover(&train)?;
     let mut ckpt = Checkpoint::open(input)?;
     let labels = ensure_classifier(&mut ckpt, labels, data.reinit_classifier, spec.seed)?;
-    prepare(ckpt, labels, train, data, spec, &[])
+    prepare(train, (ckpt, labels), common, &[])
 }
 
 /// The training file as a run reads it: its first `--max-train-sentences` sentences.
@@ -72,17 +74,16 @@ pub fn read_train(data: &DataSpec, spec: &TrainSpec) -> Result<Dataset> {
     Ok(train)
 }
 
-/// Tokenises `train` and the dev and test files for `ckpt`, whose classifier has `labels`.
-/// Windows hold at most `--max-len` tokens, and no more than the positions of the model or of
-/// the `others` that read the same windows (e.g. a teacher).
+/// Tokenises `train` and the dev and test files for `model`, a checkpoint whose classifier has
+/// the labels beside it. Windows hold at most `--max-len` tokens, and no more than the
+/// positions of the model or of the `others` that read the same windows (e.g. a teacher).
 pub fn prepare(
-    ckpt: Checkpoint,
-    labels: LabelSet,
     train: Dataset,
-    data: &DataSpec,
-    spec: &TrainSpec,
+    (ckpt, labels): (Checkpoint, LabelSet),
+    common: &CommonArgs,
     others: &[(&'static str, usize)],
 ) -> Result<PreparedRun> {
+    let (data, spec) = (&common.data, &common.spec);
     let tokenizer = WordTokenizer::from_checkpoint(&ckpt)?;
     let mut limits = vec![("the model", ckpt.arch.max_positions)];
     limits.extend_from_slice(others);

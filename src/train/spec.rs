@@ -246,6 +246,19 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// A fresh run in `out` on the CPU: no resume, no force, no TensorBoard.
+    pub fn new(out: PathBuf) -> Self {
+        RunArgs {
+            out,
+            resume: false,
+            force: false,
+            stop_after: None,
+            tensorboard: false,
+            resume_if_present: false,
+            compute: Default::default(),
+        }
+    }
+
     pub fn options(&self) -> RunOptions {
         RunOptions {
             resume: match (self.resume, self.resume_if_present) {
@@ -257,6 +270,30 @@ impl RunArgs {
             stop_after: self.stop_after,
             tensorboard: self.tensorboard,
             compute: self.compute,
+        }
+    }
+}
+
+/// What every training command takes besides its objective's options: the run folder, the
+/// data and the hyper-parameters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub data: DataSpec,
+    #[command(flatten)]
+    pub spec: TrainSpec,
+}
+
+impl CommonArgs {
+    /// A fresh run in `out` on the CPU (no resume, no TensorBoard): what a Rust caller starts
+    /// from; the fields say the rest.
+    pub fn new(out: impl Into<PathBuf>, data: DataSpec, spec: TrainSpec) -> Self {
+        CommonArgs {
+            run: RunArgs::new(out.into()),
+            data,
+            spec,
         }
     }
 }

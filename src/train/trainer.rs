@@ -23,9 +23,9 @@ use crate::metrics::Matching;
 use crate::model::{dropouts_of, Bert, Mode, Params};
 use crate::train::inputs::PreparedRun;
 use crate::train::objective::Objective;
-use crate::train::optim::{AdamW, AdamWConfig, OptParam, StatePlacement};
+use crate::train::optim::{AdamW, AdamWConfig, OptParam};
 use crate::train::run_dir::{check_resumed_data, restore_optimizer, Progress, RunDir};
-use crate::train::schedule::learning_rate;
+use crate::train::schedule::LrSchedule;
 use crate::train::spec::TrainSpec;
 use crate::util::build_info;
 use crate::util::hash::fnv1a;
@@ -59,7 +59,8 @@ pub struct LoopInputs {
 }
 
 /// Trains with `objective` until the spec's steps are done (or `stop_after` steps, as if
-/// interrupted); the run folder is already open and locked.
+/// interrupted); the run folder is already open and locked, and the machine's resources checked
+/// ([`crate::train::setup::OpenRun::ready`]).
 pub fn fit(
     inputs: LoopInputs,
     objective: &mut dyn Objective,
@@ -103,7 +104,13 @@ impl Schedule {
 
     /// The learning rate of the update made at optimizer step `step` (0-based).
     fn lr(&self, spec: &TrainSpec, step: usize) -> f64 {
-        learning_rate(spec.lr, step, self.warmup, self.total_steps, spec.decay)
+        LrSchedule {
+            peak: spec.lr,
+            warmup: self.warmup,
+            total: self.total_steps,
+            decay: spec.decay,
+        }
+        .at(step)
     }
 }
 
@@ -260,7 +267,6 @@ impl<'o> Trainer<'o> {
         let mut record = Record::new(spec, &*objective)?;
         let (ckpt, progress, optimizer_state) = resume_or_start(&run, &inputs, &record.spec_hash)?;
         record.start_from(&ckpt, optimizer_state.is_some());
-        require_resources(&run, &ckpt.arch, spec, &inputs.device)?;
         let params = Params::from_checkpoint(&ckpt, &inputs.device)?;
         let model = objective.prepare(
             Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config))
@@ -724,13 +730,7 @@ fn optimizer(
         weight_decay: spec.weight_decay,
         ..Default::default()
     };
-    // The fused kernels keep the optimizer's state in RAM and update it in place; the generic
-    // ones keep it on the parameters' device.
-    let placement = match kernels {
-        Kernels::Fused => StatePlacement::Host,
-        Kernels::Generic => StatePlacement::Device,
-    };
-    let mut optimizer = AdamW::new(vars, adam, placement)?;
+    let mut optimizer = AdamW::new(vars, adam, kernels)?;
     if let Some(store) = state {
         restore_optimizer(&mut optimizer, store)?;
     }

@@ -2,9 +2,9 @@
 //! provenance, the CLI's exit statuses and the precision setting of matrix products.
 
 pub mod build_info;
-pub mod excerpt;
+pub(crate) mod excerpt;
 pub mod exit;
-pub mod hash;
+pub(crate) mod hash;
 pub mod options;
 pub mod precision;
 pub mod progress;

@@ -141,3 +141,62 @@ pub fn python_check(args: &[&str], required_by: &str, what: &str) -> bool {
     }
     ok
 }
+
+/// The common options of a training command: data, hyper-parameters, run folder and the run
+/// options a test sets (resume, stop, device).
+pub fn common(
+    data: &surgery::train::spec::DataSpec,
+    spec: &surgery::train::spec::TrainSpec,
+    out: &Path,
+    options: surgery::train::spec::RunOptions,
+) -> surgery::train::command::CommonArgs {
+    use surgery::train::run_dir::Resume;
+    let mut common = surgery::train::command::CommonArgs::new(out, data.clone(), spec.clone());
+    let run = &mut common.run;
+    run.resume = options.resume == Resume::Required;
+    run.resume_if_present = options.resume == Resume::IfPresent;
+    run.force = options.force;
+    run.stop_after = options.stop_after;
+    run.tensorboard = options.tensorboard;
+    run.compute = options.compute;
+    common
+}
+
+/// `train finetune` of `model` with `common`.
+pub fn finetune(
+    model: &Path,
+    common: &surgery::train::command::CommonArgs,
+) -> surgery::Result<surgery::train::trainer::TrainOutcome> {
+    use surgery::train::command::TrainingCommand;
+    surgery::train::finetune::FinetuneArgs::new(model).train(common)
+}
+
+/// `train distill` of `student` from `teacher` with `common`.
+pub fn distill(
+    student: &Path,
+    teacher: &Path,
+    spec: &surgery::train::distill::DistillSpec,
+    common: &surgery::train::command::CommonArgs,
+) -> surgery::Result<surgery::train::trainer::TrainOutcome> {
+    use surgery::train::command::TrainingCommand;
+    let args = surgery::train::distill::DistillArgs {
+        student: student.to_path_buf(),
+        teacher: teacher.to_path_buf(),
+        distill: spec.clone(),
+    };
+    args.train(common)
+}
+
+/// `train gates` of `model` with `common`.
+pub fn gates(
+    model: &Path,
+    spec: &surgery::train::gates::GateSpec,
+    common: &surgery::train::command::CommonArgs,
+) -> surgery::Result<surgery::train::trainer::TrainOutcome> {
+    use surgery::train::command::TrainingCommand;
+    let args = surgery::train::gates::GatesArgs {
+        checkpoint: model.to_path_buf(),
+        gates: spec.clone(),
+    };
+    args.train(common)
+}

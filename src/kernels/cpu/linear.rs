@@ -18,14 +18,6 @@ use crate::kernels::cpu::simd;
 
 pub use crate::util::precision::Precision;
 
-/// A line for logs: the precision and what runs its products on this machine.
-pub fn describe(precision: Precision) -> String {
-    match precision {
-        Precision::F32 => "f32".into(),
-        Precision::Bf16 => format!("bf16 linears ({})", Bf16Kernel::detect().describe()),
-    }
-}
-
 /// x · wᵀ (+ bias) for x [N, in], a weight w [out, in] and a bias [out], in the given precision.
 pub fn linear(
     x: &Tensor,

@@ -85,6 +85,8 @@ pub struct Matching {
 pub struct Models<'a> {
     pub student: &'a Checkpoint,
     pub teacher: &'a Checkpoint,
+    /// Student:teacher layer pairs the terms compare.
+    pub pairs: Vec<(usize, usize)>,
 }
 
 impl Models<'_> {
@@ -141,15 +143,15 @@ pub struct Teacher {
 }
 
 impl Matching {
-    /// The matching terms for `pairs`, or `None` when both weights are 0. Checks what the terms
-    /// need of the two models.
+    /// The matching terms for the models' layer pairs, or `None` when both weights are 0.
+    /// Checks what the terms need of the two models.
     pub fn new(
         models: &Models,
         teacher: Teacher,
         weights: Weights,
-        pairs: Vec<(usize, usize)>,
         seed: u64,
     ) -> Result<Option<Matching>> {
+        let pairs = models.pairs.clone();
         if weights.hidden <= 0.0 && weights.attention <= 0.0 {
             return Ok(None);
         }

@@ -5,10 +5,10 @@
 //! [`teacher_cache`]); optional hidden-state and attention matching run the teacher per batch
 //! ([`matching`]).
 
-pub mod matching;
-pub mod teacher_cache;
+pub(crate) mod matching;
+pub(crate) mod teacher_cache;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -19,19 +19,17 @@ use crate::data::{Dataset, Example, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::{BatchData, Prepared};
 use crate::io::Checkpoint;
-use crate::kernels::Kernels;
 use crate::model::loss::batch_cross_entropy;
 use crate::model::{log_softmax, Bert, Mode};
 use crate::train::command::{CommonArgs, TrainingCommand};
 use crate::train::inputs::{ensure_classifier, prepare, read_train, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
-use crate::train::run_dir::RunDir;
-use crate::train::spec::{DataSpec, RunOptions, TrainSpec};
-use crate::train::trainer::{fit, require_resources, LoopInputs, TrainOutcome};
+use crate::train::setup::{self, OpenRun};
+use crate::train::trainer::TrainOutcome;
 
 use matching::{layer_pairs, Matching, Models, Weights};
-use teacher_cache::{teacher_logits, CacheKey, Teacher, TeacherLogits};
+use teacher_cache::{CacheKey, TeacherLogits};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -117,17 +115,99 @@ impl TrainingCommand for DistillArgs {
     const ABOUT: &'static str = "Distill a teacher into a student (KL·τ² on softened logits + hard CE, optional hidden-state / attention matching)";
     const EXAMPLE: &'static [&'static str] = &["--teacher", "{teacher}", "--hidden-weight", "1"];
 
-    fn train(&self, c: &CommonArgs) -> Result<TrainOutcome> {
-        let (data, spec, out) = (&c.data, &c.spec, &c.run.out);
-        distill(
-            &self.student,
-            &self.teacher,
-            data,
+    /// Trains the student to match the teacher on the training data.
+    fn train(&self, common: &CommonArgs) -> Result<TrainOutcome> {
+        let (distill, spec) = (&self.distill, &common.spec);
+        distill.validate()?;
+        spec.validate()?;
+        let open = self.open(common)?;
+        let teacher_ckpt = Checkpoint::open(&self.teacher)?;
+        let inputs = DistillInputs::prepare(self, &teacher_ckpt, common)?;
+        let DistillInputs {
+            student,
+            teacher_tokenizer,
+            teacher_train,
+            augmented,
+            augment_seed,
+        } = inputs;
+        // Before the teacher's pass over the training set, not after it.
+        let ready = open.ready(student, common)?;
+        let device = ready.open.device.clone();
+        let teacher = Bert::load(&teacher_ckpt, &device)?.with_kernels(ready.open.kernels);
+        let teacher = matching::Teacher {
+            model: teacher,
+            pad_id: teacher_tokenizer.pad_id(),
+            train: teacher_train,
+        };
+        let (cached, hit, seconds) = self.teacher_logits(&teacher, &ready.prepared, common)?;
+        let layers = |c: &Checkpoint| c.arch.num_layers();
+        let student_ckpt = &ready.prepared.ckpt;
+        let (student_layers, teacher_layers) = (layers(student_ckpt), layers(&teacher_ckpt));
+        let pairs = layer_pairs(distill.layer_map.as_deref(), student_layers, teacher_layers)?;
+        let provenance = serde_json::json!({
+            "student": self.student, "teacher": self.teacher, "data": common.data,
+            "distill": distill, "files": ready.prepared.files,
+            "layer_pairs": pairs, "teacher_cache_hit": hit, "teacher_logits_seconds": seconds,
+            "augmented_sentences": augmented, "augment_seed": augment_seed,
+        });
+        let models = Models {
+            student: student_ckpt,
+            teacher: &teacher_ckpt,
+            pairs,
+        };
+        let matching = Matching::new(&models, teacher, distill.weights(), spec.seed)?;
+        let mut objective = Distillation::new(cached, distill, matching, &device);
+        ready.fit(common, provenance, &mut objective)
+    }
+}
+
+impl DistillArgs {
+    /// Opens the run (never inside what the run reads, nor the teacher cache inside an input).
+    fn open(&self, common: &CommonArgs) -> Result<OpenRun> {
+        let mut read = common.data.paths();
+        read.extend([self.student.as_path(), self.teacher.as_path()]);
+        if let Some(cache) = &self.distill.cache_teacher {
+            crate::io::output::check_not_inside(cache, &read)?;
+        }
+        let mut reads = vec![self.student.as_path(), self.teacher.as_path()];
+        reads.extend(self.distill.cache_teacher.as_deref());
+        setup::open(common, &reads)
+    }
+
+    /// The teacher's word logits over the (augmented) training set (from the cache when it has
+    /// them), whether the cache was hit, and the seconds they took.
+    fn teacher_logits(
+        &self,
+        teacher: &matching::Teacher,
+        student: &PreparedRun,
+        common: &CommonArgs,
+    ) -> Result<(TeacherLogits, bool, f64)> {
+        let (distill, spec) = (&self.distill, &common.spec);
+        let started = std::time::Instant::now();
+        let pass = teacher_cache::Teacher {
+            dir: &self.teacher,
+            model: &teacher.model,
+            train: &teacher.train,
+            pad_id: teacher.pad_id,
+        };
+        let key = CacheKey {
+            train: &common.data.train,
             spec,
-            &self.distill,
-            out,
-            c.run.options(),
-        )
+            max_len: student.max_len,
+            augment: &distill.augment,
+            augment_ratio: distill.augment_ratio,
+            augment_seed: distill.augment_seed.unwrap_or(spec.seed),
+        };
+        let cache = distill.cache_teacher.as_deref().map(|dir| (dir, &key));
+        let (logits, hit) = teacher_cache::teacher_logits(&pass, student.labels.len(), cache)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let how = if hit {
+            "loaded from the cache"
+        } else {
+            "computed"
+        };
+        eprintln!("teacher word logits: {how} in {seconds:.1} s");
+        Ok((logits, hit, seconds))
     }
 }
 
@@ -145,84 +225,6 @@ pub fn soft_loss(
     kl * (temperature * temperature)
 }
 
-/// `train distill`: trains `student` to match `teacher` on the training data.
-pub fn distill(
-    student_dir: &Path,
-    teacher_dir: &Path,
-    data: &DataSpec,
-    spec: &TrainSpec,
-    distill: &DistillSpec,
-    out: &Path,
-    options: RunOptions,
-) -> Result<TrainOutcome> {
-    distill.validate()?;
-    spec.validate()?;
-    let (run, device, kernels) = open_run(student_dir, teacher_dir, data, distill, out, options)?;
-    let teacher_ckpt = Checkpoint::open(teacher_dir)?;
-    let inputs = DistillInputs::prepare(student_dir, &teacher_ckpt, data, spec, distill)?;
-    // Before the teacher's pass over the training set, not after it.
-    require_resources(&run, &inputs.student.ckpt.arch, spec, &device)?;
-    let teacher = Bert::load(&teacher_ckpt, &device)?.with_kernels(kernels);
-    let (cached, hit, seconds) =
-        inputs.teacher_logits(teacher_dir, &teacher, data, spec, distill)?;
-    let layers = |c: &Checkpoint| c.arch.num_layers();
-    let (student_layers, teacher_layers) = (layers(&inputs.student.ckpt), layers(&teacher_ckpt));
-    let pairs = layer_pairs(distill.layer_map.as_deref(), student_layers, teacher_layers)?;
-    let provenance = serde_json::json!({
-        "student": student_dir, "teacher": teacher_dir, "data": data, "distill": distill,
-        "files": inputs.student.files,
-        "layer_pairs": pairs, "teacher_cache_hit": hit, "teacher_logits_seconds": seconds,
-        "augmented_sentences": inputs.augmented, "augment_seed": inputs.augment_seed,
-    });
-    let DistillInputs {
-        student,
-        teacher_tokenizer,
-        teacher_train,
-        ..
-    } = inputs;
-    let models = Models {
-        student: &student.ckpt,
-        teacher: &teacher_ckpt,
-    };
-    let teacher = matching::Teacher {
-        model: teacher,
-        pad_id: teacher_tokenizer.pad_id(),
-        train: teacher_train,
-    };
-    let matching = Matching::new(&models, teacher, distill.weights(), pairs, spec.seed)?;
-    let classes = student.labels.len();
-    let mut objective = Distillation::new(cached, classes, distill, matching, &device);
-    let inputs = LoopInputs {
-        prepared: student,
-        spec: spec.clone(),
-        device,
-        kernels,
-        provenance,
-    };
-    fit(inputs, &mut objective, run, options.stop_after)
-}
-
-/// Opens the run folder (never inside what the run reads, nor the teacher cache inside an
-/// input) and the device.
-fn open_run(
-    student_dir: &Path,
-    teacher_dir: &Path,
-    data: &DataSpec,
-    distill: &DistillSpec,
-    out: &Path,
-    options: RunOptions,
-) -> Result<(RunDir, Device, Kernels)> {
-    let mut read = data.paths();
-    read.extend([student_dir, teacher_dir]);
-    if let Some(cache) = &distill.cache_teacher {
-        crate::io::output::check_not_inside(cache, &read)?;
-    }
-    read.extend(distill.cache_teacher.as_deref());
-    let (device, kernels) = options.compute.open()?;
-    let run = options.open(out, &read)?;
-    Ok((run, device, kernels))
-}
-
 /// The student's inputs, prepared like any run's but with the teacher's labels, and the
 /// (augmented) training set in the teacher's tokenisation.
 struct DistillInputs {
@@ -234,13 +236,9 @@ struct DistillInputs {
 }
 
 impl DistillInputs {
-    fn prepare(
-        student_dir: &Path,
-        teacher: &Checkpoint,
-        data: &DataSpec,
-        spec: &TrainSpec,
-        distill: &DistillSpec,
-    ) -> Result<Self> {
+    fn prepare(args: &DistillArgs, teacher: &Checkpoint, common: &CommonArgs) -> Result<Self> {
+        let (student_dir, distill) = (&args.student, &args.distill);
+        let (data, spec) = (&common.data, &common.spec);
         let labels = LabelSet::new(teacher.require_labels()?)?;
         let mut train = read_train(data, spec)?;
         let augment_seed = distill.augment_seed.unwrap_or(spec.seed);
@@ -265,14 +263,7 @@ impl DistillInputs {
             }
         }
         let teacher_positions = [("the teacher", teacher.arch.max_positions)];
-        let student = prepare(
-            student,
-            labels,
-            train.clone(),
-            data,
-            spec,
-            &teacher_positions,
-        )?;
+        let student = prepare(train.clone(), (student, labels), common, &teacher_positions)?;
         let teacher_tokenizer = WordTokenizer::from_checkpoint(teacher)?;
         let teacher_train = student
             .splits(data, spec)
@@ -284,43 +275,6 @@ impl DistillInputs {
             augmented,
             augment_seed,
         })
-    }
-
-    /// The teacher's word logits (from the cache when it has them), whether the cache was hit,
-    /// and the seconds they took.
-    fn teacher_logits(
-        &self,
-        teacher_dir: &Path,
-        model: &Bert,
-        data: &DataSpec,
-        spec: &TrainSpec,
-        distill: &DistillSpec,
-    ) -> Result<(TeacherLogits, bool, f64)> {
-        let started = std::time::Instant::now();
-        let teacher = Teacher {
-            dir: teacher_dir,
-            model,
-            train: &self.teacher_train,
-            pad_id: self.teacher_tokenizer.pad_id(),
-        };
-        let key = CacheKey {
-            train: &data.train,
-            spec,
-            max_len: self.student.max_len,
-            augment: &distill.augment,
-            augment_ratio: distill.augment_ratio,
-            augment_seed: self.augment_seed,
-        };
-        let cache = distill.cache_teacher.as_deref().map(|dir| (dir, &key));
-        let (logits, hit) = teacher_logits(&teacher, self.student.labels.len(), cache)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let how = if hit {
-            "loaded from the cache"
-        } else {
-            "computed"
-        };
-        eprintln!("teacher word logits: {how} in {seconds:.1} s");
-        Ok((logits, hit, seconds))
     }
 }
 
@@ -360,14 +314,13 @@ struct Distillation {
 impl Distillation {
     fn new(
         cached: TeacherLogits,
-        classes: usize,
         distill: &DistillSpec,
         matching: Option<Matching>,
         device: &Device,
     ) -> Self {
         Distillation {
+            classes: cached.classes(),
             cached,
-            classes,
             temperature: distill.temperature,
             alpha: distill.alpha,
             weights: distill.weights(),

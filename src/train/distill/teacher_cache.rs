@@ -23,6 +23,13 @@ pub struct TeacherLogits {
     classes: usize,
 }
 
+impl TeacherLogits {
+    /// The number of classes of each word's logits.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
 /// Each sentence's first word in the flat list of words, and the number of words.
 fn word_offsets(words_per_sentence: impl IntoIterator<Item = usize>) -> (Vec<usize>, usize) {
     let mut offsets = vec![];

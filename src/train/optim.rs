@@ -1,20 +1,15 @@
 //! AdamW with decoupled weight decay, gradient accumulation, global-norm clipping and masks that
-//! keep pruned weights at zero. Two places for its state, one semantics:
-//! - on the host (RAM vectors updated in place by `kernels::cpu::adamw`): the fused CPU path;
-//! - on the parameters' device ([`device`]: tensors updated with standard candle ops), so a GPU
-//!   run never copies its state to the host inside a step.
-//!
-//! The moments of both are saved and restored alike (`last/state`), so a run may resume on
-//! another device.
+//! keep pruned weights at zero. Where its state lives and how an update runs belong to the run's
+//! kernels ([`crate::kernels::adamw`]); this module holds the hyper-parameters, the parameters'
+//! bookkeeping and the step count.
 
-pub mod device;
-
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{backprop::GradStore, Var};
 
 use crate::arch::{Key, LinearPart};
-use crate::error::{Error, Result};
-use crate::kernels::cpu::adamw::{self as host, AdamUpdate, HostMoments};
-use device::DeviceMoments;
+use crate::error::Result;
+pub use crate::kernels::adamw::GradNorm;
+use crate::kernels::adamw::{self as kernel, AdamUpdate, Moments, Slot};
+use crate::kernels::Kernels;
 
 /// Hyper-parameters of AdamW (PyTorch defaults except weight decay).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -34,15 +29,6 @@ impl Default for AdamWConfig {
             weight_decay: 0.01,
         }
     }
-}
-
-/// Where the optimizer keeps its moments and gradient buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatePlacement {
-    /// RAM vectors updated in place (parameters in RAM only).
-    Host,
-    /// Tensors on each parameter's device.
-    Device,
 }
 
 /// A parameter handed to the optimizer.
@@ -102,12 +88,6 @@ pub fn decays(key: Key) -> bool {
     )
 }
 
-/// A parameter's moments and gradient buffer, where the optimizer keeps them.
-pub enum Moments {
-    Host(HostMoments),
-    Device(DeviceMoments),
-}
-
 /// Per-parameter optimizer state.
 pub struct ParamState {
     pub name: String,
@@ -122,38 +102,12 @@ pub struct ParamState {
 impl ParamState {
     /// The first and second moments as host vectors (for saving `last/state`).
     pub fn moments_to_host(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        match &self.moments {
-            Moments::Host(h) => Ok((h.m.clone(), h.v.clone())),
-            Moments::Device(d) => d.to_host(),
-        }
+        self.moments.to_host()
     }
 
     /// Replaces the moments with saved ones (same length as the parameter).
     pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<()> {
-        match &mut self.moments {
-            Moments::Host(h) => {
-                h.m = m;
-                h.v = v;
-                Ok(())
-            }
-            Moments::Device(d) => d.set(m, v, self.var.as_tensor()),
-        }
-    }
-}
-
-/// The global gradient norm of an update: a host number, or a device scalar read only when
-/// the run logs it.
-pub enum GradNorm {
-    Host(f64),
-    Device(Tensor),
-}
-
-impl GradNorm {
-    pub fn value(&self) -> Result<f64> {
-        match self {
-            GradNorm::Host(n) => Ok(*n),
-            GradNorm::Device(t) => Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?),
-        }
+        self.moments.set(m, v, self.var.as_tensor())
     }
 }
 
@@ -162,15 +116,12 @@ pub struct AdamW {
     pub params: Vec<ParamState>,
     /// Number of optimizer steps taken.
     pub step: u64,
-    placement: StatePlacement,
+    /// Which implementation holds the state and runs the update.
+    kernels: Kernels,
 }
 
 impl AdamW {
-    pub fn new(
-        vars: Vec<OptParam>,
-        config: AdamWConfig,
-        placement: StatePlacement,
-    ) -> Result<Self> {
+    pub fn new(vars: Vec<OptParam>, config: AdamWConfig, kernels: Kernels) -> Result<Self> {
         let mut params = vec![];
         for OptParam {
             name,
@@ -181,19 +132,7 @@ impl AdamW {
             lr_scale,
         } in vars
         {
-            let moments = match placement {
-                StatePlacement::Host => {
-                    if !var.device().is_cpu() {
-                        return Err(Error::Internal(format!(
-                            "{name}: the in-place optimizer needs parameters in RAM"
-                        )));
-                    }
-                    Moments::Host(HostMoments::new(var.as_tensor(), keep_zeros)?)
-                }
-                StatePlacement::Device => {
-                    Moments::Device(DeviceMoments::new(var.as_tensor(), keep_zeros)?)
-                }
-            };
+            let moments = Moments::new(kernels, &name, var.as_tensor(), keep_zeros)?;
             params.push(ParamState {
                 name,
                 var,
@@ -207,63 +146,31 @@ impl AdamW {
             config,
             params,
             step: 0,
-            placement,
+            kernels,
         })
-    }
-
-    pub fn placement(&self) -> StatePlacement {
-        self.placement
     }
 
     /// Adds this backward pass's gradients to the buffers (gradient accumulation).
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         for p in &mut self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                match &mut p.moments {
-                    Moments::Host(h) => h.accumulate(g)?,
-                    Moments::Device(d) => d.accumulate(g)?,
-                }
+                p.moments.accumulate(g)?;
             }
         }
         Ok(())
     }
 
-    /// The global L2 norm of the accumulated gradients (host state only; tests and logs).
+    /// The global L2 norm of the accumulated gradients (tests and logs).
     pub fn grad_norm(&self) -> Result<f64> {
-        match self.device_norm()? {
-            Some(norm) => GradNorm::Device(norm).value(),
-            None => Ok(self.host_sum_of_squares().sqrt()),
-        }
+        let moments: Vec<&Moments> = self.params.iter().map(|p| &p.moments).collect();
+        kernel::grad_norm(self.kernels, &moments, &self.device())?.value()
     }
 
-    fn host_sum_of_squares(&self) -> f64 {
+    /// The parameters' device (the CPU for an optimizer without parameters).
+    fn device(&self) -> candle_core::Device {
         self.params
-            .iter()
-            .map(|p| match &p.moments {
-                Moments::Host(h) => h.grad_sum_of_squares(),
-                Moments::Device(_) => 0.0,
-            })
-            .sum()
-    }
-
-    /// √Σ g² over the device buffers as a device scalar (None with host state).
-    fn device_norm(&self) -> Result<Option<Tensor>> {
-        if self.placement == StatePlacement::Host {
-            return Ok(None);
-        }
-        let states: Vec<&DeviceMoments> = self
-            .params
-            .iter()
-            .filter_map(|p| match &p.moments {
-                Moments::Device(d) => Some(d),
-                Moments::Host(_) => None,
-            })
-            .collect();
-        let on = self
-            .params
             .first()
-            .map_or(candle_core::Device::Cpu, |p| p.var.device().clone());
-        Ok(Some(device::global_norm(&states, &on)?))
+            .map_or(candle_core::Device::Cpu, |p| p.var.device().clone())
     }
 
     /// One update with learning rate `lr`; gradients are divided by `scale_down` (accumulation
@@ -273,54 +180,33 @@ impl AdamW {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
-        let constants = |grad_scale: f32, lr_scale: f64, decay: bool| AdamUpdate {
-            lr: lr as f32 * lr_scale as f32,
-            beta1: c.beta1 as f32,
-            beta2: c.beta2 as f32,
-            eps: c.eps as f32,
-            grad_scale,
-            bias1: 1.0 - c.beta1.powi(t) as f32,
-            bias2: 1.0 - c.beta2.powi(t) as f32,
-            decay: if decay { c.weight_decay as f32 } else { 0.0 },
-        };
-        if let Some(norm) = self.device_norm()? {
-            let norm = (norm / scale_down)?;
-            let scale = device::clip_scale(&norm, max_norm, scale_down)?;
-            for p in &mut self.params {
-                if let Moments::Device(d) = &mut p.moments {
-                    d.update(&p.var, &scale, constants(1.0, p.lr_scale, p.decay))?;
-                }
-            }
-            return Ok(GradNorm::Device(norm));
-        }
-        let norm = self.host_sum_of_squares().sqrt() / scale_down;
-        let clip = if max_norm > 0.0 && norm > max_norm {
-            max_norm / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        let grad_scale = (clip / scale_down) as f32;
-        for p in &mut self.params {
-            if p.var.elem_count() == 0 {
-                // e.g. the query weight of a layer whose heads were all removed
-                continue;
-            }
-            if let Moments::Host(h) = &mut p.moments {
-                host::update(
-                    p.var.as_tensor(),
-                    h,
-                    constants(grad_scale, p.lr_scale, p.decay),
-                )?;
-            }
-        }
-        Ok(GradNorm::Host(norm))
+        let on = self.device();
+        let slots = self
+            .params
+            .iter_mut()
+            .map(|p| Slot {
+                var: &p.var,
+                update: AdamUpdate {
+                    lr: lr as f32 * p.lr_scale as f32,
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    grad_scale: 1.0,
+                    bias1: 1.0 - c.beta1.powi(t) as f32,
+                    bias2: 1.0 - c.beta2.powi(t) as f32,
+                    decay: if p.decay { c.weight_decay as f32 } else { 0.0 },
+                },
+                moments: &mut p.moments,
+            })
+            .collect();
+        kernel::step(self.kernels, slots, &on, (scale_down, max_norm))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     /// Reference AdamW (PyTorch's formulation) on plain numbers.
     fn reference(w0: f32, grads: &[f32], lr: f32, wd: f32) -> f32 {
@@ -338,11 +224,8 @@ mod tests {
         w
     }
 
-    fn host(p: &mut ParamState) -> &mut HostMoments {
-        match &mut p.moments {
-            Moments::Host(h) => h,
-            Moments::Device(_) => panic!("host state expected"),
-        }
+    fn set_grad(p: &mut ParamState, g: &[f32]) {
+        p.moments.set_grad(g, p.var.as_tensor()).unwrap();
     }
 
     #[test]
@@ -355,11 +238,10 @@ mod tests {
             var.clone(),
             true,
         );
-        let mut opt =
-            AdamW::new(vec![param], AdamWConfig::default(), StatePlacement::Host).unwrap();
+        let mut opt = AdamW::new(vec![param], AdamWConfig::default(), Kernels::Fused).unwrap();
         let grads = [[0.5f32, 1.0, -0.3], [0.1, 0.2, 0.4], [-0.7, 0.3, 0.2]];
         for g in &grads {
-            host(&mut opt.params[0]).grad.copy_from_slice(g);
+            set_grad(&mut opt.params[0], g);
             opt.step(1e-2, 1.0, 0.0).unwrap();
         }
         let w = var.as_tensor().to_vec1::<f32>().unwrap();
@@ -375,9 +257,8 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let var = Var::from_tensor(&Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
         let param = OptParam::model(Key::WordEmbeddings, crate::arch::Layout::Bare, var, false);
-        let mut opt =
-            AdamW::new(vec![param], AdamWConfig::default(), StatePlacement::Host).unwrap();
-        host(&mut opt.params[0]).grad.copy_from_slice(&[3.0, 4.0]);
+        let mut opt = AdamW::new(vec![param], AdamWConfig::default(), Kernels::Fused).unwrap();
+        set_grad(&mut opt.params[0], &[3.0, 4.0]);
         assert!((opt.grad_norm().unwrap() - 5.0).abs() < 1e-9);
         let norm = opt.step(1e-3, 2.0, 1.0).unwrap().value().unwrap();
         assert!((norm - 2.5).abs() < 1e-9);
@@ -441,12 +322,12 @@ mod tests {
     /// saving the moments after `save_at` updates and continuing in a fresh optimizer from
     /// them (as a resumed run does); returns every parameter's final values and the norms.
     fn train(
-        placement: StatePlacement,
+        kernels: Kernels,
         steps: usize,
         resume_at: Option<usize>,
     ) -> (Vec<Vec<f32>>, Vec<f64>) {
         let ps = params(3);
-        let mut opt = AdamW::new(ps.clone(), AdamWConfig::default(), placement).unwrap();
+        let mut opt = AdamW::new(ps.clone(), AdamWConfig::default(), kernels).unwrap();
         let mut norms = vec![];
         for step in 0..steps {
             if resume_at == Some(step) {
@@ -456,7 +337,7 @@ mod tests {
                     .map(|p| p.moments_to_host().unwrap())
                     .collect();
                 let at = opt.step;
-                opt = AdamW::new(ps.clone(), AdamWConfig::default(), placement).unwrap();
+                opt = AdamW::new(ps.clone(), AdamWConfig::default(), kernels).unwrap();
                 opt.step = at;
                 for (p, (m, v)) in opt.params.iter_mut().zip(saved) {
                     p.set_moments(m, v).unwrap();
@@ -478,8 +359,8 @@ mod tests {
     /// one: decay, no decay, kept zeros, an lr scale, an empty tensor, accumulation, clipping.
     #[test]
     fn device_state_updates_like_the_in_place_one() {
-        let (host, host_norms) = train(StatePlacement::Host, 6, None);
-        let (device, device_norms) = train(StatePlacement::Device, 6, None);
+        let (host, host_norms) = train(Kernels::Fused, 6, None);
+        let (device, device_norms) = train(Kernels::Generic, 6, None);
         assert!(
             host_norms.iter().any(|n| *n > MAX_NORM) && host_norms.iter().any(|n| *n < MAX_NORM),
             "steps with and without clipping: {host_norms:?}"
@@ -503,10 +384,10 @@ mod tests {
     /// exactly, for both placements.
     #[test]
     fn resuming_from_saved_moments_is_exact() {
-        for placement in [StatePlacement::Host, StatePlacement::Device] {
-            let (straight, _) = train(placement, 5, None);
-            let (resumed, _) = train(placement, 5, Some(3));
-            assert_eq!(straight, resumed, "{placement:?}");
+        for kernels in [Kernels::Fused, Kernels::Generic] {
+            let (straight, _) = train(kernels, 5, None);
+            let (resumed, _) = train(kernels, 5, Some(3));
+            assert_eq!(straight, resumed, "{kernels:?}");
         }
     }
 }

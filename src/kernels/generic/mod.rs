@@ -2,6 +2,8 @@
 //! run on any device. candle's own fused `layer_norm` and `softmax_last_dim` have no backward
 //! (their gradients vanish silently), so LayerNorm and softmax are written out here.
 
+pub(crate) mod adamw;
+
 use candle_core::{DType, Tensor, D};
 
 use super::Multipliers;

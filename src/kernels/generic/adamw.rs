@@ -1,6 +1,6 @@
 //! AdamW state as tensors on the parameters' device, updated with standard candle ops: the same
-//! arithmetic as the in-place host update (`kernels::cpu::adamw`), and the clipping factor
-//! computed on the device, so an update reads nothing back to the host.
+//! arithmetic as the in-place host update ([`crate::kernels::cpu::adamw`]), and the clipping
+//! factor computed on the device, so an update reads nothing back to the host.
 
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -39,6 +39,12 @@ impl DeviceMoments {
             None => g,
         });
         Ok(())
+    }
+
+    /// Replaces the accumulated gradient (tests of the update's arithmetic).
+    #[cfg(test)]
+    pub fn replace_grad(&mut self, g: Tensor) {
+        self.grad = Some(g);
     }
 
     fn grad_sum_of_squares(&self) -> Result<Option<Tensor>> {
