@@ -172,3 +172,166 @@ fn device_states<'a>(moments: &[&'a Moments]) -> Vec<&'a DeviceMoments> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::backprop::GradStore;
+
+    /// A parameter as the optimizer hands it over: its value and how it is updated.
+    struct Param {
+        var: Var,
+        decay: bool,
+        keep_zeros: bool,
+        lr_scale: f32,
+    }
+
+    /// Parameters of every kind an update treats differently: decayed, not decayed, with
+    /// pruned zeros, with their own lr scale, and empty.
+    fn params(seed: u64) -> Vec<Param> {
+        let mut rng = crate::util::rng::Rng::new(seed);
+        let mut t = |n: usize, zeros: bool| {
+            let v: Vec<f32> = (0..n)
+                .map(|i| {
+                    if zeros && i % 3 == 0 {
+                        0.0
+                    } else {
+                        rng.normal()
+                    }
+                })
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(v, n, &Device::Cpu).unwrap()).unwrap()
+        };
+        let p = |var: Var, decay: bool, keep_zeros: bool, lr_scale: f32| Param {
+            var,
+            decay,
+            keep_zeros,
+            lr_scale,
+        };
+        vec![
+            p(t(50, false), true, false, 1.0),
+            p(t(7, false), false, false, 1.0),
+            p(t(30, true), true, true, 1.0),
+            p(t(4, false), false, false, 50.0),
+            p(t(0, false), true, false, 1.0),
+        ]
+    }
+
+    /// Gradients for `params` from a loss that reaches each of them, differing per step.
+    fn backward(params: &[Param], step: usize) -> GradStore {
+        let mut loss: Option<Tensor> = None;
+        for (i, p) in params.iter().enumerate() {
+            let w = p.var.as_tensor();
+            let n = w.elem_count();
+            if n == 0 {
+                continue;
+            }
+            let probe: Vec<f32> = (0..n)
+                .map(|j| ((j * 7 + i * 3 + step * 5) % 11) as f32 - 5.0)
+                .collect();
+            let probe = Tensor::from_vec(probe, n, &Device::Cpu).unwrap();
+            let term = (w.sqr().unwrap() * probe).unwrap().sum_all().unwrap();
+            loss = Some(match loss {
+                Some(l) => (l + term).unwrap(),
+                None => term,
+            });
+        }
+        loss.unwrap().backward().unwrap()
+    }
+
+    /// Between the norms the test's steps reach (26.9 to 30.1), so some steps are clipped.
+    const MAX_NORM: f64 = 28.5;
+
+    /// Runs `steps` updates (two backward passes accumulated per update, clipped) with `k`,
+    /// optionally saving the moments after `resume_at` updates and continuing from fresh state
+    /// loaded with them (as a resumed run does); returns every parameter's values and the norms.
+    fn train(k: Kernels, steps: usize, resume_at: Option<usize>) -> (Vec<Vec<f32>>, Vec<f64>) {
+        let ps = params(3);
+        let fresh = || -> Vec<Moments> {
+            ps.iter()
+                .map(|p| Moments::new(k, "p", p.var.as_tensor(), p.keep_zeros).unwrap())
+                .collect()
+        };
+        let mut moments = fresh();
+        let mut norms = vec![];
+        for step in 0..steps {
+            if resume_at == Some(step) {
+                let saved: Vec<_> = moments.iter().map(|m| m.to_host().unwrap()).collect();
+                moments = fresh();
+                for ((m, (first, second)), p) in moments.iter_mut().zip(saved).zip(&ps) {
+                    m.set(first, second, p.var.as_tensor()).unwrap();
+                }
+            }
+            for pass in 0..2 {
+                let grads = backward(&ps, step * 2 + pass);
+                for (m, p) in moments.iter_mut().zip(&ps) {
+                    if let Some(g) = grads.get(p.var.as_tensor()) {
+                        m.accumulate(g).unwrap();
+                    }
+                }
+            }
+            let t = step as i32 + 1;
+            let slots = ps
+                .iter()
+                .zip(moments.iter_mut())
+                .map(|(p, m)| Slot {
+                    var: &p.var,
+                    moments: m,
+                    update: AdamUpdate {
+                        lr: 1e-2 * p.lr_scale,
+                        beta1: 0.9,
+                        beta2: 0.999,
+                        eps: 1e-8,
+                        grad_scale: 1.0,
+                        bias1: 1.0 - 0.9f64.powi(t) as f32,
+                        bias2: 1.0 - 0.999f64.powi(t) as f32,
+                        decay: if p.decay { 0.01 } else { 0.0 },
+                    },
+                })
+                .collect();
+            let norm = super::step(k, slots, &Device::Cpu, (2.0, MAX_NORM)).unwrap();
+            norms.push(norm.value().unwrap());
+        }
+        let values = ps
+            .iter()
+            .map(|p| p.var.as_tensor().to_vec1::<f32>().unwrap())
+            .collect();
+        (values, norms)
+    }
+
+    /// The device state (run here on the CPU device) takes the same steps as the in-place one:
+    /// decay, no decay, kept zeros, an lr scale, an empty tensor, accumulation, clipping.
+    #[test]
+    fn device_state_updates_like_the_in_place_one() {
+        let (host, host_norms) = train(Kernels::Fused, 6, None);
+        let (device, device_norms) = train(Kernels::Generic, 6, None);
+        assert!(
+            host_norms.iter().any(|n| *n > MAX_NORM) && host_norms.iter().any(|n| *n < MAX_NORM),
+            "steps with and without clipping: {host_norms:?}"
+        );
+        for (a, b) in host_norms.iter().zip(&device_norms) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        for (h, d) in host.iter().zip(&device) {
+            for (a, b) in h.iter().zip(d) {
+                assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        let sparse = &device[2];
+        assert!(
+            sparse.iter().step_by(3).all(|v| *v == 0.0),
+            "pruned zeros kept"
+        );
+    }
+
+    /// Saving the moments and continuing from them gives the uninterrupted run's values
+    /// exactly, for both implementations.
+    #[test]
+    fn resuming_from_saved_moments_is_exact() {
+        for k in [Kernels::Fused, Kernels::Generic] {
+            let (straight, _) = train(k, 5, None);
+            let (resumed, _) = train(k, 5, Some(3));
+            assert_eq!(straight, resumed, "{k:?}");
+        }
+    }
+}
