@@ -4,7 +4,7 @@
 
 use candle_core::Device;
 use surgery::arch::{Key, Layout, LinearKind, LinearPart, LinearSlot};
-use surgery::cuts::obs::{sparsegpt, Pattern, Solver};
+use surgery::cuts::shared::obs::{sparsegpt, Pattern, Solver};
 use surgery::cuts::sparsegpt::{apply, Method, Spec};
 use surgery::io::Checkpoint;
 

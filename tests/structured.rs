@@ -199,7 +199,7 @@ fn shared_layers_are_cut_once_and_scored_over_every_use() {
     // head gates on each logical layer (the model's own gated forward).
     let dir = tempdir();
     let calib = conll(dir.path(), "calib.txt", 6, 1);
-    let run = surgery::cuts::unit_scores::fisher(&ckpt, &calib, 100).unwrap();
+    let run = surgery::cuts::shared::unit_scores::fisher(&ckpt, &calib, 100).unwrap();
     let gates: Vec<Var> = (0..3)
         .map(|_| Var::ones(4, candle_core::DType::F32, &CPU).unwrap())
         .collect();

@@ -441,7 +441,8 @@ mod lowrank {
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
         let stats =
-            surgery::cuts::calibrate::collect(&ckpt, &calib, 256, Default::default()).unwrap();
+            surgery::cuts::shared::calibrate::collect(&ckpt, &calib, 256, Default::default())
+                .unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;
@@ -456,11 +457,11 @@ mod lowrank {
                 .unwrap()
                 .matmul(&c.tensor(key(LinearPart::Down), &CPU).unwrap())
                 .unwrap();
-            let delta = surgery::cuts::linalg::to_mat(
+            let delta = surgery::cuts::shared::linalg::to_mat(
                 &(ckpt.tensor(key(LinearPart::Weight), &CPU).unwrap() - approx).unwrap(),
             )
             .unwrap();
-            let g = &stats.grams[&(layer, surgery::cuts::calibrate::Input::of(slot))];
+            let g = &stats.grams[&(layer, surgery::cuts::shared::calibrate::Input::of(slot))];
             let m: faer::Mat<f64> = &delta * g * delta.transpose();
             (0..m.nrows()).map(|i| m[(i, i)]).sum()
         };

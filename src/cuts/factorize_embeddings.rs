@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, EmbeddingKind, Key};
-use crate::cuts::linalg::{to_mat, to_tensor, truncated_svd};
+use crate::cuts::shared::linalg::{to_mat, to_tensor, truncated_svd};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 

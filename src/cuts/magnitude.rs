@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::obs::magnitude;
-use super::sparsegpt::{parse_pattern, sparse_arch};
+use super::shared::obs::magnitude;
+use super::shared::sparse_pattern::{parse_pattern, sparse_arch};
 use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearPart, LinearSlot};

@@ -4,23 +4,19 @@
 //! data through [`calibrate`], `remove-heads`' gates file and data, `prune-vocab`'s corpus).
 //! [`registry`] lists them all.
 
-pub mod calibrate;
+pub mod shared;
+
 pub mod drop_layers;
 pub mod factorize_embeddings;
-pub mod linalg;
 pub mod lowrank_layers;
 pub mod magnitude;
-pub mod obs;
 pub mod prune_neurons;
 pub mod prune_structured;
 pub mod prune_vocab;
-pub(crate) mod reconstruct;
 pub mod registry;
 pub mod remove_heads;
 pub mod sparsegpt;
 pub mod tie_layers;
-pub mod unit_scores;
-pub(crate) mod units;
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! prune-neurons: removes FFN neurons — rows of the intermediate linear (and their bias entries)
 //! and the matching columns of the output linear — keeping the best-scored ones, by Fisher
-//! information on the task loss or by weight magnitude (see [`super::unit_scores`]). The kept
+//! information on the task loss or by weight magnitude (see [`super::shared::unit_scores`]). The kept
 //! neurons are ranked globally over all stored layers (a layer may lose every neuron: its FFN
 //! then adds only the output bias to the residual) or, with `--uniform`, the same share in each
 //! layer. Per-layer intermediate sizes go into the `surgery` block of config.json.
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
-use super::units::{arch_with_counts, cut, is_vanilla, Keep};
+use super::shared::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
+use super::shared::units::{arch_with_counts, cut, describe_cut, Keep};
 use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::Arch;
@@ -217,50 +217,6 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let out = cut(ckpt, &keep)?;
     describe_cut(&mut report, arch, &keep, &out);
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
-}
-
-/// Adds the per-layer sizes and the layers left empty to a report.
-pub fn describe_cut(report: &mut serde_json::Value, before: &Arch, keep: &Keep, out: &Checkpoint) {
-    let after = &out.arch;
-    let logical = |f: &dyn Fn(usize) -> usize| -> Vec<usize> {
-        after.layer_map.iter().map(|&s| f(s)).collect()
-    };
-    report["heads_per_layer"] = logical(&|s| after.layers[s].num_heads).into();
-    report["intermediate_per_layer"] = logical(&|s| after.layers[s].intermediate).into();
-    let (no_heads, no_neurons) = keep.emptied(before);
-    let mut notes = vec![];
-    if !no_neurons.is_empty() {
-        notes.push(format!(
-            "stored layers {no_neurons:?} keep no FFN neuron: their FFN adds only its output bias to the residual"
-        ));
-    }
-    if !no_heads.is_empty() {
-        notes.push(format!(
-            "stored layers {no_heads:?} keep no head: their attention adds only its output bias to the residual"
-        ));
-    }
-    if before.layer_map.iter().enumerate().any(|(i, &s)| i != s) {
-        notes.push(
-            "layers share weights: a unit cut from a stored layer is cut from every layer using it"
-                .into(),
-        );
-    }
-    if after
-        .layers
-        .iter()
-        .zip(&before.layers)
-        .any(|(a, b)| a.linears != b.linears)
-    {
-        notes.push("low-rank linears whose rank exceeded their new size were multiplied out into dense ones".into());
-    }
-    notes.push(if is_vanilla(out) {
-        "every layer keeps the same sizes: config.json is a plain BertConfig (loads in transformers)".into()
-    } else {
-        "per-layer sizes are in config.json's `surgery` block: surgery and its ONNX export load it, transformers' BertModel does not".into()
-    });
-    if !notes.is_empty() {
-        report["notes"] = notes.into();
-    }
 }
 
 impl Surgery for Spec {

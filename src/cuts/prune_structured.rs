@@ -1,10 +1,10 @@
 //! prune-structured: post-training structured pruning after Kwon et al. 2022 ("A Fast
 //! Post-Training Pruning Framework for Transformers"). Attention heads and FFN neurons are scored
 //! by the diagonal Fisher information of their masks on the token-classification loss
-//! ([`super::unit_scores`]), kept jointly and globally under an encoder-FLOPs fraction (at a
-//! stated sequence length) or a unique-parameter budget, physically removed ([`super::units`]),
+//! ([`super::shared::unit_scores`]), kept jointly and globally under an encoder-FLOPs fraction (at a
+//! stated sequence length) or a unique-parameter budget, physically removed ([`super::shared::units`]),
 //! and each layer's output linears are then refitted by least squares so that its output matches
-//! the unpruned model's on calibration sentences ([`super::reconstruct`]).
+//! the unpruned model's on calibration sentences ([`super::shared::reconstruct`]).
 //!
 //! The search (Kwon et al.'s, generalised to units of unequal cost): heads and neurons are each
 //! ranked by score per unit of cost; for every number of kept heads h (best first), the
@@ -18,10 +18,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::prune_neurons::describe_cut;
-use super::reconstruct::{heldout_errors, reconstruct};
-use super::unit_scores::{fisher, require_classifier, UnitScores};
-use super::units::{cut, Keep};
+use super::shared::reconstruct::{heldout_errors, reconstruct};
+use super::shared::unit_scores::{fisher, require_classifier, UnitScores};
+use super::shared::units::{cut, describe_cut, Keep};
 use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::Arch;

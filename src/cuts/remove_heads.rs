@@ -98,7 +98,7 @@ pub fn importance(
     let labels = LabelSet::new(ckpt.require_labels()?)?;
     let mut data = read_dataset(path, &ReadOptions::default())?;
     data.sentences.truncate(sentences);
-    crate::cuts::calibrate::check_known_tags(&data, &labels)?;
+    crate::cuts::shared::calibrate::check_known_tags(&data, &labels)?;
     let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
     let prepared =
         Prepared::for_inference(&tokenizer, data, &labels, ckpt.arch.max_positions.min(128))?;

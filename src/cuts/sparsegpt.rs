@@ -4,7 +4,6 @@
 //! cancels in the updates and the damping is relative); query, key and value share one. The
 //! classifier and the embeddings stay dense. `--method magnitude` is the no-update baseline.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -12,16 +11,17 @@ use candle_core::{DType, Tensor};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
-use super::obs::{magnitude, sparsegpt, Pattern, Solver};
+use super::shared::layer_inputs::LayerInputs;
+use super::shared::obs::{magnitude, sparsegpt, Pattern, Solver};
+use super::shared::sparse_pattern::{parse_pattern, sparse_arch};
 use super::Surgery;
 use super::{Outcome, Planned};
-use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
-use crate::cuts::calibrate::Input;
+use crate::arch::{Arch, Key, LinearPart, LinearSlot};
+use crate::cuts::shared::calibrate::Input;
 use crate::error::{Error, Result};
-use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
 use crate::kernels::Compute;
-use crate::model::{dropouts_of, Bert, Mode, Params};
+use crate::model::{dropouts_of, Bert, Params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -81,72 +81,6 @@ impl Spec {
     }
 }
 
-/// `--sparsity s` or `--pattern N:M`, checked.
-pub(super) fn parse_pattern(sparsity: Option<f64>, pattern: Option<&str>) -> Result<Pattern> {
-    match (sparsity, pattern) {
-        (Some(s), None) => {
-            if !(s > 0.0 && s < 1.0) {
-                return Err(Error::Spec(format!("--sparsity {s}: must be in (0, 1)")));
-            }
-            Ok(Pattern::Unstructured(s))
-        }
-        (None, Some(p)) => {
-            let parsed = p.split_once(':').and_then(|(n, m)| {
-                Some((
-                    n.trim().parse::<usize>().ok()?,
-                    m.trim().parse::<usize>().ok()?,
-                ))
-            });
-            match parsed {
-                Some((n, m)) if n > 0 && n < m => Ok(Pattern::NofM { n, m }),
-                Some((n, m)) => Err(Error::Spec(format!("--pattern {n}:{m}: N must be in 1..M"))),
-                None => Err(Error::Spec(format!(
-                    "--pattern `{p}`: expected N:M such as 2:4"
-                ))),
-            }
-        }
-        _ => Err(Error::Spec("give --sparsity or --pattern".into())),
-    }
-}
-
-/// The largest group an N:M pattern may use: the formats hardware runs have M ≤ 16; wider
-/// groups are accepted up to this size, beyond which "N of M" no longer means a local pattern.
-const MAX_GROUP: usize = 64;
-
-/// Every linear's input size must be a whole number of groups of `m`: a final partial group
-/// would have no N:M meaning (it used to be zeroed whole).
-fn check_groups(arch: &Arch, m: usize) -> Result<()> {
-    if m > MAX_GROUP {
-        return Err(Error::Spec(format!(
-            "--pattern N:{m}: groups of at most {MAX_GROUP} inputs are supported (e.g. 2:4, 4:8)"
-        )));
-    }
-    for layer in 0..arch.layers.len() {
-        for slot in LinearSlot::ALL {
-            let (_, inputs) = arch.linear_shape(layer, slot);
-            if inputs % m != 0 {
-                return Err(Error::Spec(format!(
-                    "--pattern N:{m}: layer {layer} {} has {inputs} inputs, not a multiple of {m}, so its last group would be partial",
-                    slot.as_str()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Accumulates XᵀX of the real tokens of a batch into `gram`. Detached: the weights are
-/// candle variables, and a tracked result would keep every batch's whole graph alive.
-fn accumulate(gram: &mut Option<Tensor>, x: &Tensor, rows: &Tensor) -> Result<()> {
-    let x = x.detach().index_select(rows, 0)?;
-    let g = x.t()?.matmul(&x)?;
-    *gram = Some(match gram.take() {
-        Some(acc) => (acc + g)?,
-        None => g,
-    });
-    Ok(())
-}
-
 fn gram_to_hessian(g: &Tensor, tokens: usize) -> Result<Mat<f64>> {
     let (d, _) = g.dims2()?;
     let v = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
@@ -171,129 +105,6 @@ fn relative_output_error(w: &[f64], pruned: &[f64], rows: usize, cols: usize, h:
 /// count does not change; the pruned weights are stored as zeros).
 pub fn plan(arch: &Arch, spec: &Spec) -> Result<Arch> {
     sparse_arch(arch, spec.pattern()?)
-}
-
-/// The architecture with every encoder linear marked sparse with `pattern` (they must be dense).
-pub(super) fn sparse_arch(arch: &Arch, pattern: Pattern) -> Result<Arch> {
-    super::require_layers(arch, "sparse pruning")?;
-    for layer in &arch.layers {
-        if let Some((slot, kind)) = layer.linears.iter().find(|(_, k)| **k != LinearKind::Dense) {
-            return Err(Error::Spec(format!(
-                "{} is already {}; pruning needs dense linears",
-                slot.as_str(),
-                crate::budget::describe_linear(*kind)
-            )));
-        }
-    }
-    if let Pattern::NofM { m, .. } = pattern {
-        check_groups(arch, m)?;
-    }
-    let sparse = match pattern {
-        Pattern::Unstructured(s) => SparsePattern::Unstructured { sparsity: s as f32 },
-        Pattern::NofM { n, m } => SparsePattern::NofM { n, m },
-    };
-    let mut arch = arch.clone();
-    for layer in &mut arch.layers {
-        for slot in LinearSlot::ALL {
-            layer
-                .linears
-                .insert(slot, LinearKind::Sparse { pattern: sparse });
-        }
-    }
-    Ok(arch)
-}
-
-/// Sentences run layer by layer: their batches, the rows of real tokens, and each batch's
-/// current hidden states (the output of the layers pruned so far), detached from the graph so
-/// that memory stays one layer's worth however many sentences calibrate.
-pub(crate) struct LayerInputs {
-    pub(crate) batches: Vec<BatchData>,
-    pub(crate) real_rows: Vec<Tensor>,
-    pub(crate) tokens: usize,
-    pub(crate) sentences: usize,
-    pub(crate) xs: Vec<Tensor>,
-}
-
-impl LayerInputs {
-    pub(crate) fn new(
-        ckpt: &Checkpoint,
-        model: &Bert,
-        path: &std::path::Path,
-        n: usize,
-    ) -> Result<(Self, Option<String>)> {
-        let device = model.device().clone();
-        let (prepared, tokenizer, note) =
-            crate::cuts::calibrate::calibration_examples(ckpt, path, n)?;
-        let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
-        let batches: Vec<BatchData> = plan
-            .batches
-            .iter()
-            .map(|b| {
-                collate(
-                    &b.iter().map(|&i| &prepared.examples[i]).collect::<Vec<_>>(),
-                    tokenizer.pad_id(),
-                    &device,
-                )
-            })
-            .collect::<Result<_>>()?;
-        let real_rows: Vec<Tensor> = batches
-            .iter()
-            .map(|b| {
-                let mask = b.batch.attention_mask.flatten_all()?.to_vec1::<f32>()?;
-                let rows: Vec<u32> = (0..mask.len() as u32)
-                    .filter(|&i| mask[i as usize] > 0.0)
-                    .collect();
-                Ok(Tensor::from_vec(rows.clone(), rows.len(), &device)?)
-            })
-            .collect::<Result<_>>()?;
-        let xs = batches
-            .iter()
-            .map(|b| Ok(model.embed(&b.batch, &mut Mode::Eval)?.detach()))
-            .collect::<candle_core::Result<_>>()?;
-        let inputs = LayerInputs {
-            tokens: real_rows.iter().map(|r| r.elem_count()).sum(),
-            sentences: prepared.data.sentences.len(),
-            batches,
-            real_rows,
-            xs,
-        };
-        Ok((inputs, note))
-    }
-
-    /// XᵀX of the real tokens at every linear input of logical layer `logical`.
-    fn grams(&self, model: &Bert, logical: usize) -> Result<BTreeMap<Input, Option<Tensor>>> {
-        let mut grams: BTreeMap<Input, Option<Tensor>> = BTreeMap::new();
-        for ((x, batch), rows) in self.xs.iter().zip(&self.batches).zip(&self.real_rows) {
-            let (_, inputs) = model.run_layer(logical, x, &batch.batch, true)?;
-            let inputs = inputs.expect("captured");
-            accumulate(
-                grams.entry(Input::Attention).or_default(),
-                &inputs.attention,
-                rows,
-            )?;
-            if let Some(c) = &inputs.context {
-                accumulate(grams.entry(Input::Context).or_default(), c, rows)?;
-            }
-            accumulate(grams.entry(Input::Ffn).or_default(), &inputs.ffn, rows)?;
-            accumulate(
-                grams.entry(Input::FfnActivation).or_default(),
-                &inputs.ffn_activation,
-                rows,
-            )?;
-        }
-        Ok(grams)
-    }
-
-    /// Moves the hidden states through logical layer `logical` (as pruned so far).
-    pub(crate) fn advance(&mut self, model: &Bert, logical: usize) -> Result<()> {
-        self.xs = self
-            .xs
-            .iter()
-            .zip(&self.batches)
-            .map(|(x, b)| Ok(model.run_layer(logical, x, &b.batch, false)?.0.detach()))
-            .collect::<Result<_>>()?;
-        Ok(())
-    }
 }
 
 fn mean(values: &[f64]) -> f64 {

@@ -238,7 +238,12 @@ mod tests {
             var.clone(),
             true,
         );
-        let mut opt = AdamW::new(vec![param], AdamWConfig::default(), Kernels::for_device(&Device::Cpu)).unwrap();
+        let mut opt = AdamW::new(
+            vec![param],
+            AdamWConfig::default(),
+            Kernels::for_device(&Device::Cpu),
+        )
+        .unwrap();
         let grads = [[0.5f32, 1.0, -0.3], [0.1, 0.2, 0.4], [-0.7, 0.3, 0.2]];
         for g in &grads {
             set_grad(&mut opt.params[0], g);
@@ -257,7 +262,12 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let var = Var::from_tensor(&Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
         let param = OptParam::model(Key::WordEmbeddings, crate::arch::Layout::Bare, var, false);
-        let mut opt = AdamW::new(vec![param], AdamWConfig::default(), Kernels::for_device(&Device::Cpu)).unwrap();
+        let mut opt = AdamW::new(
+            vec![param],
+            AdamWConfig::default(),
+            Kernels::for_device(&Device::Cpu),
+        )
+        .unwrap();
         set_grad(&mut opt.params[0], &[3.0, 4.0]);
         assert!((opt.grad_norm().unwrap() - 5.0).abs() < 1e-9);
         let norm = opt.step(1e-3, 2.0, 1.0).unwrap().value().unwrap();

@@ -16,8 +16,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use super::calibrate::labelled_examples;
-use super::cpu;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
+use crate::cuts::cpu;
 use crate::data::{bucket_batches, LabelSet};
 use crate::error::{Error, Result};
 use crate::eval::collate;

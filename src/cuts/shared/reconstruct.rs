@@ -28,10 +28,10 @@ use candle_core::{DType, Device, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
-use super::sparsegpt::LayerInputs;
+use super::layer_inputs::LayerInputs;
 use super::unit_scores::effective_weight;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
-use crate::cuts::linalg::{to_mat, to_tensor};
+use crate::cuts::shared::linalg::{to_mat, to_tensor};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 use crate::model::{dropouts_of, Bert, Params};
@@ -201,7 +201,7 @@ fn pre_norm_sum(
     x: &Tensor,
     rows: &Tensor,
 ) -> Result<Tensor> {
-    let bias = super::cpu(
+    let bias = crate::cuts::cpu(
         ckpt,
         Key::Linear {
             layer: stored,

@@ -8,8 +8,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::cpu;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot, SparsePattern};
+use crate::cuts::cpu;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
 
@@ -221,4 +221,53 @@ fn select(t: Tensor, dim: usize, units: &[usize]) -> Result<Tensor> {
     let index: Vec<u32> = units.iter().map(|&u| u as u32).collect();
     let index = Tensor::from_vec(index, units.len(), &Device::Cpu)?;
     Ok(t.index_select(&index, dim)?.contiguous()?)
+}
+
+/// Adds the per-layer sizes and the layers left empty to a report.
+pub(crate) fn describe_cut(
+    report: &mut serde_json::Value,
+    before: &Arch,
+    keep: &Keep,
+    out: &Checkpoint,
+) {
+    let after = &out.arch;
+    let logical = |f: &dyn Fn(usize) -> usize| -> Vec<usize> {
+        after.layer_map.iter().map(|&s| f(s)).collect()
+    };
+    report["heads_per_layer"] = logical(&|s| after.layers[s].num_heads).into();
+    report["intermediate_per_layer"] = logical(&|s| after.layers[s].intermediate).into();
+    let (no_heads, no_neurons) = keep.emptied(before);
+    let mut notes = vec![];
+    if !no_neurons.is_empty() {
+        notes.push(format!(
+            "stored layers {no_neurons:?} keep no FFN neuron: their FFN adds only its output bias to the residual"
+        ));
+    }
+    if !no_heads.is_empty() {
+        notes.push(format!(
+            "stored layers {no_heads:?} keep no head: their attention adds only its output bias to the residual"
+        ));
+    }
+    if before.layer_map.iter().enumerate().any(|(i, &s)| i != s) {
+        notes.push(
+            "layers share weights: a unit cut from a stored layer is cut from every layer using it"
+                .into(),
+        );
+    }
+    if after
+        .layers
+        .iter()
+        .zip(&before.layers)
+        .any(|(a, b)| a.linears != b.linears)
+    {
+        notes.push("low-rank linears whose rank exceeded their new size were multiplied out into dense ones".into());
+    }
+    notes.push(if is_vanilla(out) {
+        "every layer keeps the same sizes: config.json is a plain BertConfig (loads in transformers)".into()
+    } else {
+        "per-layer sizes are in config.json's `surgery` block: surgery and its ONNX export load it, transformers' BertModel does not".into()
+    });
+    if !notes.is_empty() {
+        report["notes"] = notes.into();
+    }
 }
