@@ -243,12 +243,7 @@ fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
         .iter()
         .map(|g| g.iter().filter(|v| **v >= threshold).count())
         .collect();
-    let arch = &out.checkpoint.arch;
-    let kept: Vec<usize> = arch
-        .layer_map
-        .iter()
-        .map(|&l| arch.layers[l].num_heads)
-        .collect();
+    let kept = out.checkpoint.arch.heads_per_layer();
     assert_eq!(kept, open_per_layer, "gates {:?}", file.gates);
     let left: usize = kept.iter().sum();
     assert_eq!(out.report["heads_left"], left);

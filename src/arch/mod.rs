@@ -267,6 +267,14 @@ impl Arch {
         self.layer_map.len()
     }
 
+    /// Attention heads of each logical layer.
+    pub fn heads_per_layer(&self) -> Vec<usize> {
+        self.layer_map
+            .iter()
+            .map(|&s| self.layers[s].num_heads)
+            .collect()
+    }
+
     /// (out, in) of a linear of a stored layer.
     pub fn linear_shape(&self, layer: usize, slot: LinearSlot) -> (usize, usize) {
         let l = &self.layers[layer];

@@ -105,12 +105,7 @@ pub fn importance(
     let (device, kernels) = compute.open()?;
     // The weights are constants: only the head multipliers get gradients.
     let model = Bert::load(ckpt, &device)?.with_kernels(kernels);
-    let heads: Vec<usize> = ckpt
-        .arch
-        .layer_map
-        .iter()
-        .map(|&s| ckpt.arch.layers[s].num_heads)
-        .collect();
+    let heads = ckpt.arch.heads_per_layer();
     let gates: Vec<Var> = heads
         .iter()
         .map(|&h| Var::ones(h, candle_core::DType::F32, &device))
@@ -164,7 +159,7 @@ fn heads_to_remove(
     spec: &Spec,
 ) -> Result<(BTreeSet<(usize, usize)>, serde_json::Value)> {
     let arch = &ckpt.arch;
-    let heads = heads_per_layer(arch);
+    let heads = arch.heads_per_layer();
     if let Some(text) = &spec.heads {
         return Ok((parse_heads(text)?, serde_json::Value::Null));
     }
@@ -197,14 +192,6 @@ fn heads_to_remove(
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     let remove = ranked.iter().skip(keep).map(|&(_, l, h)| (l, h)).collect();
     Ok((remove, serde_json::json!({"scores": scores})))
-}
-
-/// Heads per logical layer.
-fn heads_per_layer(arch: &Arch) -> Vec<usize> {
-    arch.layer_map
-        .iter()
-        .map(|&s| arch.layers[s].num_heads)
-        .collect()
 }
 
 /// The heads whose gate is below the threshold, as (logical layer, head).
@@ -246,7 +233,7 @@ fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<
 /// the same) though which heads go is decided at run time; a gates file that does not exist yet
 /// (written by an earlier recipe step) leaves the structure unknown.
 pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
-    let heads = heads_per_layer(arch);
+    let heads = arch.heads_per_layer();
     let remove: BTreeSet<(usize, usize)> = if let Some(text) = &spec.heads {
         parse_heads(text)?
     } else if let Some(keep) = spec.keep {
@@ -386,7 +373,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let mut report = serde_json::json!({
         "removed_heads": remove.len(),
         "heads_left": out.arch.layers.iter().map(|l| l.num_heads).sum::<usize>(),
-        "heads_per_layer": out.arch.layer_map.iter().map(|&s| out.arch.layers[s].num_heads).collect::<Vec<_>>(),
+        "heads_per_layer": out.arch.heads_per_layer(),
     });
     if shared {
         report["note"] = "layers share weights: removing a head of a layer removes it from every layer sharing it".into();

@@ -118,12 +118,7 @@ fn head_gates(
     gates: &GateSpec,
     device: &candle_core::Device,
 ) -> Result<HeadGates> {
-    let arch = &prepared.ckpt.arch;
-    let heads: Vec<usize> = arch
-        .layer_map
-        .iter()
-        .map(|&s| arch.layers[s].num_heads)
-        .collect();
+    let heads = prepared.ckpt.arch.heads_per_layer();
     let total: usize = heads.iter().sum();
     if total == 0 {
         return Err(Error::Spec(format!(
@@ -146,11 +141,7 @@ pub fn write_gates_file(path: &Path, model: &Bert) -> Result<()> {
         .ok_or_else(|| Error::Internal("gates.json asked of a model without gates".into()))?;
     let arch = model.arch();
     let file = GatesFile {
-        heads_per_layer: arch
-            .layer_map
-            .iter()
-            .map(|&s| arch.layers[s].num_heads)
-            .collect(),
+        heads_per_layer: arch.heads_per_layer(),
         hidden_size: arch.hidden,
         gates: gates.values()?,
     };
