@@ -177,7 +177,8 @@ fn eval_on_dev_zero_and_dev_urandom_fails_fast() {
     let dir = tempdir();
     let m = model(dir.path());
     for device in ["/dev/zero", "/dev/urandom"] {
-        let r = surgery_within(&["eval", s(&m), "--data", device], Duration::from_secs(20));
+        // The limit only tells a hang (reading an endless file) from a refusal.
+        let r = surgery_within(&["eval", s(&m), "--data", device], Duration::from_secs(120));
         assert_refused(&r, device);
         assert!(
             r.stderr.contains("binary file") || r.stderr.contains("longer than"),
@@ -228,12 +229,13 @@ fn predict_streams_answers_line_by_line() {
     // The answer to the first line comes while standard input is still open.
     writeln!(stdin, "John lives in Paris").unwrap();
     stdin.flush().unwrap();
-    let first = rx.recv_timeout(Duration::from_secs(20));
+    // The limit only tells an answer per line from one at the end of the input.
+    let first = rx.recv_timeout(Duration::from_secs(120));
     writeln!(stdin, "Anna").unwrap();
     drop(stdin);
     let first = first.expect("no answer before the end of the input");
     assert!(first.contains("John lives in Paris"), "{first}");
-    let second = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let second = rx.recv_timeout(Duration::from_secs(120)).unwrap();
     assert!(second.contains("Anna"), "{second}");
     assert!(child.wait().unwrap().success());
 }
@@ -1890,13 +1892,18 @@ fn an_absurd_thread_count_is_refused_at_once_naming_the_variable() {
     let m = model(dir.path());
     let data = conll(dir.path());
     for value in ["100000", "many"] {
-        let start = Instant::now();
         let r = crate::util::surgery_with_env(
             &["eval", s(&m), "--data", s(&data)],
             &[("RAYON_NUM_THREADS", value)],
         );
         refused_cleanly(&r, "RAYON_NUM_THREADS");
-        assert!(start.elapsed() < Duration::from_secs(10));
+        // At once: before the model is evaluated (no score is printed).
+        assert!(
+            !r.stdout.contains("F1") && !r.stderr.contains("tok/s"),
+            "{}\n{}",
+            r.stdout,
+            r.stderr
+        );
     }
 }
 

@@ -357,10 +357,8 @@ fn absurd_sizes_are_refused_before_any_work() {
         text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 1000000"),
     )
     .unwrap();
-    let t0 = Instant::now();
     let r = surgery(&["inspect", s(&m)]);
     assert_refused(&r, "num_hidden_layers");
-    assert!(t0.elapsed() < Duration::from_secs(5));
     std::fs::write(&config, &text).unwrap();
     let out = dir.path().join("student");
     let r = surgery(&[
