@@ -26,6 +26,7 @@ use crate::train::inputs::{ensure_classifier, prepare, read_train, PreparedRun};
 use crate::train::objective::Objective;
 use crate::train::optim::OptParam;
 use crate::train::setup::{self, OpenRun};
+use crate::train::spec::TrainSpec;
 use crate::train::trainer::TrainOutcome;
 
 use matching::{layer_pairs, Matching, Models, Weights};
@@ -88,6 +89,11 @@ impl DistillSpec {
             )));
         }
         Ok(())
+    }
+
+    /// The augmentation's seed: `--augment-seed`, else the run's `--seed`.
+    fn augment_seed(&self, spec: &TrainSpec) -> u64 {
+        self.augment_seed.unwrap_or(spec.seed)
     }
 
     fn weights(&self) -> Weights {
@@ -164,12 +170,13 @@ impl TrainingCommand for DistillArgs {
 impl DistillArgs {
     /// Opens the run (never inside what the run reads, nor the teacher cache inside an input).
     fn open(&self, common: &CommonArgs) -> Result<OpenRun> {
-        let mut read = common.data.paths();
-        read.extend([self.student.as_path(), self.teacher.as_path()]);
+        let models = [self.student.as_path(), self.teacher.as_path()];
         if let Some(cache) = &self.distill.cache_teacher {
+            let mut read = common.data.paths();
+            read.extend(models);
             crate::io::output::check_not_inside(cache, &read)?;
         }
-        let mut reads = vec![self.student.as_path(), self.teacher.as_path()];
+        let mut reads = models.to_vec();
         reads.extend(self.distill.cache_teacher.as_deref());
         setup::open(common, &reads)
     }
@@ -196,7 +203,7 @@ impl DistillArgs {
             max_len: student.max_len,
             augment: &distill.augment,
             augment_ratio: distill.augment_ratio,
-            augment_seed: distill.augment_seed.unwrap_or(spec.seed),
+            augment_seed: distill.augment_seed(spec),
         };
         let cache = distill.cache_teacher.as_deref().map(|dir| (dir, &key));
         let (logits, hit) = teacher_cache::teacher_logits(&pass, student.labels.len(), cache)?;
@@ -241,7 +248,7 @@ impl DistillInputs {
         let (data, spec) = (&common.data, &common.spec);
         let labels = LabelSet::new(teacher.require_labels()?)?;
         let mut train = read_train(data, spec)?;
-        let augment_seed = distill.augment_seed.unwrap_or(spec.seed);
+        let augment_seed = distill.augment_seed(spec);
         let augmented = augment_with(&mut train, distill, augment_seed);
         let mut student = Checkpoint::open(student_dir)?;
         match student.classifier_labels() {
