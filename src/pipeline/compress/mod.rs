@@ -10,7 +10,9 @@
 //!    halving (Jamieson & Talwalkar 2016; Hyperband's inner loop) keeps the better half of the
 //!    arms while doubling their steps, until one is left;
 //! 4. the winner gets the full recovery (KL·τ² + CE, augmented data, hidden-state matching,
-//!    as many epochs as the time left allows), and the test set is evaluated once, at the end.
+//!    as many epochs as the time left allows: the cost of hidden-state matching is timed on the
+//!    winner, and the teacher's pass over the augmented sentences is planned for), and the test
+//!    set is evaluated once, at the end.
 //!
 //! Every candidate at every fidelity is a recipe run by the library's runner, so a killed
 //! `compress` resumes where it stopped, and the winner's recipe reproduces its weights.
@@ -130,8 +132,12 @@ const LEARNING_RATES: [f64; 2] = [1e-4, 3e-4];
 
 /// The share of `--hours` the short distillations may take; the final recovery gets the rest.
 const SHORT_SHARE: f64 = 0.3;
-/// A distillation step with hidden-state matching against one with cached teacher logits.
-const HIDDEN_MATCHING_COST: f64 = 1.45;
+/// A distillation step with hidden-state matching against one with cached teacher logits, when
+/// no plain run of the winner was timed (measured 1.4x to 1.8x on MiniLM students: the live
+/// teacher weighs more as the student shrinks).
+const HIDDEN_MATCHING_COST_UNMEASURED: f64 = 1.8;
+/// Steps of the run that times hidden-state matching on the winner before its recovery is planned.
+const PROBE_STEPS: usize = 60;
 /// The name suffix of candidates planned again after the cut models measured slower than the
 /// latency table predicted.
 const REPLANNED: &str = "-corrected";
@@ -527,30 +533,15 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Seconds one plain distillation epoch of the winner takes, read from the training
-    /// throughput of its longest short run: unlike the wall time of a short run, it leaves out
-    /// loading, the teacher's cache and evaluations. Adds one full dev evaluation per epoch.
-    fn winner_epoch_seconds(&self, winner: usize) -> Option<f64> {
-        let c = &self.record.candidates[winner];
-        let longest = c
-            .fidelities
-            .iter()
-            .filter(|f| f.stage.starts_with("short-"))
-            .max_by_key(|f| f.steps)?;
-        let run_name = format!("{}-lr{:e}-{}", c.candidate.name, longest.lr?, longest.steps);
-        let run = self.recipe_dir(&run_name).join(step_folder(0, "kd"));
+    /// One plain distillation epoch of the winner, read from the throughput of its longest
+    /// short run: unlike the wall time of a short run, it leaves out loading, the teacher's
+    /// cache and evaluations.
+    fn winner_epoch_cost(&self, winner: usize) -> Option<EpochCost> {
+        let run = self.longest_short_run(winner)?;
         let info: serde_json::Value = read_json(&run.join("run.json")).ok()?;
         let train_tokens = info.get("train_tokens")?.as_f64()?;
-        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
-        let rows: Vec<serde_json::Value> = metrics
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        let train_speed = median(rows.iter().filter_map(|r| r.get("tokens_per_s")?.as_f64()))?;
-        let eval_speed = median(
-            rows.iter()
-                .filter_map(|r| r.get("eval_tokens_per_s")?.as_f64()),
-        )?;
+        let train_speed = logged_median(&run, "tokens_per_s")?;
+        let eval_speed = logged_median(&run, "eval_tokens_per_s")?;
         // 1.4 word pieces a word is typical of CoNLL.
         let dev_tokens = self
             .record
@@ -559,7 +550,79 @@ impl<'a> Search<'a> {
             .copied()
             .unwrap_or(0.0)
             * 1.4;
-        Some(train_tokens / train_speed + dev_tokens / eval_speed)
+        Some(EpochCost {
+            train: train_tokens / train_speed,
+            eval: dev_tokens / eval_speed,
+        })
+    }
+
+    /// The folder of the winner's longest short distillation run.
+    fn longest_short_run(&self, winner: usize) -> Option<PathBuf> {
+        let c = &self.record.candidates[winner];
+        let longest = c
+            .fidelities
+            .iter()
+            .filter(|f| f.stage.starts_with("short-"))
+            .max_by_key(|f| f.steps)?;
+        let run_name = format!("{}-lr{:e}-{}", c.candidate.name, longest.lr?, longest.steps);
+        Some(self.recipe_dir(&run_name).join(step_folder(0, "kd")))
+    }
+
+    /// How much slower a step with hidden-state matching is than a plain one, on the winner:
+    /// a short run with the live teacher timed against the winner's plain short run.
+    fn hidden_matching_cost(&mut self, winner: usize, lr: f64) -> Result<f64> {
+        if let Some(v) = self.record.decisions.get("hidden_matching_cost") {
+            return Ok(*v);
+        }
+        let Some(plain) = self
+            .longest_short_run(winner)
+            .and_then(|run| logged_median(&run, "tokens_per_s"))
+        else {
+            return Ok(self.decide("hidden_matching_cost", |_| HIDDEN_MATCHING_COST_UNMEASURED));
+        };
+        let name = self.record.candidates[winner].candidate.name.clone();
+        self.say(&format!(
+            "timing hidden-state matching on {name}: {PROBE_STEPS} steps"
+        ));
+        let run_name = format!("{name}-probe-hidden");
+        let mut distill = self.distill_step(&[
+            ("lr", format!("{lr:e}")),
+            (
+                "epochs",
+                PROBE_STEPS.div_ceil(self.steps_per_epoch()).to_string(),
+            ),
+            ("max-steps", PROBE_STEPS.to_string()),
+            ("log-every", (PROBE_STEPS / 6).to_string()),
+            ("eval-every", PROBE_STEPS.to_string()),
+            ("dev", self.dev_subset.display().to_string()),
+            ("cache-teacher", self.cache("plain")),
+            ("hidden-weight", "1".to_string()),
+        ]);
+        distill.insert(
+            "input".into(),
+            self.cut_dir(winner).display().to_string().into(),
+        );
+        let recipe = self.write_recipe(&run_name, &[("kd".to_string(), distill)])?;
+        self.run_recipe(&recipe)?;
+        let run = self.recipe_dir(&run_name).join(step_folder(0, "kd"));
+        let hidden = logged_median(&run, "tokens_per_s").ok_or_else(|| {
+            Error::Internal(format!("{}: no training speed logged", run.display()))
+        })?;
+        let cost = (plain / hidden).max(1.0);
+        self.say(&format!(
+            "  hidden-state matching: {hidden:.0} tokens/s against {plain:.0} plain ({cost:.2}x)"
+        ));
+        Ok(self.decide("hidden_matching_cost", |_| cost))
+    }
+
+    /// Seconds the teacher takes to write the logits of the augmented training set (twice the
+    /// training sentences) at its measured inference speed; none when the cache is there.
+    fn augmented_cache_seconds(&self) -> f64 {
+        if Path::new(&self.cache("final")).is_file() {
+            return 0.0;
+        }
+        self.record.decisions["train_words"] * 1.4 * 2.0
+            / self.record.teacher_tokens_per_second.max(1.0)
     }
 
     fn steps_per_epoch(&self) -> usize {
@@ -865,16 +928,23 @@ impl<'a> Search<'a> {
     fn final_recovery(&mut self, winner: usize, lr: f64) -> Result<()> {
         let t0 = self.elapsed();
         let remaining = (self.budget_seconds() - self.elapsed()).max(0.0);
-        let epoch = self.decide("final_plain_epoch_seconds", |s| {
-            s.winner_epoch_seconds(winner)
-                .unwrap_or_else(|| s.epoch_seconds())
+        let hidden = self.hidden_matching_cost(winner, lr)?;
+        let cost = self.winner_epoch_cost(winner).unwrap_or_else(|| EpochCost {
+            train: self.epoch_seconds(),
+            eval: 0.0,
         });
+        let train = self.decide("final_epoch_train_seconds", |_| cost.train);
+        let eval = self.decide("final_epoch_eval_seconds", |_| cost.eval);
+        let cache = self.decide("final_cache_seconds", |s| s.augmented_cache_seconds());
+        // What the epochs may use: a tenth kept back, less the teacher's cache of the training
+        // set and the closing dev and test evaluations.
+        let left = (self.budget_seconds() - self.elapsed()).max(0.0) * 0.9 - 2.0 * eval;
         // Augmentation doubles an epoch's sentences; hidden-state matching runs the teacher's
-        // encoder live (measured at 1.43x the cached-logits step on the MiniLM teacher).
-        let augmented_epoch = epoch * 2.0 * HIDDEN_MATCHING_COST;
+        // encoder live at every step.
+        let augmented_epoch = 2.0 * train * hidden + eval;
         let max_epochs = self.args.max_epochs as f64;
         let epochs_aug = self.decide("final_epochs_augmented", |_| {
-            (remaining * 0.9 / augmented_epoch).floor().min(max_epochs)
+            ((left - cache) / augmented_epoch).floor().min(max_epochs)
         });
         // Augmentation doubles the sentences of an epoch: worth it only when it still leaves two
         // epochs, else the same time goes to more plain epochs.
@@ -882,7 +952,7 @@ impl<'a> Search<'a> {
             (epochs_aug as usize, true)
         } else {
             let plain = self.decide("final_epochs_plain", |_| {
-                (remaining * 0.9 / (epoch * HIDDEN_MATCHING_COST))
+                ((left - cache / 2.0) / (train * hidden + eval))
                     .floor()
                     .clamp(1.0, max_epochs)
             });
@@ -1111,7 +1181,27 @@ impl<'a> Search<'a> {
     }
 }
 
-/// The absolute path, as the recipes write it (they reproduce from any working folder).
+/// One plain distillation epoch, in seconds.
+struct EpochCost {
+    /// The training steps.
+    train: f64,
+    /// The dev evaluation that closes the epoch.
+    eval: f64,
+}
+
+/// The median of a value a training run logged, its first row (the warm-up) left out when
+/// there are others.
+fn logged_median(run: &Path, key: &str) -> Option<f64> {
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).ok()?;
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| r.get(key)?.as_f64())
+        .collect();
+    let skip = usize::from(values.len() > 1);
+    median(values.into_iter().skip(skip))
+}
+
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.filter(|x| x.is_finite() && *x > 0.0).collect();
     if v.is_empty() {
@@ -1121,6 +1211,7 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
+/// The absolute path, as the recipes write it (they reproduce from any working folder).
 fn absolute(path: &Path) -> String {
     crate::io::output::absolute(path).display().to_string()
 }
