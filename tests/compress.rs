@@ -9,8 +9,7 @@ use surgery::io::Checkpoint;
 use surgery::pipeline::compress::CompressRecord;
 use surgery::train::spec::RunOptions;
 
-use crate::train::{quick_spec, setup, Setup};
-use crate::util::surgery;
+use crate::util::{quick_spec, setup, surgery, Setup};
 
 /// A fine-tuned tiny teacher (2 layers, hidden 32) with its data.
 fn teacher() -> (Setup, PathBuf) {
@@ -127,6 +126,14 @@ fn compress_meets_a_parameter_budget_records_every_candidate_and_its_recipe_repr
         }
     }
     assert!(r.stages.iter().any(|s| s.stage == "short distillation"));
+    // The final recovery was planned with hidden-state matching timed on the winner.
+    let cost = r.decisions["hidden_matching_cost"];
+    assert!(cost >= 1.0 && cost.is_finite(), "{cost}");
+    assert!(
+        run.stdout.contains("timing hidden-state matching"),
+        "{}",
+        run.stdout
+    );
     assert!(winner.test_f1.is_some_and(|f| f > 0.0));
     assert_eq!(winner.params, params);
     for file in ["report/compress.md", "report/candidates.svg", "recipe.toml"] {

@@ -1,4 +1,7 @@
-//! Distillation, students and plans on tiny synthetic data.
+//! Distillation, students and plans on tiny synthetic data; a teacher's non-finite logits and
+//! labels in another order are told apart from bad input.
+
+use std::path::Path;
 
 use surgery::data::augment::AugmentKind;
 use surgery::io::Checkpoint;
@@ -6,8 +9,9 @@ use surgery::model::student::{init_student, plan, Shape};
 use surgery::train::distill::DistillSpec;
 use surgery::train::spec::RunOptions;
 
-use crate::train::{quick_spec, setup, Setup};
-use crate::util::surgery;
+use crate::util::{
+    conll, kd, model, overflowing_model, quick_spec, s, save, setup, surgery, tempdir, Setup,
+};
 
 /// A fine-tuned tiny teacher and a smaller random student in the setup folder.
 fn teacher_and_student(
@@ -49,20 +53,6 @@ fn small() -> Shape {
         heads: 2,
         intermediate: 32,
         embedding_rank: Some(8),
-    }
-}
-
-pub(crate) fn kd() -> DistillSpec {
-    DistillSpec {
-        temperature: 2.0,
-        alpha: 0.5,
-        hidden_weight: 0.0,
-        attention_weight: 0.0,
-        layer_map: None,
-        cache_teacher: None,
-        augment: vec![],
-        augment_ratio: 1.0,
-        augment_seed: None,
     }
 }
 
@@ -429,4 +419,69 @@ fn a_damaged_teacher_cache_is_refused_naming_the_file() {
     let err = run("second").unwrap_err().to_string();
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(err.contains("damaged"), "{err}");
+}
+
+#[test]
+fn a_teacher_with_non_finite_logits_is_not_blamed_on_its_tokenizer() {
+    let s_ = setup(48);
+    let teacher = overflowing_model(&s_);
+    let teacher_dir = s_.dir.path().join("teacher");
+    teacher.save(&teacher_dir, false, vec![]).unwrap();
+    let err = crate::util::distill(
+        &teacher_dir,
+        &teacher_dir,
+        &kd(),
+        &crate::util::common(
+            &s_.data,
+            &quick_spec(),
+            &s_.dir.path().join("run"),
+            Default::default(),
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("logits are not finite"), "{err}");
+    assert!(!err.contains("tokenizer"), "{err}");
+}
+
+#[test]
+fn a_student_with_the_teachers_labels_in_another_order_is_reordered_not_refused() {
+    let dir = tempdir();
+    let teacher = model(dir.path());
+    let data = conll(dir.path());
+    // The same model with its classifier rows and labels in another order: the same function.
+    let mut ckpt = surgery::io::Checkpoint::open(&teacher).unwrap();
+    let order = ["I-LOC", "O", "B-LOC", "I-PER", "B-PER"].map(String::from);
+    surgery::model::generate::reorder_classifier(&mut ckpt, &order).unwrap();
+    let student = save(&ckpt, dir.path(), "student");
+    let f1 = |m: &Path| {
+        let r = surgery(&["eval", s(m), "--data", s(&data), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["f1"].clone()
+    };
+    assert!(f1(&teacher).is_f64());
+    assert_eq!(f1(&teacher), f1(&student));
+    let run_dir = dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "distill",
+        s(&student),
+        "--teacher",
+        s(&teacher),
+        "--train",
+        s(&data),
+        "--dev",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["0"], "O");
+    assert_eq!(config["id2label"]["4"], "I-LOC");
 }

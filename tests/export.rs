@@ -10,7 +10,9 @@ use prost::Message;
 use surgery::arch::{BertConfig, Layout};
 use surgery::export::onnx_proto::{tensor_proto::DataType, ModelProto};
 
-use crate::util::{repo, save, surgery, tempdir, tiny_checkpoint, tiny_config};
+use crate::util::{
+    assert_refused, model, repo, s, save, surgery, tempdir, tiny_checkpoint, tiny_config,
+};
 
 /// Every structure at once: factorized embeddings, a low-rank and a sparse linear, layer sharing
 /// (logical layers 0 and 1 run stored layer 0), a layer with no heads, a narrower FFN, tanh GELU.
@@ -263,4 +265,37 @@ fn onnx_runtime_gives_the_logits_of_surgery_for_every_structure() {
             "{name}: int8 changed nothing: {result}"
         );
     }
+}
+
+#[test]
+fn export_without_a_tokenizer_is_refused() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("onnx");
+    let r = surgery(&["export", s(&m), s(&out)]);
+    assert_refused(&r, "no tokenizer.json");
+    assert!(!out.exists());
+}
+
+// ------------------------------------------------------------------------------------------
+// Numbers read exactly as written, or refused naming the option.
+#[test]
+fn export_int8_of_a_model_with_a_layer_without_ffn_neurons_works() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let cut = dir.path().join("cut");
+    let r = surgery(&[
+        "prune-neurons",
+        s(&m),
+        s(&cut),
+        "--keep",
+        "0",
+        "--by",
+        "magnitude",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let onnx = dir.path().join("onnx");
+    let r = surgery(&["export", s(&cut), s(&onnx), "--quantize", "int8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }

@@ -10,7 +10,7 @@ use surgery::budget::Budget;
 use surgery::data::tokenize::WordTokenizer;
 use surgery::io::{Checkpoint, TensorStore};
 
-use crate::util::{max_abs_diff, repo, surgery, tempdir};
+use crate::util::{edit_config, max_abs_diff, refused_cleanly, repo, s, surgery, tempdir};
 
 /// Every family fixture.
 const FAMILIES: [&str; 5] = [
@@ -623,5 +623,48 @@ fn every_family_exports_to_int8_with_onnx_runtime_parity() {
             result["argmax_agreement"].as_f64().unwrap() >= 0.98,
             "{name}: {result}"
         );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Family configs and text input.
+/// A copy of the committed tiny RoBERTa with `edit` applied to its config.json.
+fn roberta_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let m = dir.join("roberta");
+    std::fs::create_dir_all(&m).unwrap();
+    let fixture = crate::util::repo().join("fixtures/families/roberta");
+    for file in std::fs::read_dir(&fixture).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), m.join(file.file_name())).unwrap();
+    }
+    edit_config(&m, edit);
+    m
+}
+
+#[test]
+fn family_configs_with_impossible_values_are_refused_at_load_naming_the_key() {
+    let dir = tempdir();
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("pad_token_id", serde_json::json!(320), "pad_token_id"),
+        ("pad_token_id", serde_json::json!(1_000_000), "pad_token_id"),
+        (
+            "max_position_embeddings",
+            serde_json::json!(3),
+            "max_position_embeddings",
+        ),
+        (
+            "max_position_embeddings",
+            serde_json::json!(4),
+            "max_position_embeddings",
+        ),
+        ("model_type", serde_json::json!(5), "model_type"),
+        ("hidden_act", serde_json::json!(5), "hidden_act"),
+    ];
+    for (i, (key, value, needle)) in cases.into_iter().enumerate() {
+        let sub = dir.path().join(i.to_string());
+        let m = roberta_with(&sub, |c| c[key] = value.clone());
+        let r = surgery(&["inspect", s(&m)]);
+        refused_cleanly(&r, needle);
+        assert!(r.stderr.contains("config.json"), "{key}: {}", r.stderr);
     }
 }

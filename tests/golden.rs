@@ -4,7 +4,7 @@
 
 use surgery::train::spec::RunOptions;
 
-use crate::train::{quick_spec, setup};
+use crate::util::{quick_spec, setup};
 
 const FIXTURE: &str = "fixtures/golden/tiny-finetune-metrics.jsonl";
 

@@ -10,15 +10,13 @@ use crate::util::{max_abs_diff, tempdir, tiny_checkpoint, tiny_config};
 
 fn spec() -> Spec {
     Spec {
-        compute: Default::default(),
         heads: None,
         gates: None,
         threshold: 0.5,
         keep: None,
         by: Ranking::Importance,
-        data: None,
-        data_sentences: 512,
         allow_empty: false,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 512),
     }
 }
 
@@ -154,9 +152,9 @@ fn gates_files_must_match_the_model() {
 
 #[test]
 fn importance_keeps_the_requested_number_of_heads() {
-    let s = crate::train::setup(200);
+    let s = crate::util::setup(200);
     let run = s.dir.path().join("run");
-    let mut train = crate::train::quick_spec();
+    let mut train = crate::util::quick_spec();
     train.epochs = 1;
     crate::util::finetune(
         &s.model,
@@ -168,7 +166,10 @@ fn importance_keeps_the_requested_number_of_heads() {
         &ckpt,
         &Spec {
             keep: Some(5),
-            data: Some(s.data.dev.clone()),
+            calibration: surgery::cuts::shared::calibrate::CalibOptions::new(
+                Some(s.data.dev.clone()),
+                512,
+            ),
             ..spec()
         },
     )
@@ -181,9 +182,9 @@ fn importance_keeps_the_requested_number_of_heads() {
 #[test]
 fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
     use surgery::train::gates::GateSpec;
-    let s = crate::train::setup(300);
+    let s = crate::util::setup(300);
     let run = s.dir.path().join("base");
-    let mut train = crate::train::quick_spec();
+    let mut train = crate::util::quick_spec();
     train.epochs = 1;
     crate::util::finetune(
         &s.model,
@@ -192,7 +193,7 @@ fn gate_training_closes_gates_and_writes_a_usable_gates_file() {
     .unwrap();
     let base = run.join("best");
     let gates_run = s.dir.path().join("gates");
-    let mut spec = crate::train::quick_spec();
+    let mut spec = crate::util::quick_spec();
     spec.epochs = 2;
     let g = GateSpec {
         l0: Some(0.5),
@@ -262,7 +263,7 @@ fn spec_defaults() -> Spec {
 fn a_model_with_a_headless_layer_trains() {
     // Regression: the in-place optimizer refused the empty query/key/value weights of a layer
     // without heads ("dst has repeated elements").
-    let s = crate::train::setup(48);
+    let s = crate::util::setup(48);
     let ckpt = Checkpoint::open(&s.model).unwrap();
     let cut = apply(
         &ckpt,
@@ -274,7 +275,7 @@ fn a_model_with_a_headless_layer_trains() {
     .unwrap();
     let path = s.dir.path().join("headless");
     cut.save(&path, false).unwrap();
-    let mut train = crate::train::quick_spec();
+    let mut train = crate::util::quick_spec();
     train.max_steps = 10;
     train.log_every = 1;
     // Stopped after 2 steps as if interrupted, so last/ holds the trained model.

@@ -12,8 +12,7 @@ use surgery::train::gates::GateSpec;
 use surgery::train::label_smoothing::LabelSmoothing;
 use surgery::train::spec::{RunOptions, TrainSpec};
 
-use crate::train::{quick_spec, setup, Setup};
-use crate::util::{max_abs_diff, surgery};
+use crate::util::{max_abs_diff, quick_spec, setup, surgery, Setup};
 
 const CPU: candle_core::Device = candle_core::Device::Cpu;
 

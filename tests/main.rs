@@ -1,6 +1,5 @@
 //! The one integration-test binary: a module per area, helpers in `util`.
 
-mod bad_input;
 mod budget;
 mod checkpoint_io;
 mod compress;
@@ -11,15 +10,17 @@ mod families;
 mod fuzz;
 mod golden;
 mod heads;
-mod hostile_inputs;
 mod kernels;
 mod layers;
 mod metrics;
 mod model;
+mod options;
+mod outputs;
 mod parity;
+mod predict;
 mod progress;
 mod recipe;
-mod reliability;
+mod recipe_inputs;
 mod sparsegpt;
 mod structured;
 mod surgeries;

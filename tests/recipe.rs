@@ -14,8 +14,7 @@ use surgery::cuts::{
 use surgery::io::Checkpoint;
 use surgery::model::generate::{bert_base_cased_ner_config, write_zero_checkpoint};
 
-use crate::train::setup;
-use crate::util::{repo, surgery, tempdir, tiny_checkpoint, tiny_config};
+use crate::util::{repo, setup, surgery, tempdir, tiny_checkpoint, tiny_config};
 
 /// A recipe over the tiny synthetic setup: fine-tune, cut, recover, evaluate, check the budget.
 fn recipe_text(dir: &Path, rank: usize) -> String {
@@ -423,7 +422,6 @@ fn each_surgery_plan_matches_what_it_does() {
     );
     for (rank, target) in [(Some(3), None), (None, Some("5000".to_string()))] {
         let spec = lowrank_layers::Spec {
-            compute: Default::default(),
             rank,
             energy: None,
             params_target: target,
@@ -439,9 +437,7 @@ fn each_surgery_plan_matches_what_it_does() {
             .to_vec(),
             layers: None,
             method: lowrank_layers::Method::Svd,
-            calib: None,
-            calib_sentences: 8,
-            damp: 0.01,
+            calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 8),
         };
         let Planned::Exact(planned) = lowrank_layers::plan(&ckpt.arch, &spec).unwrap() else {
             panic!("--rank and --params-target are structural")
@@ -453,15 +449,13 @@ fn each_surgery_plan_matches_what_it_does() {
         );
     }
     let spec = remove_heads::Spec {
-        compute: Default::default(),
         heads: Some("0:1,3;2:0".into()),
         gates: None,
         threshold: 0.5,
         keep: None,
         by: remove_heads::Ranking::Importance,
-        data: None,
-        data_sentences: 8,
         allow_empty: false,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 8),
     };
     let Planned::Exact(planned) = remove_heads::plan(&ckpt.arch, &spec).unwrap() else {
         panic!("named heads are structural")
@@ -489,16 +483,11 @@ fn each_surgery_plan_matches_what_it_does() {
         7
     );
     let sparse = sparsegpt::Spec {
-        compute: Default::default(),
         sparsity: Some(0.5),
         pattern: None,
-        calib: calib.clone(),
-        calib_sentences: 8,
-        damp: 0.01,
         block: 128,
         method: sparsegpt::Method::Magnitude,
-        heldout: None,
-        heldout_sentences: 256,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(Some(calib.clone()), 8),
     };
     let planned = sparsegpt::plan(&ckpt.arch, &sparse).unwrap();
     assert_eq!(budget(&planned), budget(&ckpt.arch));

@@ -78,16 +78,11 @@ fn calib(dir: &std::path::Path) -> std::path::PathBuf {
 
 fn spec(calib: std::path::PathBuf, method: Method) -> Spec {
     Spec {
-        compute: Default::default(),
         sparsity: Some(0.5),
         pattern: None,
-        calib,
-        calib_sentences: 256,
-        damp: 0.01,
         block: 8,
         method,
-        heldout: None,
-        heldout_sentences: 256,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(Some(calib), 256),
     }
 }
 
@@ -161,7 +156,7 @@ fn the_heldout_error_is_measured_through_the_pruned_layers() {
     let c = calib(dir.path());
     // Held out = the calibration sentences themselves: the same Hessians, the same errors.
     let mut same = spec(c.clone(), Method::Sparsegpt);
-    same.heldout = Some(c.clone());
+    same.calibration.heldout = Some(c.clone());
     let out = apply(&ckpt, &same).unwrap();
     let details = out.report["details"].as_array().unwrap();
     assert_eq!(details.len(), 18);
@@ -176,7 +171,7 @@ fn the_heldout_error_is_measured_through_the_pruned_layers() {
     let other = dir.path().join("heldout.txt");
     std::fs::write(&other, text.replace(" O\n", " O\nthe O\n")).unwrap();
     let mut held = spec(c, Method::Sparsegpt);
-    held.heldout = Some(other);
+    held.calibration.heldout = Some(other);
     let out = apply(&ckpt, &held).unwrap();
     let mean = out.report["mean_heldout_relative_output_error"]
         .as_f64()
@@ -191,7 +186,7 @@ fn the_heldout_error_is_measured_through_the_pruned_layers() {
 
 #[test]
 fn pruned_weights_stay_zero_through_fine_tuning_and_inspect_counts_them() {
-    let s = crate::train::setup(64);
+    let s = crate::util::setup(64);
     let ckpt = Checkpoint::open(&s.model).unwrap();
     let pruned = apply(&ckpt, &spec(s.data.train.clone(), Method::Sparsegpt)).unwrap();
     let path = s.dir.path().join("pruned");
@@ -202,7 +197,7 @@ fn pruned_weights_stay_zero_through_fine_tuning_and_inspect_counts_them() {
         report["budget"]["nonzero"].as_u64().unwrap()
             < report["budget"]["unique"].as_u64().unwrap()
     );
-    let mut train = crate::train::quick_spec();
+    let mut train = crate::util::quick_spec();
     train.epochs = 1;
     let run = s.dir.path().join("run");
     crate::util::finetune(
@@ -277,7 +272,7 @@ fn bad_specs_are_refused() {
         assert!(!out.exists());
     }
     let mut few = spec(c, Method::Sparsegpt);
-    few.calib_sentences = 500;
+    few.calibration.calib_sentences = 500;
     let out = apply(&Checkpoint::open(&input).unwrap(), &few).unwrap();
     assert!(out.report["note"]
         .as_str()

@@ -8,12 +8,11 @@ use surgery::arch::{Key, Layout, LinearKind, LinearPart, LinearSlot};
 use surgery::budget::flops::{head_cost, neuron_cost, Flops};
 use surgery::budget::Budget;
 use surgery::cuts::prune_neurons::{self, NeuronScore};
-use surgery::cuts::prune_structured;
-use surgery::cuts::{lowrank_layers, tie_layers};
+use surgery::cuts::{lowrank_layers, prune_structured, tie_layers};
 use surgery::io::Checkpoint;
 use surgery::model::Precision;
 
-use crate::util::{max_abs_diff, save, surgery, tempdir, tiny_checkpoint, tiny_config};
+use crate::util::{max_abs_diff, model, s, save, surgery, tempdir, tiny_checkpoint, tiny_config};
 
 const CPU: Device = Device::Cpu;
 
@@ -82,8 +81,7 @@ fn neuron_spec(keep: usize) -> prune_neurons::Spec {
         keep_ratio: None,
         uniform: false,
         by: NeuronScore::Magnitude,
-        calib: None,
-        calib_sentences: 2048,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 2048),
     }
 }
 
@@ -130,16 +128,13 @@ fn removing_neurons_without_outgoing_weights_changes_no_logit() {
 fn low_rank_ffn_linears_lose_a_factor_row_or_column() {
     let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 82);
     let spec = lowrank_layers::Spec {
-        compute: Default::default(),
         rank: Some(6),
         energy: None,
         params_target: None,
         modules: vec!["intermediate".into(), "output".into()],
         layers: None,
         method: lowrank_layers::Method::Svd,
-        calib: None,
-        calib_sentences: 256,
-        damp: 0.01,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 256),
     };
     let low = lowrank_layers::apply(&ckpt, &spec).unwrap().checkpoint;
     let out = check_silent_neurons_go_without_a_trace(low);
@@ -163,15 +158,13 @@ fn low_rank_ffn_linears_lose_a_factor_row_or_column() {
 /// remove-heads of the named heads.
 fn heads_spec(heads: &str) -> surgery::cuts::remove_heads::Spec {
     surgery::cuts::remove_heads::Spec {
-        compute: Default::default(),
         heads: Some(heads.into()),
         gates: None,
         threshold: 0.5,
         keep: None,
         by: Default::default(),
-        data: None,
-        data_sentences: 512,
         allow_empty: false,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 512),
     }
 }
 
@@ -199,7 +192,10 @@ fn shared_layers_are_cut_once_and_scored_over_every_use() {
     // head gates on each logical layer (the model's own gated forward).
     let dir = tempdir();
     let calib = conll(dir.path(), "calib.txt", 6, 1);
-    let run = surgery::cuts::shared::unit_scores::fisher(&ckpt, &calib, 100).unwrap();
+    let options = surgery::cuts::shared::calibrate::CalibOptions::new(Some(calib.clone()), 100);
+    let tags = Some(surgery::cuts::shared::calibrate::Tags::Labels);
+    let session = surgery::cuts::shared::calibrate::Session::open(&ckpt, &options, tags).unwrap();
+    let run = surgery::cuts::shared::unit_scores::fisher(&session, "the test").unwrap();
     let gates: Vec<Var> = (0..3)
         .map(|_| Var::ones(4, candle_core::DType::F32, &CPU).unwrap())
         .collect();
@@ -293,12 +289,8 @@ fn structured_spec(calib: PathBuf, flops: f64) -> prune_structured::Spec {
         flops: Some(flops),
         params: None,
         seq_len: 128,
-        calib,
-        calib_sentences: 2048,
         no_reconstruct: false,
-        damp: 0.01,
-        heldout: None,
-        heldout_sentences: 512,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(Some(calib), 2048),
     }
 }
 
@@ -308,10 +300,9 @@ fn structured_pruning_meets_the_budget_and_reconstruction_lowers_every_layers_er
     let dir = tempdir();
     let calib = conll(dir.path(), "calib.txt", 400, 2);
     let heldout = conll(dir.path(), "heldout.txt", 100, 3);
-    let spec = prune_structured::Spec {
-        heldout: Some(heldout),
-        ..structured_spec(calib, 0.5)
-    };
+    let mut spec = structured_spec(calib, 0.5);
+    spec.calibration.heldout = Some(heldout);
+    spec.calibration.heldout_sentences = 512;
     let out = prune_structured::apply(&ckpt, &spec).unwrap();
     let before = Flops::of_arch(&ckpt.arch, 128).per_token as f64;
     let after = Flops::of_arch(&out.checkpoint.arch, 128).per_token as f64;
@@ -365,16 +356,13 @@ fn structured_pruning_cuts_low_rank_and_shared_layers_and_layers_missing_heads()
         .unwrap()
         .checkpoint;
     let low = lowrank_layers::Spec {
-        compute: Default::default(),
         rank: Some(4),
         energy: None,
         params_target: None,
         modules: vec!["query".into(), "output".into()],
         layers: Some(vec![2]),
         method: lowrank_layers::Method::Svd,
-        calib: None,
-        calib_sentences: 256,
-        damp: 0.01,
+        calibration: surgery::cuts::shared::calibrate::CalibOptions::new(None, 256),
     };
     ckpt = lowrank_layers::apply(&ckpt, &low).unwrap().checkpoint;
     let out = prune_structured::apply(&ckpt, &structured_spec(calib, 0.4)).unwrap();
@@ -535,4 +523,74 @@ fn onnx_runtime_runs_layers_without_neurons_or_heads() {
         assert_eq!(result["checker"], "ok", "{name}: {result}");
         assert_eq!(result["argmax_agreement"], 1.0, "{name}: {result}");
     }
+}
+
+#[test]
+fn prune_neurons_uniform_keeps_exactly_the_count_asked() {
+    let dir = tempdir();
+    let m = model(dir.path()); // 3 layers of 24 neurons
+    for keep in ["3", "4", "70"] {
+        let out = dir.path().join(format!("keep{keep}"));
+        let r = surgery(&[
+            "prune-neurons",
+            s(&m),
+            s(&out),
+            "--keep",
+            keep,
+            "--uniform",
+            "--by",
+            "magnitude",
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let r = surgery(&["inspect", s(&out), "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let kept: u64 = json["budget"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["intermediate"].as_u64().unwrap())
+            .sum();
+        assert_eq!(kept.to_string(), keep);
+    }
+}
+
+/// The calibration options every calibrated cut shares: a cut that solves nothing reports the
+/// held-out layer errors too (none when it removes nothing), and refuses `--damp` rather than
+/// ignoring it.
+#[test]
+fn cuts_that_solve_nothing_report_heldout_errors_and_refuse_damp() {
+    let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 90);
+    let dir = tempdir();
+    let heldout = conll(dir.path(), "heldout.txt", 20, 5);
+    let mut spec = neuron_spec(36);
+    spec.calibration.heldout = Some(heldout);
+    let out = prune_neurons::apply(&ckpt, &spec).unwrap();
+    let errors = out.report["heldout_layer_error"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(errors.len(), 3);
+    assert!(
+        errors.iter().any(|e| e.as_f64().unwrap() > 0.0),
+        "{errors:?}"
+    );
+    let all = prune_neurons::apply(
+        &ckpt,
+        &prune_neurons::Spec {
+            calibration: spec.calibration.clone(),
+            ..neuron_spec(72)
+        },
+    )
+    .unwrap();
+    let errors = all.report["heldout_layer_error"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(errors.iter().all(|e| e.as_f64() == Some(0.0)), "{errors:?}");
+    spec.calibration.damp = Some(0.1);
+    let e = prune_neurons::apply(&ckpt, &spec)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("--damp"), "{e}");
 }

@@ -7,7 +7,10 @@ use surgery::eval::infer::{load_model, make_batch};
 use surgery::io::Checkpoint;
 use surgery::model::{Mode, Outputs};
 
-use crate::util::{max_abs_diff, save, surgery, tempdir, tiny_checkpoint, tiny_config};
+use crate::util::{
+    join_safetensors, max_abs_diff, model, refused_cleanly, s, save, split_safetensors, surgery,
+    tempdir, tiny_checkpoint, tiny_config,
+};
 
 const CPU: Device = Device::Cpu;
 
@@ -369,16 +372,13 @@ mod lowrank {
 
     fn spec(rank: Option<usize>, method: Method, calib: Option<std::path::PathBuf>) -> Spec {
         Spec {
-            compute: Default::default(),
             rank,
             energy: None,
             params_target: None,
             modules: vec!["query".into(), "intermediate".into(), "output".into()],
             layers: None,
             method,
-            calib,
-            calib_sentences: 256,
-            damp: 0.01,
+            calibration: surgery::cuts::shared::calibrate::CalibOptions::new(calib, 256),
         }
     }
 
@@ -440,9 +440,10 @@ mod lowrank {
         let dir = tempdir();
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
-        let stats =
-            surgery::cuts::shared::calibrate::collect(&ckpt, &calib, 256, Default::default())
-                .unwrap();
+        use surgery::cuts::shared::calibrate::{CalibOptions, Session, Tags};
+        let options = CalibOptions::new(Some(calib.clone()), 256);
+        let session = Session::open(&ckpt, &options, Some(Tags::Ignored)).unwrap();
+        let stats = session.grams("the test").unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;
@@ -528,7 +529,7 @@ mod lowrank {
             .contains("already low_rank(2)"));
         // Fewer calibration sentences than asked: use what there is and say so.
         let mut s = spec(Some(2), Method::Whiten, Some(calib_file(dir.path())));
-        s.calib_sentences = 1000;
+        s.calibration.calib_sentences = 1000;
         let out = apply(&ckpt, &s).unwrap();
         assert!(out.report["note"]
             .as_str()
@@ -560,4 +561,41 @@ fn prune_vocab_options_do_not_swallow_the_positional_folders() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(out.join("tokenizer.json").exists());
+}
+
+#[test]
+fn an_svd_that_cannot_be_computed_names_its_tensor() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let factorized = dir.path().join("f8");
+    let r = surgery(&["factorize-embeddings", s(&m), s(&factorized), "--rank", "8"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Finite factors whose product overflows f32: the table cannot be factorized again.
+    let file = factorized.join("model.safetensors");
+    let (header, mut data) = split_safetensors(&file);
+    for name in [
+        "embeddings.word_embeddings.weight",
+        "embeddings.word_projection.weight",
+    ] {
+        let name = header
+            .keys()
+            .find(|k| k.ends_with(name) || k.as_str() == name)
+            .unwrap_or_else(|| panic!("{name} in {:?}", header.keys().collect::<Vec<_>>()));
+        let [a, b] = [0, 1].map(|i| header[name]["data_offsets"][i].as_u64().unwrap() as usize);
+        for chunk in data[a..b].chunks_exact_mut(4) {
+            chunk.copy_from_slice(&1e30f32.to_le_bytes());
+        }
+    }
+    join_safetensors(&file, &header, &data);
+    let out = dir.path().join("f4");
+    let r = surgery(&[
+        "factorize-embeddings",
+        s(&factorized),
+        s(&out),
+        "--rank",
+        "4",
+    ]);
+    refused_cleanly(&r, "SVD of `embeddings.word_embeddings.weight`");
+    assert!(r.stderr.contains("non-finite"), "{}", r.stderr);
+    assert!(!out.exists());
 }

@@ -1,89 +1,21 @@
 //! The fine-tuning trainer on tiny synthetic data: it learns, a seed makes it repeatable, an
 //! interrupted run resumes to the same weights, a NaN loss stops it cleanly, and bad data or a
-//! mismatching classifier are refused with clear errors.
+//! mismatching classifier are refused with clear errors; a resume checks its data and run record
+//! and repeats no metric line.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use surgery::arch::{BertConfig, Key, Layout, NormPart};
-use surgery::data::labels::UnknownLabels;
+use candle_core::Device;
+use surgery::arch::{Key, Layout, NormPart};
 use surgery::io::Checkpoint;
-use surgery::model::generate::random_checkpoint;
 use surgery::train::run_dir::Resume;
-use surgery::train::spec::{DataSpec, RunOptions, TrainSpec};
+use surgery::train::spec::RunOptions;
 
-use crate::util::{max_abs_diff, surgery, surgery_with_env, tempdir};
-
-/// Synthetic train/dev/test files and a tiny random BERT with a matching tokenizer.
-pub struct Setup {
-    pub dir: tempfile::TempDir,
-    pub model: PathBuf,
-    pub data: DataSpec,
-}
-
-pub fn setup(train_sentences: usize) -> Setup {
-    let dir = tempdir();
-    let root = dir.path();
-    let mut datasets = vec![];
-    for (name, n, seed) in [
-        ("train", train_sentences, 1),
-        ("dev", 60, 2),
-        ("test", 60, 3),
-    ] {
-        let path = root.join(format!("{name}.txt"));
-        surgery::data::synthetic::write_conll(
-            &path,
-            &surgery::data::synthetic::sentences(n, seed, name != "train"),
-        )
-        .unwrap();
-        datasets.push(surgery::data::read_dataset(&path, &Default::default()).unwrap());
-    }
-    let (tokenizer, vocab) =
-        surgery::data::synthetic::wordpiece_tokenizer_json(&datasets.iter().collect::<Vec<_>>());
-    let config = BertConfig::from_json(&format!(
-        r#"{{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 64, "vocab_size": {vocab}, "max_position_embeddings": 64}}"#
-    ))
-    .unwrap();
-    let mut ckpt = random_checkpoint(config, Layout::Bare, false, false, 0.02, 1).unwrap();
-    ckpt.tokenizer_files
-        .insert("tokenizer.json".into(), tokenizer.into_bytes());
-    let model = root.join("init");
-    ckpt.save(&model, false, vec![]).unwrap();
-    let data = DataSpec {
-        train: root.join("train.txt"),
-        dev: root.join("dev.txt"),
-        test: Some(root.join("test.txt")),
-        iob1: false,
-        unknown_labels: UnknownLabels::Error,
-        reinit_classifier: false,
-        tag_names: vec![],
-    };
-    Setup { dir, model, data }
-}
-
-/// Settings for tiny models trained from scratch (a high learning rate), evaluated often.
-pub fn quick_spec() -> TrainSpec {
-    TrainSpec {
-        epochs: 2,
-        batch_size: 16,
-        lr: 1e-3,
-        weight_decay: 0.01,
-        warmup_ratio: 0.1,
-        decay: surgery::train::schedule::Decay::Linear,
-        max_grad_norm: 1.0,
-        grad_accum: 1,
-        seed: 7,
-        eval_every: 5,
-        max_steps: 0,
-        max_len: 64,
-        label_all_subtokens: false,
-        log_every: 5,
-        eval_batch_size: 64,
-        max_train_sentences: None,
-        precision: Default::default(),
-    }
-}
+use crate::util::{
+    assert_refused, conll, finetune_args, max_abs_diff, overflowing_model, quick_spec,
+    refused_cleanly, run, run_strings, s, save, setup, surgery, surgery_with_env, tempdir,
+    tiny_checkpoint, tiny_config, trained, Setup,
+};
 
 fn weights(path: &Path) -> Checkpoint {
     Checkpoint::open(path).unwrap()
@@ -242,36 +174,6 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     )
     .unwrap_err();
     assert!(matches!(err, surgery::Error::OutputExists { .. }));
-}
-
-/// The setup's model with a classifier for its training labels whose first logit overflows to
-/// +∞ with finite weights (NaN weights are refused at load): every final hidden value is
-/// positive (LayerNorm bias 10) and its classifier row is f32::MAX.
-pub fn overflowing_model(s: &Setup) -> Checkpoint {
-    let mut ckpt = Checkpoint::open(&s.model).unwrap();
-    let labels = surgery::data::LabelSet::discover(
-        &surgery::data::read_dataset(&s.data.train, &Default::default()).unwrap(),
-    )
-    .unwrap();
-    surgery::model::generate::attach_classifier(&mut ckpt, labels.labels(), 0.02, 1).unwrap();
-    let last = ckpt.arch.num_layers() - 1;
-    let bias = Key::LayerNorm {
-        layer: last,
-        slot: surgery::arch::LayerNormSlot::Output,
-        part: NormPart::Bias,
-    };
-    let b = ckpt.tensor(bias, &Device::Cpu).unwrap();
-    ckpt.set_tensor(bias, (b.ones_like().unwrap() * 10.0).unwrap());
-    let w = ckpt
-        .tensor(Key::Classifier(NormPart::Weight), &Device::Cpu)
-        .unwrap();
-    let mut rows = w.to_vec2::<f32>().unwrap();
-    rows[0].iter_mut().for_each(|v| *v = f32::MAX);
-    ckpt.set_tensor(
-        Key::Classifier(NormPart::Weight),
-        Tensor::new(rows, &Device::Cpu).unwrap(),
-    );
-    ckpt
 }
 
 #[test]
@@ -841,4 +743,250 @@ fn focal_loss_training_learns_and_records_gamma() {
     ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("other hyper-parameters"), "{}", r.stderr);
+}
+
+/// `train finetune` of the setup's model on `train` into `out`, batch 16, then `extra`.
+fn finetune_on_data(s_: &Setup, train: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "train",
+        "finetune",
+        s(&s_.model),
+        "--train",
+        s(train),
+        "--dev",
+        s(&s_.data.dev),
+        "--out",
+        s(out),
+        "--batch-size",
+        "16",
+    ];
+    base.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn resume_with_other_data_is_refused_and_metrics_are_not_repeated() {
+    let s_ = setup(48);
+    let run_dir = s_.dir.path().join("run");
+    let args = |train: &Path, extra: &[&str]| {
+        let steps = ["--max-steps", "6", "--eval-every", "2", "--log-every", "1"];
+        finetune_on_data(&s_, train, &run_dir, &[&steps[..], extra].concat())
+    };
+    let run = |a: Vec<String>| surgery(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let r = run(args(&s_.data.train, &["--stop-after", "2"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A kill after step 3 was logged but before last/ was saved again.
+    let metrics = run_dir.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"step\":3,\"epoch\":0,\"loss\":1.0,\"lr\":0.001,\"grad_norm\":1.0,\"tokens_per_s\":1.0}\n{\"step\":4,");
+    std::fs::write(&metrics, text).unwrap();
+    // Other training data: refused.
+    let other = s_.dir.path().join("other.txt");
+    let mut changed = std::fs::read_to_string(&s_.data.train).unwrap();
+    changed.push_str("\nExtra O\n");
+    std::fs::write(&other, changed).unwrap();
+    let r = run(args(&other, &["--resume"]));
+    assert_refused(&r, "differs");
+    // The same data: resumes, and every training step is logged once.
+    let r = run(args(&s_.data.train, &["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steps: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn tensorboard_events_are_not_repeated_after_a_kill_and_resume() {
+    use prost::Message;
+    use surgery::io::tensorboard::{frame, read_events, Event, Summary, SummaryValue};
+    let s_ = setup(48);
+    let run_dir = s_.dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let steps = ["--max-steps", "6", "--eval-every", "2", "--log-every", "1"];
+        let options = [&steps[..], &["--tensorboard"], extra].concat();
+        finetune_on_data(&s_, &s_.data.train, &run_dir, &options)
+    };
+    let r = run_strings(&args(&["--stop-after", "2"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let events_dir = run_dir.join("tensorboard");
+    let files = || -> Vec<PathBuf> {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(&events_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        f.sort();
+        f
+    };
+    // A kill after steps 3 and 4 were logged (the second write cut short) but before last/
+    // was saved again.
+    let first = files().pop().unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    for step in [3, 4] {
+        let event = Event {
+            wall_time: 0.0,
+            step,
+            file_version: None,
+            summary: Some(Summary {
+                value: vec![SummaryValue {
+                    tag: "train/loss".into(),
+                    simple_value: Some(1.0),
+                }],
+            }),
+        };
+        let record = frame(&event.encode_to_vec());
+        let cut = if step == 4 {
+            record.len() / 2
+        } else {
+            record.len()
+        };
+        bytes.extend(&record[..cut]);
+    }
+    std::fs::write(&first, bytes).unwrap();
+    let r = run_strings(&args(&["--resume"]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Every file reads cleanly, and every (tag, step) is there once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut loss_steps = vec![];
+    assert!(
+        files().len() >= 2,
+        "the resumed run writes a file of its own"
+    );
+    for file in files() {
+        for event in read_events(&file).unwrap() {
+            for v in event.summary.iter().flat_map(|s| &s.value) {
+                assert!(
+                    seen.insert((v.tag.clone(), event.step)),
+                    "{} at step {} twice",
+                    v.tag,
+                    event.step
+                );
+                if v.tag == "train/loss" {
+                    loss_steps.push(event.step);
+                }
+            }
+        }
+    }
+    loss_steps.sort();
+    assert_eq!(loss_steps, (1..=6).collect::<Vec<i64>>());
+}
+
+#[test]
+fn resume_refuses_a_damaged_run_record() {
+    let s_ = setup(32);
+    let run_dir = s_.dir.path().join("run");
+    let args = |extra: &[&str]| {
+        let options = [&["--max-steps", "3"][..], extra].concat();
+        finetune_on_data(&s_, &s_.data.train, &run_dir, &options)
+    };
+    assert_eq!(run_strings(&args(&["--stop-after", "1"])).code, 0);
+    let record = run_dir.join("run.json");
+    let good = std::fs::read(&record).unwrap();
+    for damaged in ["[]", "{", "", "null"] {
+        std::fs::write(&record, damaged).unwrap();
+        let r = run_strings(&args(&["--resume"]));
+        refused_cleanly(&r, "run.json");
+    }
+    std::fs::write(&record, good).unwrap();
+    // A step beyond the run's own steps.
+    let progress = run_dir.join("last/state/progress.json");
+    let text = std::fs::read_to_string(&progress).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["step"] = 99_999.into();
+    std::fs::write(&progress, value.to_string()).unwrap();
+    refused_cleanly(&run_strings(&args(&["--resume"])), "progress.json");
+    std::fs::write(&progress, text).unwrap();
+    assert_eq!(run_strings(&args(&["--resume"])).code, 0);
+}
+
+#[test]
+fn a_classifier_with_the_data_labels_in_another_order_is_kept_for_training() {
+    let dir = tempdir();
+    // The data's own order would be O, B-LOC, B-PER.
+    let mut config = tiny_config();
+    config.set_labels(&["O", "B-PER", "B-LOC"].map(String::from));
+    let m = save(
+        &tiny_checkpoint(config, Layout::Bare, 3),
+        dir.path(),
+        "model",
+    );
+    let data = conll(dir.path());
+    let run_dir = dir.path().join("run");
+    let r = surgery(&[
+        "train",
+        "finetune",
+        s(&m),
+        "--train",
+        s(&data),
+        "--dev",
+        s(&data),
+        "--out",
+        s(&run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["id2label"]["1"], "B-PER");
+    assert_eq!(config["id2label"]["2"], "B-LOC");
+}
+
+#[test]
+fn resume_without_a_run_to_resume_is_refused() {
+    let s_ = setup(32);
+    let missing = s_.dir.path().join("missing");
+    let r = run(&finetune_args(&s_, &s_.model, &missing, &["--resume"]));
+    assert_refused(&r, "nothing to resume");
+    assert!(!missing.exists(), "nothing may be created");
+}
+
+#[test]
+fn a_recovery_run_keeps_its_start_when_training_makes_it_worse() {
+    let s_ = setup(48);
+    let run_dir = trained(&s_);
+    let start = run_dir.join("best");
+    let out = s_.dir.path().join("worse");
+    // An absurd learning rate wrecks the model; best/ must stay the starting point.
+    let mut args = finetune_args(
+        &s_,
+        &start,
+        &out,
+        &["--max-steps", "4", "--warmup-ratio", "0"],
+    );
+    let lr = args.iter().position(|a| a == "--lr").unwrap();
+    args[lr + 1] = "5".into();
+    let r = run(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let dev: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["eval"] == "dev")
+        .map(|v| (v["step"].as_u64().unwrap(), v["f1"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(dev[0].0, 0, "the starting point is evaluated: {metrics}");
+    let best = dev.iter().map(|d| d.1).fold(f64::MIN, f64::max);
+    assert!(best >= dev[0].1);
+    let best_eval = surgery(&[
+        "eval",
+        s(&out.join("best")),
+        "--data",
+        s(&s_.data.dev),
+        "--json",
+    ]);
+    let f1 = serde_json::from_str::<serde_json::Value>(&best_eval.stdout).unwrap()["f1"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        f1 >= dev[0].1 - 1e-9,
+        "best/ {f1} is worse than the start {}",
+        dev[0].1
+    );
 }

@@ -6,7 +6,6 @@
 //! never excites cost nothing.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use faer::{Mat, Par};
 use serde::{Deserialize, Serialize};
@@ -15,11 +14,13 @@ use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
-use crate::cuts::shared::calibrate::{collect, Calibration, Input};
+use crate::cuts::shared::calibrate::{
+    self, Calib, CalibOptions, Calibration, Input, Session, Tags,
+};
+use crate::cuts::shared::layer_inputs::heldout_errors;
 use crate::cuts::shared::linalg::{energy, to_mat, to_tensor, truncated_svd};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::kernels::Compute;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -33,12 +34,8 @@ pub enum Method {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(mut_args(calibrate::defaults(Calib::Optional, "256", "512")))]
 pub struct Spec {
-    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
-    // part of the spec: the same cut may be computed on another device.
-    #[command(flatten)]
-    #[serde(skip)]
-    pub compute: Compute,
     /// The same rank for every selected linear.
     #[arg(long, conflicts_with_all = ["energy", "params_target"], required_unless_present_any = ["energy", "params_target"], value_parser = crate::util::options::positive)]
     pub rank: Option<usize>,
@@ -60,14 +57,10 @@ pub struct Spec {
     pub layers: Option<Vec<usize>>,
     #[arg(long, value_enum, default_value_t = Method::Svd)]
     pub method: Method,
-    /// Calibration sentences (CoNLL or JSONL); needed by `whiten`, used for the output-error report.
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
-    pub calib_sentences: usize,
-    /// Damping added to XᵀX, relative to its mean diagonal.
-    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
-    pub damp: f64,
+    // The calibration sentences: needed by `whiten` (whose Cholesky factor `--damp` damps);
+    // the held-out ones measure each layer's output error against the uncut model.
+    #[command(flatten)]
+    pub calibration: CalibOptions,
 }
 
 /// One selected linear: where it is and its out × in shape.
@@ -204,7 +197,7 @@ fn decompose(
             // factors stay at the scale of ordinary weights.
             let tokens = calib.map_or(1, |c| c.tokens.max(1)) as f64;
             let mean = Mat::from_fn(gram.nrows(), gram.ncols(), |i, j| gram[(i, j)] / tokens);
-            let l = damped_cholesky(&mean, spec.damp).map_err(|e| {
+            let l = damped_cholesky(&mean, spec.calibration.damping()).map_err(|e| {
                 Error::Spec(format!("whitening {name} (stored layer {layer}): {e}"))
             })?;
             (&w * &l, Some(l))
@@ -337,8 +330,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if selection.is_empty() {
         return Err(Error::Spec("no linear selected".into()));
     }
-    let calib = match &spec.calib {
-        Some(path) => Some(collect(ckpt, path, spec.calib_sentences, spec.compute)?),
+    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
+    let calib = match &spec.calibration.calib {
+        Some(_) => Some(session.grams("lowrank-layers")?),
         None if spec.method == Method::Whiten => {
             return Err(Error::Spec("--method whiten needs --calib FILE".into()))
         }
@@ -416,6 +410,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             report["note"] = note.clone().into();
         }
     }
+    if let Some(errors) = heldout_errors(&session, &[&out])? {
+        report["heldout_layer_error"] = errors[0].clone().into();
+    }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
 
@@ -426,7 +423,7 @@ impl Surgery for Spec {
     const EXAMPLE: &'static [&'static str] = &["--rank", "3"];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        self.calib.as_deref().into_iter().collect()
+        self.calibration.reads()
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {

@@ -5,10 +5,10 @@
 //! then adds only the output bias to the residual) or, with `--uniform`, the same share in each
 //! layer. Per-layer intermediate sizes go into the `surgery` block of config.json.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
+use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::layer_inputs::heldout_errors;
 use super::shared::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
 use super::shared::units::{arch_with_counts, cut, describe_cut, Keep};
 use super::Surgery;
@@ -29,6 +29,7 @@ pub enum NeuronScore {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(mut_args(calibrate::defaults(Calib::Optional, "2048", "512")))]
 pub struct Spec {
     /// Neurons to keep over all stored layers.
     #[arg(
@@ -46,11 +47,10 @@ pub struct Spec {
     pub uniform: bool,
     #[arg(long, value_enum)]
     pub by: NeuronScore,
-    /// Labelled sentences (CoNLL or JSONL) for --by fisher.
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    #[arg(long, default_value_t = 2048, value_parser = crate::util::options::positive)]
-    pub calib_sentences: usize,
+    // Labelled calibration sentences for --by fisher; the held-out ones measure each layer's
+    // output error against the uncut model.
+    #[command(flatten)]
+    pub calibration: CalibOptions,
 }
 
 /// Neurons kept per stored layer when the choice depends only on the structure (`--uniform`),
@@ -62,6 +62,7 @@ enum Counts {
 
 fn counts(arch: &Arch, spec: &Spec) -> Result<Counts> {
     super::require_layers(arch, "prune-neurons")?;
+    spec.calibration.refuse_damp("prune-neurons")?;
     let sizes: Vec<usize> = arch.layers.iter().map(|l| l.intermediate).collect();
     let total: usize = sizes.iter().sum();
     let keep = match (spec.keep, spec.keep_ratio) {
@@ -192,15 +193,18 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let arch = &ckpt.arch;
     let counts = counts(arch, spec)?;
     let mut report = serde_json::json!({});
+    let tags = match spec.by {
+        NeuronScore::Magnitude => None,
+        NeuronScore::Fisher => {
+            require_classifier(ckpt, "prune-neurons --by fisher")?;
+            Some(Tags::Labels)
+        }
+    };
+    let session = Session::open(ckpt, &spec.calibration, tags)?;
     let scores = match spec.by {
         NeuronScore::Magnitude => magnitude(ckpt)?,
         NeuronScore::Fisher => {
-            require_classifier(ckpt, "prune-neurons --by fisher")?;
-            let path = spec
-                .calib
-                .as_ref()
-                .ok_or_else(|| Error::Spec("--by fisher needs --calib FILE (labelled)".into()))?;
-            let run = fisher(ckpt, path, spec.calib_sentences)?;
+            let run = fisher(&session, "--by fisher")?;
             report["calibration_sentences"] = run.sentences.into();
             report["calibration_tokens"] = run.tokens.into();
             report["fisher_seconds"] = run.seconds.into();
@@ -216,6 +220,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     };
     let out = cut(ckpt, &keep)?;
     describe_cut(&mut report, arch, &keep, &out);
+    if let Some(errors) = heldout_errors(&session, &[&out])? {
+        report["heldout_layer_error"] = errors[0].clone().into();
+    }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
 
@@ -234,7 +241,7 @@ impl Surgery for Spec {
     ];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        self.calib.as_deref().into_iter().collect()
+        self.calibration.reads()
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {

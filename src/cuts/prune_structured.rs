@@ -13,12 +13,13 @@
 //! With equal costs per head and per neuron (a model without low-rank or shared layers), this
 //! is exactly their algorithm. Their within-layer mask rearrangement is not done.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::shared::reconstruct::{heldout_errors, reconstruct};
+use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::layer_inputs::heldout_errors;
+use super::shared::reconstruct::reconstruct;
 use super::shared::unit_scores::{fisher, require_classifier, UnitScores};
 use super::shared::units::{cut, describe_cut, Keep};
 use super::Surgery;
@@ -31,6 +32,7 @@ use crate::io::Checkpoint;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(mut_args(calibrate::defaults(Calib::Required, "2048", "512")))]
 pub struct Spec {
     /// Keep at most this fraction of the encoder FLOPs per token, in (0, 1].
     #[arg(long, conflicts_with = "params", required_unless_present = "params", value_parser = crate::util::options::fraction_above_zero)]
@@ -41,24 +43,14 @@ pub struct Spec {
     /// The sequence length FLOPs are counted at (attention costs grow with it).
     #[arg(long, default_value_t = DEFAULT_SEQ_LEN, value_parser = crate::util::options::seq_len)]
     pub seq_len: usize,
-    /// Labelled sentences (CoNLL or JSONL): Fisher scores and reconstruction.
-    #[arg(long)]
-    pub calib: PathBuf,
-    #[arg(long, default_value_t = 2048, value_parser = crate::util::options::positive)]
-    pub calib_sentences: usize,
     /// Skip the layer-wise least-squares reconstruction.
     #[arg(long)]
     pub no_reconstruct: bool,
-    /// Ridge strength of the reconstruction, times the mean diagonal of ZᵀZ.
-    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
-    pub damp: f64,
-    /// Held-out sentences (e.g. the dev set) on which each layer's output error is measured,
-    /// with and without reconstruction.
-    #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout: Option<PathBuf>,
-    #[arg(long, default_value_t = 512, value_parser = crate::util::options::positive)]
-    pub heldout_sentences: usize,
+    // Labelled calibration sentences for the Fisher scores and the reconstruction (whose ridge
+    // `--damp` sets, times the mean diagonal of ZᵀZ); the held-out ones measure each layer's
+    // output error, with and without reconstruction.
+    #[command(flatten)]
+    pub calibration: CalibOptions,
 }
 
 /// The budget in the units the search spends: FLOPs per token or unique parameters.
@@ -231,7 +223,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     require_classifier(ckpt, "prune-structured")?;
     let arch = &ckpt.arch;
     let budget = budgeted(arch, spec)?;
-    let run = fisher(ckpt, &spec.calib, spec.calib_sentences)?;
+    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Labels))?;
+    let run = fisher(&session, Spec::NAME)?;
     let t_search = Instant::now();
     let keep = search(arch, &run.scores, &budget);
     let pruned = cut(ckpt, &keep)?;
@@ -254,24 +247,19 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["note"] = note.into();
     }
     let out = if spec.no_reconstruct {
+        if let Some(errors) = heldout_errors(&session, &[&pruned])? {
+            report["heldout_layer_error_pruned"] = errors[0].clone().into();
+        }
         pruned
     } else {
-        let (refit, r) = reconstruct(ckpt, &pruned, &spec.calib, spec.calib_sentences, spec.damp)?;
+        let (refit, r) = reconstruct(&session, &pruned, spec.calibration.damping())?;
         report["reconstruction"] = serde_json::to_value(&r).expect("serialises");
-        if let Some(path) = &spec.heldout {
-            let n = spec.heldout_sentences;
-            report["heldout_layer_error_pruned"] = heldout_errors(ckpt, &pruned, path, n)?.into();
-            report["heldout_layer_error_reconstructed"] =
-                heldout_errors(ckpt, &refit, path, n)?.into();
+        if let Some(errors) = heldout_errors(&session, &[&pruned, &refit])? {
+            report["heldout_layer_error_pruned"] = errors[0].clone().into();
+            report["heldout_layer_error_reconstructed"] = errors[1].clone().into();
         }
         refit
     };
-    if spec.no_reconstruct {
-        if let Some(path) = &spec.heldout {
-            report["heldout_layer_error_pruned"] =
-                heldout_errors(ckpt, &out, path, spec.heldout_sentences)?.into();
-        }
-    }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
 
@@ -282,9 +270,7 @@ impl Surgery for Spec {
     const EXAMPLE: &'static [&'static str] = &["--flops", "0.6", "--calib", "{calib}"];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        let mut reads = vec![self.calib.as_path()];
-        reads.extend(self.heldout.as_deref());
-        reads
+        self.calibration.reads()
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {

@@ -108,16 +108,18 @@ mod tests {
     fn a_spec_without_its_required_choice_is_refused() {
         let arch = arch();
         let remove_heads: super::super::remove_heads::Spec = serde_json::from_str(
-            r#"{"threshold": 0.5, "by": "importance", "data_sentences": 8, "allow_empty": false}"#,
+            r#"{"threshold": 0.5, "by": "importance", "allow_empty": false,
+                "calibration": {"calib_sentences": 8, "heldout_sentences": 8}}"#,
         )
         .unwrap();
         let lowrank: super::super::lowrank_layers::Spec = serde_json::from_str(
-            r#"{"modules": ["query"], "method": "svd", "calib_sentences": 8, "damp": 0.01}"#,
+            r#"{"modules": ["query"], "method": "svd",
+                "calibration": {"calib_sentences": 8, "damp": 0.01, "heldout_sentences": 8}}"#,
         )
         .unwrap();
         let structured: super::super::prune_structured::Spec = serde_json::from_str(
-            r#"{"seq_len": 16, "calib": "c.txt", "calib_sentences": 8, "no_reconstruct": false,
-                "damp": 0.01, "heldout_sentences": 8}"#,
+            r#"{"seq_len": 16, "no_reconstruct": false, "calibration": {"calib": "c.txt",
+                "calib_sentences": 8, "damp": 0.01, "heldout_sentences": 8}}"#,
         )
         .unwrap();
         let errors = [
@@ -130,5 +132,46 @@ mod tests {
             assert!(e.is_user_error(), "{e}");
             assert!(e.to_string().contains("give --"), "{e}");
         }
+    }
+
+    /// Each calibrated cut's own defaults reach its command line, `--calib` is required where
+    /// the cut cannot work without it, and remove-heads' older `--data` names still parse.
+    #[test]
+    fn calibration_defaults_and_old_names_reach_the_command_line() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        #[command(no_binary_name = true)]
+        struct Line {
+            #[command(subcommand)]
+            cut: super::SurgeryCommand,
+        }
+        let parse = |args: &str| Line::try_parse_from(args.split_whitespace()).map(|l| l.cut);
+        let calibration = |args: &str| match parse(args).unwrap() {
+            super::SurgeryCommand::Sparsegpt { spec, .. } => spec.calibration,
+            super::SurgeryCommand::PruneStructured { spec, .. } => spec.calibration,
+            super::SurgeryCommand::RemoveHeads { spec, .. } => spec.calibration,
+            other => panic!("{} is not under test", other.name()),
+        };
+        let c = calibration("sparsegpt a b --sparsity 0.5 --calib c");
+        assert_eq!(
+            (c.calib_sentences, c.heldout_sentences, c.damp),
+            (256, 256, None)
+        );
+        let c = calibration("prune-structured a b --flops 0.5 --calib c --damp 0.1");
+        assert_eq!(
+            (c.calib_sentences, c.heldout_sentences, c.damp),
+            (2048, 512, Some(0.1))
+        );
+        let c = calibration("remove-heads a b --keep 2 --data c --data-sentences 7");
+        assert_eq!(c.calib.as_deref(), Some(std::path::Path::new("c")));
+        assert_eq!(c.calib_sentences, 7);
+        assert!(
+            parse("sparsegpt a b --sparsity 0.5").is_err(),
+            "--calib is required"
+        );
+        assert!(
+            parse("remove-heads a b --heads 0:1").is_ok(),
+            "--calib is optional"
+        );
     }
 }

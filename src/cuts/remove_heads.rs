@@ -7,21 +7,18 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::layer_inputs::heldout_errors;
+use super::shared::unit_scores::head_importance;
 use super::Surgery;
 use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
-use crate::data::tokenize::WordTokenizer;
-use crate::data::{read_dataset, LabelSet, ReadOptions};
 use crate::error::{Error, Result};
-use crate::eval::{collate, Prepared};
 use crate::io::Checkpoint;
-use crate::kernels::Compute;
 use crate::model::gates::GatesFile;
-use crate::model::loss::batch_cross_entropy;
-use crate::model::{Bert, Mode, Outputs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -35,12 +32,12 @@ pub enum Ranking {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(
+    mut_args(calibrate::defaults(Calib::Optional, "512", "512")),
+    mut_arg("calib", |a| a.alias("data")),
+    mut_arg("calib_sentences", |a| a.alias("data-sentences"))
+)]
 pub struct Spec {
-    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
-    // part of the spec: the same cut may be computed on another device.
-    #[command(flatten)]
-    #[serde(skip)]
-    pub compute: Compute,
     /// Heads to remove, `layer:head,head;layer:head`, e.g. `0:1,3;5:0,2,7` (logical layers).
     #[arg(long, conflicts_with_all = ["gates", "keep"], required_unless_present_any = ["gates", "keep"])]
     pub heads: Option<String>,
@@ -54,14 +51,13 @@ pub struct Spec {
     pub keep: Option<usize>,
     #[arg(long, value_enum, default_value_t = Ranking::Importance)]
     pub by: Ranking,
-    /// Labelled data for the importance scores.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    #[arg(long, default_value_t = 512, value_parser = crate::util::options::positive)]
-    pub data_sentences: usize,
     /// Allow removing every head of every layer.
     #[arg(long)]
     pub allow_empty: bool,
+    // Labelled calibration sentences for the importance scores (`--data` is the old name of
+    // `--calib`); the held-out ones measure each layer's output error against the uncut model.
+    #[command(flatten)]
+    pub calibration: CalibOptions,
 }
 
 /// Parses `0:1,3;5:0,2,7` into (logical layer, head) pairs.
@@ -87,66 +83,6 @@ pub fn parse_heads(text: &str) -> Result<BTreeSet<(usize, usize)>> {
     Ok(out)
 }
 
-/// Head importance (Michel et al. 2019): |Σ ∂L/∂ξ_h| per batch, summed over batches, then
-/// normalised by the layer's L2 norm. Returns scores per logical layer.
-pub fn importance(
-    ckpt: &Checkpoint,
-    path: &std::path::Path,
-    sentences: usize,
-    compute: Compute,
-) -> Result<Vec<Vec<f64>>> {
-    let labels = LabelSet::new(ckpt.require_labels()?)?;
-    let mut data = read_dataset(path, &ReadOptions::default())?;
-    data.sentences.truncate(sentences);
-    crate::cuts::shared::calibrate::check_known_tags(&data, &labels)?;
-    let tokenizer = WordTokenizer::from_checkpoint(ckpt)?;
-    let prepared =
-        Prepared::for_inference(&tokenizer, data, &labels, ckpt.arch.max_positions.min(128))?;
-    let (device, kernels) = compute.open()?;
-    // The weights are constants: only the head multipliers get gradients.
-    let model = Bert::load(ckpt, &device)?.with_kernels(kernels);
-    let heads = ckpt.arch.heads_per_layer();
-    let gates: Vec<Var> = heads
-        .iter()
-        .map(|&h| Var::ones(h, candle_core::DType::F32, &device))
-        .collect::<candle_core::Result<_>>()?;
-    let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
-    let mut scores: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
-    let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
-    let progress = crate::util::progress::Progress::new(
-        "head importance",
-        prepared.examples.len() as u64,
-        "sentences",
-    );
-    for batch in &plan.batches {
-        progress.inc(batch.len() as u64);
-        let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
-        let b = collate(&examples, tokenizer.pad_id(), &device)?;
-        let out = model.forward_gated(
-            &b.batch,
-            &mut Mode::Eval,
-            Outputs::default(),
-            Some(&gate_tensors),
-        )?;
-        let loss = batch_cross_entropy(&out, &b.labels)?;
-        let grads = loss.backward()?;
-        for (l, g) in gates.iter().enumerate() {
-            if let Some(grad) = grads.get(g.as_tensor()) {
-                for (s, v) in scores[l].iter_mut().zip(grad.to_vec1::<f32>()?) {
-                    *s += v.abs() as f64;
-                }
-            }
-        }
-    }
-    for layer in &mut scores {
-        let norm = layer.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if norm > 0.0 {
-            layer.iter_mut().for_each(|v| *v /= norm);
-        }
-    }
-    Ok(scores)
-}
-
 /// A spec that selects no heads: the command line cannot make one, a recipe's or a library
 /// caller's spec can.
 fn no_selection() -> Error {
@@ -155,10 +91,10 @@ fn no_selection() -> Error {
 
 /// The heads to remove, as (logical layer, head).
 fn heads_to_remove(
-    ckpt: &Checkpoint,
+    session: &Session,
     spec: &Spec,
 ) -> Result<(BTreeSet<(usize, usize)>, serde_json::Value)> {
-    let arch = &ckpt.arch;
+    let arch = &session.original().arch;
     let heads = arch.heads_per_layer();
     if let Some(text) = &spec.heads {
         return Ok((parse_heads(text)?, serde_json::Value::Null));
@@ -177,12 +113,7 @@ fn heads_to_remove(
                 .ok_or_else(|| Error::Spec("--by gates needs --gates FILE".into()))?;
             read_gates(path, &heads, arch.hidden)?.gates
         }
-        Ranking::Importance => {
-            let path = spec.data.as_ref().ok_or_else(|| {
-                Error::Spec("--keep --by importance needs --data FILE (labelled)".into())
-            })?;
-            importance(ckpt, path, spec.data_sentences, spec.compute)?
-        }
+        Ranking::Importance => head_importance(session, "--keep --by importance")?,
     };
     let mut ranked: Vec<(f64, usize, usize)> = scores
         .iter()
@@ -233,6 +164,7 @@ fn read_gates(path: &std::path::Path, heads: &[usize], hidden: usize) -> Result<
 /// the same) though which heads go is decided at run time; a gates file that does not exist yet
 /// (written by an earlier recipe step) leaves the structure unknown.
 pub fn plan(arch: &Arch, spec: &Spec) -> Result<Planned> {
+    spec.calibration.refuse_damp(Spec::NAME)?;
     let heads = arch.heads_per_layer();
     let remove: BTreeSet<(usize, usize)> = if let Some(text) = &spec.heads {
         parse_heads(text)?
@@ -328,7 +260,10 @@ fn without_heads(
 
 pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let arch = &ckpt.arch;
-    let (remove, extra) = heads_to_remove(ckpt, spec)?;
+    spec.calibration.refuse_damp(Spec::NAME)?;
+    let ranked = spec.heads.is_none() && spec.keep.is_some() && spec.by == Ranking::Importance;
+    let session = Session::open(ckpt, &spec.calibration, ranked.then_some(Tags::Labels))?;
+    let (remove, extra) = heads_to_remove(&session, spec)?;
     let (new_arch, by_stored) = without_heads(arch, &remove, spec.allow_empty)?;
     let mut out = ckpt.clone();
     let d = arch.head_dim;
@@ -381,6 +316,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if !extra.is_null() {
         report["ranking"] = extra;
     }
+    if let Some(errors) = heldout_errors(&session, &[&out])? {
+        report["heldout_layer_error"] = errors[0].clone().into();
+    }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
 
@@ -391,11 +329,9 @@ impl Surgery for Spec {
     const EXAMPLE: &'static [&'static str] = &["--heads", "0:1,3;2:0"];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        self.gates
-            .iter()
-            .chain(&self.data)
-            .map(|p| p.as_path())
-            .collect()
+        let mut reads: Vec<&std::path::Path> = self.gates.iter().map(|p| p.as_path()).collect();
+        reads.extend(self.calibration.reads());
+        reads
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {

@@ -4,24 +4,21 @@
 //! cancels in the updates and the damping is relative); query, key and value share one. The
 //! classifier and the embeddings stay dense. `--method magnitude` is the no-update baseline.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
+use super::shared::calibrate::{self, Calib, CalibOptions, Input, Session, Tags};
 use super::shared::layer_inputs::LayerInputs;
 use super::shared::obs::{magnitude, sparsegpt, Pattern, Solver};
 use super::shared::sparse_pattern::{parse_pattern, sparse_arch};
 use super::Surgery;
 use super::{Outcome, Planned};
 use crate::arch::{Arch, Key, LinearPart, LinearSlot};
-use crate::cuts::shared::calibrate::Input;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::kernels::Compute;
-use crate::model::{dropouts_of, Bert, Params};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -35,44 +32,23 @@ pub enum Method {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(mut_args(calibrate::defaults(Calib::Required, "256", "256")))]
 pub struct Spec {
-    // Where the calibration forward passes run (the linear algebra stays on the CPU); not
-    // part of the spec: the same cut may be computed on another device.
-    #[command(flatten)]
-    #[serde(skip)]
-    pub compute: Compute,
     /// Fraction of each linear's weights to remove, in (0, 1).
     #[arg(long, conflicts_with = "pattern", required_unless_present = "pattern", value_parser = crate::util::options::open_fraction)]
     pub sparsity: Option<f64>,
     /// N:M semi-structured sparsity, e.g. 2:4 (N zeros in every M inputs).
     #[arg(long)]
     pub pattern: Option<String>,
-    /// Calibration sentences (CoNLL or JSONL).
-    #[arg(long)]
-    pub calib: PathBuf,
-    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
-    pub calib_sentences: usize,
-    /// Dampening, times the mean of the Hessian's diagonal.
-    #[arg(long, default_value_t = 0.01, value_parser = crate::util::options::positive_number)]
-    pub damp: f64,
     /// Columns per block.
     #[arg(long, default_value_t = 128, value_parser = crate::util::options::positive)]
     pub block: usize,
     #[arg(long, value_enum, default_value_t = Method::Sparsegpt)]
     pub method: Method,
-    /// Held-out sentences (e.g. the dev set) on which each linear's relative output error is
-    /// measured as well: the calibration error alone flatters the solver that fitted it.
-    #[arg(long)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout: Option<PathBuf>,
-    /// How many held-out sentences to use.
-    #[arg(long, default_value_t = 256, value_parser = crate::util::options::positive)]
-    #[serde(default = "default_heldout_sentences")]
-    pub heldout_sentences: usize,
-}
-
-fn default_heldout_sentences() -> usize {
-    256
+    // The calibration sentences; the held-out ones measure each linear's relative output
+    // error as well.
+    #[command(flatten)]
+    pub calibration: CalibOptions,
 }
 
 impl Spec {
@@ -115,14 +91,14 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let started = Instant::now();
     let new_arch = plan(&ckpt.arch, spec)?;
     let pattern = spec.pattern()?;
-    let (device, kernels) = spec.compute.open()?;
-    let params = Params::from_checkpoint(ckpt, &device)?;
-    let model = Bert::new(&ckpt.arch, &params, dropouts_of(&ckpt.config)).with_kernels(kernels);
-    let (mut calib, note) = LayerInputs::new(ckpt, &model, &spec.calib, spec.calib_sentences)?;
-    let mut heldout = match &spec.heldout {
-        Some(path) => Some(LayerInputs::new(ckpt, &model, path, spec.heldout_sentences)?.0),
-        None => None,
-    };
+    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
+    let device = session.device().clone();
+    let (params, model) = session.variables(ckpt)?;
+    let mut calib = LayerInputs::new(session.calib("sparsegpt")?, &model)?;
+    let mut heldout = session
+        .heldout()
+        .map(|h| LayerInputs::new(h, &model))
+        .transpose()?;
     let (mut forward_s, mut solve_s) = (0.0, 0.0);
     let mut done = vec![false; ckpt.arch.layers.len()];
     let mut details = vec![];
@@ -179,7 +155,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
                         pattern,
                         Solver {
                             block: spec.block,
-                            damp: spec.damp,
+                            damp: spec.calibration.damping(),
                         },
                     )
                     .map_err(|e| Error::Spec(format!("`{}`: {e}", key.name(ckpt.arch.layout))))?,
@@ -241,8 +217,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["mean_heldout_relative_output_error"] =
             mean(&errors("heldout_relative_output_error")).into();
     }
-    if let Some(note) = note {
-        report["note"] = note.into();
+    if let Some(note) = &session.calib("sparsegpt")?.note {
+        report["note"] = note.clone().into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))
 }
@@ -261,9 +237,7 @@ impl Surgery for Spec {
     ];
 
     fn reads(&self) -> Vec<&std::path::Path> {
-        let mut reads = vec![self.calib.as_path()];
-        reads.extend(self.heldout.as_deref());
-        reads
+        self.calibration.reads()
     }
 
     fn plan(&self, arch: &Arch) -> Result<Planned> {

@@ -1,6 +1,12 @@
 //! Helpers shared by the integration tests: tiny generated checkpoints, running the binary,
 //! locating optional data in ../shared.
 
+mod cli;
+mod setup;
+
+pub use cli::*;
+pub use setup::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,11 +1,11 @@
 //! Calibration sentences run through a model layer by layer, for the cuts that fit each layer
-//! to its own inputs (SparseGPT, the structured refit).
+//! to its own inputs (SparseGPT, the structured refit) and the held-out layer errors.
 
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-use super::calibrate::Input;
+use super::calibrate::{Input, Sentences, Session};
 use crate::error::Result;
 use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
@@ -23,15 +23,9 @@ pub(crate) struct LayerInputs {
 }
 
 impl LayerInputs {
-    pub(crate) fn new(
-        ckpt: &Checkpoint,
-        model: &Bert,
-        path: &std::path::Path,
-        n: usize,
-    ) -> Result<(Self, Option<String>)> {
+    pub(crate) fn new(sentences: &Sentences, model: &Bert) -> Result<Self> {
         let device = model.device().clone();
-        let (prepared, tokenizer, note) =
-            crate::cuts::shared::calibrate::calibration_examples(ckpt, path, n)?;
+        let prepared = &sentences.prepared;
         let plan = crate::data::bucket_batches(&prepared.lengths(), 32, None);
         let batches: Vec<BatchData> = plan
             .batches
@@ -39,7 +33,7 @@ impl LayerInputs {
             .map(|b| {
                 collate(
                     &b.iter().map(|&i| &prepared.examples[i]).collect::<Vec<_>>(),
-                    tokenizer.pad_id(),
+                    sentences.pad_id,
                     &device,
                 )
             })
@@ -58,14 +52,13 @@ impl LayerInputs {
             .iter()
             .map(|b| Ok(model.embed(&b.batch, &mut Mode::Eval)?.detach()))
             .collect::<candle_core::Result<_>>()?;
-        let inputs = LayerInputs {
+        Ok(LayerInputs {
             tokens: real_rows.iter().map(|r| r.elem_count()).sum(),
             sentences: prepared.data.sentences.len(),
             batches,
             real_rows,
             xs,
-        };
-        Ok((inputs, note))
+        })
     }
 
     /// XᵀX of the real tokens at every linear input of logical layer `logical`.
@@ -106,6 +99,42 @@ impl LayerInputs {
             .collect::<Result<_>>()?;
         Ok(())
     }
+}
+
+/// Per logical layer, Σ‖y′ − y‖² / Σ‖y‖² of its output over the real tokens of the session's
+/// held-out sentences, for each of `cuts` against the session's original (each from the
+/// embeddings through its own layers; the original runs once). None without `--heldout`.
+pub(crate) fn heldout_errors(session: &Session, cuts: &[&Checkpoint]) -> Result<Option<Vec<Vec<f64>>>> {
+    let Some(sentences) = session.heldout() else {
+        return Ok(None);
+    };
+    let original = session.frozen(session.original())?;
+    let models = cuts
+        .iter()
+        .map(|c| session.frozen(c))
+        .collect::<Result<Vec<_>>>()?;
+    let mut xo = LayerInputs::new(sentences, &original)?;
+    let mut xps = models
+        .iter()
+        .map(|m| LayerInputs::new(sentences, m))
+        .collect::<Result<Vec<_>>>()?;
+    let mut errors = vec![vec![]; cuts.len()];
+    for logical in 0..session.original().arch.num_layers() {
+        xo.advance(&original, logical)?;
+        for ((xp, model), per_layer) in xps.iter_mut().zip(&models).zip(&mut errors) {
+            xp.advance(model, logical)?;
+            let (mut diff, mut norm) = (0.0, 0.0);
+            for ((a, b), rows) in xp.xs.iter().zip(&xo.xs).zip(&xo.real_rows) {
+                let (bsz, l, h) = b.dims3()?;
+                let a = a.reshape((bsz * l, h))?.index_select(rows, 0)?;
+                let b = b.reshape((bsz * l, h))?.index_select(rows, 0)?;
+                diff += (a - &b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                norm += b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            }
+            per_layer.push(diff / norm.max(1e-30));
+        }
+    }
+    Ok(Some(errors))
 }
 
 /// Accumulates XᵀX of the real tokens of a batch into `gram`. Detached: the weights are

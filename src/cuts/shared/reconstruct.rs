@@ -21,20 +21,20 @@
 //! their structure) and stored layers that several logical layers share (one weight cannot match
 //! several targets layer by layer).
 
-use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
+use super::calibrate::Session;
 use super::layer_inputs::LayerInputs;
 use super::unit_scores::effective_weight;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::cuts::shared::linalg::{to_mat, to_tensor};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::model::{dropouts_of, Bert, Params};
+use crate::model::Params;
 
 /// What the reconstruction did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -72,23 +72,20 @@ fn refit_blocker(arch: &Arch, stored: usize, slot: LinearSlot) -> Option<String>
     }
 }
 
-/// Refits the output linears of `pruned` (made from `original` by removing units) on the first
-/// `n` sentences of `path`; returns the refitted checkpoint.
+/// Refits the output linears of `pruned` (made from the session's original by removing units)
+/// on the session's calibration sentences; returns the refitted checkpoint.
 pub fn reconstruct(
-    original: &Checkpoint,
+    session: &Session,
     pruned: &Checkpoint,
-    path: &Path,
-    n: usize,
     damp: f64,
 ) -> Result<(Checkpoint, Report)> {
     let start = Instant::now();
-    let device = Device::Cpu;
-    let orig_params = Params::from_checkpoint(original, &device)?;
-    let orig_model = Bert::new(&original.arch, &orig_params, dropouts_of(&original.config));
-    let params = Params::from_checkpoint(pruned, &device)?;
-    let model = Bert::new(&pruned.arch, &params, dropouts_of(&pruned.config));
-    let (mut xo, note) = LayerInputs::new(original, &orig_model, path, n)?;
-    let (mut xp, _) = LayerInputs::new(pruned, &model, path, n)?;
+    let original = session.original();
+    let sentences = session.calib("the reconstruction")?;
+    let orig_model = session.frozen(original)?;
+    let (params, model) = session.variables(pruned)?;
+    let mut xo = LayerInputs::new(sentences, &orig_model)?;
+    let mut xp = LayerInputs::new(sentences, &model)?;
     let arch = &pruned.arch;
     let mut blocks = vec![];
     let mut skipped = vec![];
@@ -158,8 +155,9 @@ pub fn reconstruct(
                     )),
                     other => other,
                 })?;
-            var_of(&params, key(LinearPart::Weight)).set(&new_w)?;
-            var_of(&params, key(LinearPart::Bias)).set(&new_b)?;
+            // Solved on the host; the model may live on another device.
+            var_of(&params, key(LinearPart::Weight)).set(&new_w.to_device(w.device())?)?;
+            var_of(&params, key(LinearPart::Bias)).set(&new_b.to_device(b.device())?)?;
             blocks.push(serde_json::json!({
                 "layer": logical, "block": name, "units": w.dims2()?.1 / if block == 0 { arch.head_dim } else { 1 },
                 "relative_error_before": before, "relative_error_after": after,
@@ -178,7 +176,7 @@ pub fn reconstruct(
             seconds: start.elapsed().as_secs_f64(),
             blocks,
             skipped,
-            note,
+            note: sentences.note.clone(),
         },
     ))
 }
@@ -208,11 +206,12 @@ fn pre_norm_sum(
             slot,
             part: LinearPart::Bias,
         },
-    )?;
+    )?
+    .to_device(x.device())?;
     let x = x.index_select(rows, 0)?;
     let mut sum = x.broadcast_add(&bias)?;
     if let Some(a) = a.filter(|a| a.dims2().map_or(false, |(_, k)| k > 0)) {
-        let w = effective_weight(ckpt, stored, slot)?;
+        let w = effective_weight(ckpt, stored, slot)?.to_device(x.device())?;
         sum = (sum + a.index_select(rows, 0)?.matmul(&w.t()?)?)?;
     }
     Ok(sum)
@@ -325,38 +324,4 @@ fn mat64(t: &Tensor) -> Result<Mat<f64>> {
     let v = t.to_vec2::<f64>()?;
     let cols = v.first().map_or(0, Vec::len);
     Ok(Mat::from_fn(v.len(), cols, |i, j| v[i][j]))
-}
-
-/// Per logical layer, Σ‖y′ − y‖² / Σ‖y‖² of its output over the real tokens of the first `n`
-/// sentences of `path`, `pruned` against `original` (each from the embeddings, through its own
-/// layers).
-pub fn heldout_errors(
-    original: &Checkpoint,
-    pruned: &Checkpoint,
-    path: &Path,
-    n: usize,
-) -> Result<Vec<f64>> {
-    let device = Device::Cpu;
-    let load = |c: &Checkpoint| -> Result<Bert> {
-        let p = Params::from_checkpoint(c, &device)?;
-        Ok(Bert::new(&c.arch, &p, dropouts_of(&c.config)))
-    };
-    let (orig_model, model) = (load(original)?, load(pruned)?);
-    let (mut xo, _) = LayerInputs::new(original, &orig_model, path, n)?;
-    let (mut xp, _) = LayerInputs::new(pruned, &model, path, n)?;
-    let mut errors = vec![];
-    for logical in 0..original.arch.num_layers() {
-        xo.advance(&orig_model, logical)?;
-        xp.advance(&model, logical)?;
-        let (mut diff, mut norm) = (0.0, 0.0);
-        for ((a, b), rows) in xp.xs.iter().zip(&xo.xs).zip(&xo.real_rows) {
-            let (bsz, l, h) = b.dims3()?;
-            let a = a.reshape((bsz * l, h))?.index_select(rows, 0)?;
-            let b = b.reshape((bsz * l, h))?.index_select(rows, 0)?;
-            diff += (a - &b)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            norm += b.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        }
-        errors.push(diff / norm.max(1e-30));
-    }
-    Ok(errors)
 }

@@ -8,25 +8,26 @@
 //!   unit's columns, read from the weight gradients of one backward pass per batch (for a
 //!   low-rank linear, its `down` factor's columns). A stored layer shared by several logical
 //!   layers has one weight and so one mask: its gradient already sums over every use.
+//! - Head importance (Michel et al. 2019): |∂L/∂g| of a multiplier on each head's output.
 //! - Magnitude (no data): ‖unit's rows into the block‖₂ · ‖unit's columns out of it‖₂.
 
-use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
 
-use super::calibrate::labelled_examples;
+use super::calibrate::Session;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::cuts::cpu;
-use crate::data::{bucket_batches, LabelSet};
+use crate::data::bucket_batches;
 use crate::error::{Error, Result};
 use crate::eval::collate;
 use crate::io::Checkpoint;
 use crate::model::loss::batch_cross_entropy;
-use crate::model::{dropouts_of, Bert, Mode, Outputs, Params};
+use crate::model::{Batch, ForwardOutput, Mode, Outputs};
 
-/// Sentences per backward pass for the Fisher scores (the batch size Kwon et al. use).
-const FISHER_BATCH: usize = 32;
+/// Sentences per backward pass for the task-loss scores (the batch size Kwon et al. use).
+const SCORE_BATCH: usize = 32;
 
 /// A score per head and per neuron of every stored layer (higher: more important).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,15 +36,18 @@ pub struct UnitScores {
     pub neurons: Vec<Vec<f64>>,
 }
 
-/// Fisher scores and what they were computed on.
-pub struct FisherRun {
-    pub scores: UnitScores,
+/// Scores and what they were computed on.
+pub struct ScoreRun<S> {
+    pub scores: S,
     pub sentences: usize,
     pub tokens: usize,
     pub seconds: f64,
     /// Set when the file had fewer sentences than asked.
     pub note: Option<String>,
 }
+
+/// Fisher scores and what they were computed on.
+pub type FisherRun = ScoreRun<UnitScores>;
 
 /// The key of the tensor whose input columns a unit scales: the attention output (heads) or the
 /// output linear (neurons); `down` for a low-rank linear.
@@ -66,15 +70,57 @@ pub fn require_classifier(ckpt: &Checkpoint, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// Diagonal Fisher scores of every head and neuron on the first `n` labelled sentences of `path`.
-pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
+/// Runs `step` on the task-loss gradients of every batch of the session's labelled calibration
+/// sentences (`SCORE_BATCH` sentences, bucketed by length, on the session's device); `forward`
+/// is the model's pass, `label` names the progress bar and `what` the option that asked for the
+/// scores. Returns what the scores were computed on.
+fn task_loss_gradients(
+    session: &Session,
+    label: &str,
+    what: &str,
+    forward: impl Fn(&Batch) -> candle_core::Result<ForwardOutput>,
+    mut step: impl FnMut(&GradStore) -> Result<()>,
+) -> Result<ScoreRun<()>> {
     let start = Instant::now();
-    let labels = LabelSet::new(ckpt.require_labels()?)?;
-    let (prepared, tokenizer, note) = labelled_examples(ckpt, path, n, &labels)?;
-    let device = Device::Cpu;
+    let sentences = session.calib(what)?;
+    let prepared = &sentences.prepared;
+    let plan = bucket_batches(&prepared.lengths(), SCORE_BATCH, None);
+    let progress =
+        crate::util::progress::Progress::new(label, prepared.examples.len() as u64, "sentences");
+    for batch in &plan.batches {
+        progress.inc(batch.len() as u64);
+        let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
+        let b = collate(&examples, sentences.pad_id, session.device())?;
+        let out = forward(&b.batch)?;
+        step(&batch_cross_entropy(&out, &b.labels)?.backward()?)?;
+    }
+    Ok(ScoreRun {
+        scores: (),
+        sentences: prepared.examples.len(),
+        tokens: prepared.num_tokens(),
+        seconds: start.elapsed().as_secs_f64(),
+        note: sentences.note.clone(),
+    })
+}
+
+impl ScoreRun<()> {
+    fn with<S>(self, scores: S) -> ScoreRun<S> {
+        ScoreRun {
+            scores,
+            sentences: self.sentences,
+            tokens: self.tokens,
+            seconds: self.seconds,
+            note: self.note,
+        }
+    }
+}
+
+/// Diagonal Fisher scores of every head and neuron of the session's original model on its
+/// labelled calibration sentences (`what` names the option that asked for them).
+pub fn fisher(session: &Session, what: &str) -> Result<FisherRun> {
+    let ckpt = session.original();
     let arch = &ckpt.arch;
-    let params = Params::from_checkpoint(ckpt, &device)?;
-    let model = Bert::new(arch, &params, dropouts_of(&ckpt.config));
+    let (params, model) = session.variables(ckpt)?;
     let mut scores = UnitScores {
         heads: arch.layers.iter().map(|l| vec![0.0; l.num_heads]).collect(),
         neurons: arch
@@ -83,50 +129,86 @@ pub fn fisher(ckpt: &Checkpoint, path: &Path, n: usize) -> Result<FisherRun> {
             .map(|l| vec![0.0; l.intermediate])
             .collect(),
     };
-    let plan = bucket_batches(&prepared.lengths(), FISHER_BATCH, None);
-    let progress = crate::util::progress::Progress::new(
+    let run = task_loss_gradients(
+        session,
         "fisher scores",
-        prepared.examples.len() as u64,
-        "sentences",
-    );
-    for batch in &plan.batches {
-        progress.inc(batch.len() as u64);
-        let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
-        let b = collate(&examples, tokenizer.pad_id(), &device)?;
-        let out = model.forward(&b.batch, &mut Mode::Eval, Outputs::default())?;
-        let grads = batch_cross_entropy(&out, &b.labels)?.backward()?;
-        for s in 0..arch.layers.len() {
-            for (slot, group, acc) in [
-                (
-                    LinearSlot::AttentionOutput,
-                    arch.head_dim,
-                    &mut scores.heads[s],
-                ),
-                (LinearSlot::Output, 1, &mut scores.neurons[s]),
-            ] {
-                if acc.is_empty() {
-                    continue;
-                }
-                let w = params.get(reader_key(arch, s, slot));
-                let Some(g) = grads.get(&w) else { continue };
-                let per_column = (w * g)?.sum(0)?.to_vec1::<f32>()?;
-                for (unit, a) in acc.iter_mut().enumerate() {
-                    let m: f64 = per_column[unit * group..(unit + 1) * group]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum();
-                    *a += m * m;
+        what,
+        |batch| model.forward(batch, &mut Mode::Eval, Outputs::default()),
+        |grads| {
+            for s in 0..arch.layers.len() {
+                for (slot, group, acc) in [
+                    (
+                        LinearSlot::AttentionOutput,
+                        arch.head_dim,
+                        &mut scores.heads[s],
+                    ),
+                    (LinearSlot::Output, 1, &mut scores.neurons[s]),
+                ] {
+                    if acc.is_empty() {
+                        continue;
+                    }
+                    let w = params.get(reader_key(arch, s, slot));
+                    let Some(g) = grads.get(&w) else { continue };
+                    let per_column = (w * g)?.sum(0)?.to_vec1::<f32>()?;
+                    for (unit, a) in acc.iter_mut().enumerate() {
+                        let m: f64 = per_column[unit * group..(unit + 1) * group]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum();
+                        *a += m * m;
+                    }
                 }
             }
+            Ok(())
+        },
+    )?;
+    Ok(run.with(scores))
+}
+
+/// Head importance (Michel et al. 2019): |∂L/∂g| of a multiplier g = 1 on every head's output,
+/// summed over the session's labelled calibration sentences and normalised per layer (`what`
+/// names the option that asked for it).
+pub(crate) fn head_importance(session: &Session, what: &str) -> Result<Vec<Vec<f64>>> {
+    let ckpt = session.original();
+    // The weights are constants: only the head multipliers get gradients.
+    let model = session.frozen(ckpt)?;
+    let heads = ckpt.arch.heads_per_layer();
+    let gates: Vec<Var> = heads
+        .iter()
+        .map(|&h| Var::ones(h, DType::F32, session.device()))
+        .collect::<candle_core::Result<_>>()?;
+    let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
+    let mut scores: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
+    task_loss_gradients(
+        session,
+        "head importance",
+        what,
+        |batch| {
+            model.forward_gated(
+                batch,
+                &mut Mode::Eval,
+                Outputs::default(),
+                Some(&gate_tensors),
+            )
+        },
+        |grads| {
+            for (l, g) in gates.iter().enumerate() {
+                if let Some(grad) = grads.get(g.as_tensor()) {
+                    for (s, v) in scores[l].iter_mut().zip(grad.to_vec1::<f32>()?) {
+                        *s += v.abs() as f64;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    for layer in &mut scores {
+        let norm = layer.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            layer.iter_mut().for_each(|v| *v /= norm);
         }
     }
-    Ok(FisherRun {
-        scores,
-        sentences: prepared.examples.len(),
-        tokens: prepared.num_tokens(),
-        seconds: start.elapsed().as_secs_f64(),
-        note,
-    })
+    Ok(scores)
 }
 
 /// The effective dense weight of a linear (up·down for a low-rank one).

@@ -1,20 +1,16 @@
-//! The hostile-user cases: `--force` and `--out` never delete what the user owns (files stay byte
-//! for byte), runs are locked against concurrent writers, `--resume` needs something to resume,
-//! absurd sizes and bad tags are refused up front, stale temporaries are cleaned, an interrupted
-//! recipe step continues from its `last/`, and a recovery run never ends worse than its start.
+//! What commands write: never over the user's files or an input (not even with `--force`, which
+//! replaces only an output of the same kind), run folders locked against concurrent writers,
+//! stale temporaries cleaned, a full disk found before training, and a replacement interrupted
+//! by a kill put back.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use surgery::arch::Layout;
 use surgery::io::lock::FolderLock;
 
-use crate::train::{setup, Setup};
-use crate::util::{save, surgery, tempdir, tiny_checkpoint, tiny_config};
-
-pub(crate) fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use crate::util::{
+    assert_refused, assert_rejected, conll, finetune_args, good, model, run, s, setup, surgery,
+    tempdir, trained, Setup,
+};
 
 /// Every file under `dir` with its bytes, for "nothing changed" checks.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -36,56 +32,6 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-pub(crate) fn assert_refused(r: &crate::util::Output, needle: &str) {
-    assert_eq!(r.code, 2, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
-    assert!(r.stderr.contains(needle), "`{needle}` not in: {}", r.stderr);
-}
-
-pub(crate) fn model(dir: &Path) -> PathBuf {
-    save(
-        &tiny_checkpoint(tiny_config(), Layout::Bare, 3),
-        dir,
-        "model",
-    )
-}
-
-/// A finished tiny training run (`run/best`, `run/last`).
-fn trained(s_: &Setup) -> PathBuf {
-    let run_dir = s_.dir.path().join("run");
-    let r = run(&finetune_args(
-        s_,
-        &s_.model,
-        &run_dir,
-        &["--max-steps", "4"],
-    ));
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    run_dir
-}
-
-fn finetune_args(s_: &Setup, input: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "finetune",
-        s(input),
-        "--train",
-        s(&s_.data.train),
-        "--dev",
-        s(&s_.data.dev),
-        "--out",
-        s(out),
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-3",
-        "--eval-every",
-        "2",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    args
-}
-
 /// A one-step recipe named `name` that evaluates `run_dir/best` on the dev file.
 fn eval_recipe(s_: &Setup, name: &str, run_dir: &Path) -> PathBuf {
     let recipe = s_.dir.path().join(format!("{name}.toml"));
@@ -96,10 +42,6 @@ fn eval_recipe(s_: &Setup, name: &str, run_dir: &Path) -> PathBuf {
     );
     std::fs::write(&recipe, text).unwrap();
     recipe
-}
-
-fn run(args: &[String]) -> crate::util::Output {
-    surgery(&args.iter().map(|a| a.as_str()).collect::<Vec<_>>())
 }
 
 #[test]
@@ -173,15 +115,6 @@ fn train_out_over_user_files_is_refused() {
         assert_eq!(r.code, 2, "{}", r.stderr);
         assert_eq!(snapshot(&user), before, "with {extra:?}");
     }
-}
-
-#[test]
-fn resume_without_a_run_to_resume_is_refused() {
-    let s_ = setup(32);
-    let missing = s_.dir.path().join("missing");
-    let r = run(&finetune_args(&s_, &s_.model, &missing, &["--resume"]));
-    assert_refused(&r, "nothing to resume");
-    assert!(!missing.exists(), "nothing may be created");
 }
 
 #[test]
@@ -292,110 +225,6 @@ fn eval_outputs_never_replace_user_files() {
 }
 
 #[test]
-fn typeless_tags_are_refused_with_file_and_line() {
-    let s_ = setup(32);
-    let bad = s_.dir.path().join("bad.txt");
-    for tag in ["B", "I-", "PER"] {
-        std::fs::write(&bad, format!("Peter B-PER\nlives O\nhere {tag}\n")).unwrap();
-        let out = s_.dir.path().join(format!("run-{tag}"));
-        let mut args = finetune_args(&s_, &s_.model, &out, &[]);
-        let i = args.iter().position(|a| a == "--train").unwrap();
-        args[i + 1] = s(&bad).to_string();
-        let r = run(&args);
-        assert_refused(&r, "bad.txt:3");
-        assert!(r.stderr.contains(&format!("`{tag}`")), "{}", r.stderr);
-    }
-    let scored = s_.dir.path().join("score.txt");
-    std::fs::write(&scored, "Paris B-LOC B-LOC\nEU B-ORG\n").unwrap();
-    let r = surgery(&["score", s(&scored)]);
-    assert_refused(&r, "score.txt:2");
-}
-
-#[test]
-fn integer_jsonl_tags_take_tag_names() {
-    let s_ = setup(32);
-    let jsonl = s_.dir.path().join("dev.jsonl");
-    std::fs::write(
-        &jsonl,
-        "{\"tokens\": [\"Peter\", \"runs\"], \"ner_tags\": [1, 0]}\n",
-    )
-    .unwrap();
-    let run_dir = trained(&s_);
-    let best = run_dir.join("best");
-    let r = surgery(&["eval", s(&best), "--data", s(&jsonl)]);
-    assert_refused(&r, "--tag-names");
-    let labels = "O,B-PER,I-PER";
-    let r = surgery(&["eval", s(&best), "--data", s(&jsonl), "--tag-names", labels]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-}
-
-#[test]
-fn zero_width_and_whitespace_lines_are_sentence_breaks() {
-    let dir = tempdir();
-    let path = dir.path().join("d.txt");
-    std::fs::write(
-        &path,
-        "\u{feff}Peter B-PER\nruns O\n\u{200b}\nParis B-LOC\n \t \nBerlin B-LOC\n\u{feff}\n",
-    )
-    .unwrap();
-    let d = surgery::data::read_dataset(&path, &Default::default()).unwrap();
-    let words: Vec<Vec<String>> = d.sentences.iter().map(|s| s.words.clone()).collect();
-    assert_eq!(
-        words,
-        vec![vec!["Peter", "runs"], vec!["Paris"], vec!["Berlin"]]
-    );
-}
-
-#[test]
-fn absurd_sizes_are_refused_before_any_work() {
-    let dir = tempdir();
-    let m = model(dir.path());
-    let config = m.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 1000000"),
-    )
-    .unwrap();
-    let r = surgery(&["inspect", s(&m)]);
-    assert_refused(&r, "num_hidden_layers");
-    std::fs::write(&config, &text).unwrap();
-    let out = dir.path().join("student");
-    let r = surgery(&[
-        "init-student",
-        s(&out),
-        "--like",
-        s(&m),
-        "--layers",
-        "2",
-        "--hidden",
-        "1000000000",
-        "--heads",
-        "4",
-        "--intermediate",
-        "64",
-    ]);
-    assert_refused(&r, "hidden_size");
-    // Within the config bounds but far beyond this machine's memory.
-    let r = surgery(&[
-        "init-student",
-        s(&out),
-        "--like",
-        s(&m),
-        "--layers",
-        "1024",
-        "--hidden",
-        "65536",
-        "--heads",
-        "64",
-        "--intermediate",
-        "262144",
-    ]);
-    assert_refused(&r, "of memory but only");
-    assert!(!out.exists());
-}
-
-#[test]
 fn a_full_disk_is_found_before_training() {
     let s_ = setup(32);
     let mount = s_.dir.path().join("small");
@@ -433,101 +262,6 @@ fn stale_temporaries_of_dead_processes_are_removed() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!stale.exists(), "the dead process's temporary is removed");
     assert!(live.exists(), "a live process's temporary is left alone");
-}
-
-#[test]
-fn a_recovery_run_keeps_its_start_when_training_makes_it_worse() {
-    let s_ = setup(48);
-    let run_dir = trained(&s_);
-    let start = run_dir.join("best");
-    let out = s_.dir.path().join("worse");
-    // An absurd learning rate wrecks the model; best/ must stay the starting point.
-    let mut args = finetune_args(
-        &s_,
-        &start,
-        &out,
-        &["--max-steps", "4", "--warmup-ratio", "0"],
-    );
-    let lr = args.iter().position(|a| a == "--lr").unwrap();
-    args[lr + 1] = "5".into();
-    let r = run(&args);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let dev: Vec<(u64, f64)> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["eval"] == "dev")
-        .map(|v| (v["step"].as_u64().unwrap(), v["f1"].as_f64().unwrap()))
-        .collect();
-    assert_eq!(dev[0].0, 0, "the starting point is evaluated: {metrics}");
-    let best = dev.iter().map(|d| d.1).fold(f64::MIN, f64::max);
-    assert!(best >= dev[0].1);
-    let best_eval = surgery(&[
-        "eval",
-        s(&out.join("best")),
-        "--data",
-        s(&s_.data.dev),
-        "--json",
-    ]);
-    let f1 = serde_json::from_str::<serde_json::Value>(&best_eval.stdout).unwrap()["f1"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        f1 >= dev[0].1 - 1e-9,
-        "best/ {f1} is worse than the start {}",
-        dev[0].1
-    );
-}
-
-#[test]
-fn a_recipe_killed_inside_a_training_step_continues_from_last() {
-    let s_ = setup(64);
-    let recipe = s_.dir.path().join("k.toml");
-    std::fs::write(
-        &recipe,
-        format!(
-            "[recipe]\nname = \"k\"\n[[step]]\nname = \"ft\"\nkind = \"train finetune\"\ninput = \"{}\"\ntrain = \"{}\"\ndev = \"{}\"\nepochs = 40\nbatch-size = 8\neval-every = 3\nlr = 1e-3\n",
-            s_.model.display(),
-            s_.data.train.display(),
-            s_.data.dev.display()
-        ),
-    )
-    .unwrap();
-    let runs = s_.dir.path().join("runs");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_surgery"))
-        .args(["run", s(&recipe), "--runs", s(&runs)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let progress = runs.join("k/01-ft/last/state/progress.json");
-    let t0 = Instant::now();
-    let step_of = |p: &Path| -> u64 {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["step"].as_u64())
-            .unwrap_or(0)
-    };
-    while step_of(&progress) < 6 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let r = surgery(&["run", s(&recipe), "--runs", s(&runs)]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout.contains("continuing the interrupted run"),
-        "{}",
-        r.stdout
-    );
-    assert!(r.stderr.contains("resuming"), "{}", r.stderr);
-    assert!(!runs.join("k/01-ft/.step-pending.json").exists());
 }
 
 #[test]
@@ -591,4 +325,270 @@ fn a_previous_output_left_by_a_kill_mid_replacement_is_put_back() {
         "the previous output is back"
     );
     assert!(!aside.exists());
+}
+
+#[test]
+fn force_replaces_only_an_output_of_the_same_kind() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let other = model(&dir.path().join("o"));
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let export = dir.path().join("onnx");
+    assert_eq!(surgery(&["export", s(&m), s(&export)]).code, 0);
+    let weights = other.join("model.safetensors");
+    let labels = export.join("labels.json");
+    let before = [
+        std::fs::read(&weights).unwrap(),
+        std::fs::read(&labels).unwrap(),
+    ];
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", s(&m), "--data", s(&data), "--force"];
+        args.extend(extra);
+        surgery(&args)
+    };
+    let forward = |out: &Path| {
+        surgery(&[
+            "forward",
+            s(&m),
+            "--input",
+            s(&sentences),
+            "--out",
+            s(out),
+            "--force",
+        ])
+    };
+    assert_refused(
+        &eval(&["--write-predictions", s(&weights)]),
+        "is not a predictions file",
+    );
+    assert_refused(&forward(&weights), "is not an output of `surgery forward`");
+    assert_refused(
+        &eval(&["--save-json", s(&labels)]),
+        "is not an evaluation record",
+    );
+    assert_refused(
+        &eval(&["--save-json", s(&weights)]),
+        "is not an evaluation record",
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), before[0]);
+    assert_eq!(std::fs::read(&labels).unwrap(), before[1]);
+    // Each kind may replace itself.
+    let (p, j, f) = (
+        dir.path().join("p.txt"),
+        dir.path().join("e.json"),
+        dir.path().join("f.safetensors"),
+    );
+    for _ in 0..2 {
+        let r = eval(&["--write-predictions", s(&p), "--save-json", s(&j)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(forward(&f).code, 0);
+    }
+    // ...but not one another.
+    assert_refused(
+        &eval(&["--save-json", s(&p)]),
+        "is not an evaluation record",
+    );
+    assert_refused(&forward(&j), "is not an output of `surgery forward`");
+}
+
+#[test]
+fn cache_teacher_inside_an_input_folder_is_refused() {
+    let s_ = setup(32);
+    let teacher = s_.model.clone();
+    let before = std::fs::read_dir(&teacher).unwrap().count();
+    for cache in [teacher.clone(), teacher.join("cache")] {
+        let r = surgery(&[
+            "train",
+            "distill",
+            s(&s_.model),
+            "--teacher",
+            s(&teacher),
+            "--cache-teacher",
+            s(&cache),
+            "--train",
+            s(&s_.data.train),
+            "--dev",
+            s(&s_.data.dev),
+            "--out",
+            s(&s_.dir.path().join("run")),
+        ]);
+        assert_refused(&r, "lies inside the input");
+    }
+    assert_eq!(std::fs::read_dir(&teacher).unwrap().count(), before);
+}
+
+#[test]
+fn an_output_over_an_input_is_refused_by_every_command_and_the_input_is_unchanged() {
+    let dir = tempdir();
+    let m = model(dir.path());
+    let data = conll(dir.path());
+    let sentences = dir.path().join("s.txt");
+    std::fs::write(&sentences, "John lives in Paris\n").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&m, &link).unwrap();
+    let data_link = dir.path().join("data-link.txt");
+    std::os::unix::fs::symlink(&data, &data_link).unwrap();
+    let (ms, d, st, l) = (s(&m), s(&data), s(&sentences), s(&link));
+    let inside = m.join("sub");
+    let weights = m.join("model.safetensors");
+    let config = m.join("config.json");
+    let under_link = link.join("out");
+    let read_all = || {
+        [
+            &m.join("model.safetensors"),
+            &m.join("config.json"),
+            &data,
+            &sentences,
+        ]
+        .map(|p| std::fs::read(p).unwrap())
+    };
+    let before = read_all();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["drop-layers", ms, ms, "--keep", "0", "--force"],
+        vec!["drop-layers", ms, l, "--keep", "0", "--force"],
+        vec!["drop-layers", ms, s(&under_link), "--keep", "0"],
+        vec!["tie-layers", ms, ms, "--share-all", "--force"],
+        vec![
+            "sparsegpt",
+            ms,
+            s(&inside),
+            "--sparsity",
+            "0.5",
+            "--calib",
+            d,
+        ],
+        vec!["prune-vocab", ms, ms, "--corpus", d, "--force"],
+        vec!["export", ms, ms, "--force"],
+        vec!["export", ms, l, "--force"],
+        vec!["forward", ms, "--input", st, "--out", st, "--force"],
+        vec![
+            "forward",
+            ms,
+            "--input",
+            st,
+            "--out",
+            s(&weights),
+            "--force",
+        ],
+        vec!["eval", ms, "--data", d, "--write-predictions", d, "--force"],
+        vec![
+            "eval",
+            ms,
+            "--data",
+            s(&data_link),
+            "--write-predictions",
+            d,
+            "--force",
+        ],
+        vec![
+            "eval",
+            ms,
+            "--data",
+            d,
+            "--save-json",
+            s(&config),
+            "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", ms, "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", l, "--force",
+        ],
+        vec![
+            "train", "finetune", ms, "--train", d, "--dev", d, "--out", d, "--force",
+        ],
+        vec![
+            "init-student",
+            ms,
+            "--like",
+            ms,
+            "--layers",
+            "1",
+            "--hidden",
+            "16",
+            "--heads",
+            "4",
+            "--intermediate",
+            "8",
+            "--force",
+        ],
+        vec!["report", ms, "--out", ms],
+    ];
+    for args in cases {
+        let r = surgery(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}: {}", r.stderr);
+        assert!(read_all() == before, "{args:?} changed an input");
+    }
+    assert!(!inside.exists());
+}
+
+#[test]
+fn model_safetensors_gets_the_same_permissions_as_other_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let m = model(dir.path());
+    let out = dir.path().join("cut");
+    assert_eq!(
+        surgery(&["drop-layers", s(&m), s(&out), "--keep", "0"]).code,
+        0
+    );
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(out.join("model.safetensors")),
+        mode(out.join("config.json"))
+    );
+    assert_ne!(mode(out.join("model.safetensors")), 0o600);
+}
+
+#[test]
+fn input_that_is_a_file_instead_of_a_folder() {
+    let dir = tempdir();
+    let file = dir.path().join("config.json");
+    std::fs::write(&file, "{}").unwrap();
+    assert_rejected(
+        &file,
+        dir.path(),
+        &["config.json", "not a checkpoint folder"],
+    );
+}
+
+#[test]
+fn output_path_that_exists() {
+    let dir = tempdir();
+    let ckpt = good(dir.path());
+    let input = dir.path().join("sentences.txt");
+    std::fs::write(&input, "a b c\n").unwrap();
+    let out = dir.path().join("out.safetensors");
+    std::fs::write(&out, "keep me").unwrap();
+    let args = [
+        "forward",
+        ckpt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let r = surgery(&args);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("out.safetensors") && r.stderr.contains("already exists"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    // --force never replaces a file surgery did not write ...
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let r = surgery(&forced);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("refusing to replace it"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me");
+    // ... but does replace its own output.
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(surgery(&args).code, 0);
+    assert_eq!(surgery(&forced).code, 0);
 }
