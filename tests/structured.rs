@@ -194,8 +194,9 @@ fn shared_layers_are_cut_once_and_scored_over_every_use() {
     let calib = conll(dir.path(), "calib.txt", 6, 1);
     let options = surgery::cuts::shared::calibrate::CalibOptions::new(Some(calib.clone()), 100);
     let tags = Some(surgery::cuts::shared::calibrate::Tags::Labels);
-    let session = surgery::cuts::shared::calibrate::Session::open(&ckpt, &options, tags).unwrap();
-    let run = surgery::cuts::shared::unit_scores::fisher(&session, "the test").unwrap();
+    let calibrator =
+        surgery::cuts::shared::calibrate::Calibrator::open(&ckpt, &options, tags).unwrap();
+    let run = surgery::cuts::shared::unit_scores::fisher(&calibrator, "the test").unwrap();
     let gates: Vec<Var> = (0..3)
         .map(|_| Var::ones(4, candle_core::DType::F32, &CPU).unwrap())
         .collect();

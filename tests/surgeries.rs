@@ -440,10 +440,10 @@ mod lowrank {
         let dir = tempdir();
         let ckpt = tiny_checkpoint(tiny_config(), Layout::Bare, 52);
         let calib = calib_file(dir.path());
-        use surgery::cuts::shared::calibrate::{CalibOptions, Session, Tags};
+        use surgery::cuts::shared::calibrate::{CalibOptions, Calibrator, Tags};
         let options = CalibOptions::new(Some(calib.clone()), 256);
-        let session = Session::open(&ckpt, &options, Some(Tags::Ignored)).unwrap();
-        let stats = session.grams("the test").unwrap();
+        let calibrator = Calibrator::open(&ckpt, &options, Some(Tags::Ignored)).unwrap();
+        let stats = calibrator.grams("the test").unwrap();
         let plain = apply(&ckpt, &spec(Some(3), Method::Svd, None))
             .unwrap()
             .checkpoint;

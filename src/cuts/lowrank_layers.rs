@@ -15,7 +15,7 @@ use super::{cpu, Outcome, Planned};
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::budget::{parse_count, Budget};
 use crate::cuts::shared::calibrate::{
-    self, Calib, CalibOptions, Calibration, Input, Session, Tags,
+    self, Calib, CalibOptions, Calibration, Calibrator, Input, Tags,
 };
 use crate::cuts::shared::layer_inputs::heldout_errors;
 use crate::cuts::shared::linalg::{energy, to_mat, to_tensor, truncated_svd};
@@ -330,9 +330,9 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if selection.is_empty() {
         return Err(Error::Spec("no linear selected".into()));
     }
-    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
+    let calibrator = Calibrator::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
     let calib = match &spec.calibration.calib {
-        Some(_) => Some(session.grams("lowrank-layers")?),
+        Some(_) => Some(calibrator.grams("lowrank-layers")?),
         None if spec.method == Method::Whiten => {
             return Err(Error::Spec("--method whiten needs --calib FILE".into()))
         }
@@ -410,7 +410,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             report["note"] = note.clone().into();
         }
     }
-    if let Some(errors) = heldout_errors(&session, &[&out])? {
+    if let Some(errors) = heldout_errors(&calibrator, &[&out])? {
         report["heldout_layer_error"] = errors[0].clone().into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))

@@ -1,7 +1,7 @@
 //! Surgeries: each is a function `apply(&Checkpoint, &Spec) -> Outcome` in its own file with a
 //! tensor-free `plan`; the outcome carries the new checkpoint, the history entry and a short
 //! report. A surgery writes no file; the files it reads are named in its options (calibration
-//! and held-out sentences, read once per cut by a [`shared::calibrate::Session`], `remove-heads`'
+//! and held-out sentences, read once per cut by a [`shared::calibrate::Calibrator`], `remove-heads`'
 //! gates file, `prune-vocab`'s corpus).
 //! [`registry`] lists them all.
 

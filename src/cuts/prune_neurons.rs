@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::calibrate::{self, Calib, CalibOptions, Calibrator, Tags};
 use super::shared::layer_inputs::heldout_errors;
 use super::shared::unit_scores::{fisher, magnitude, require_classifier, UnitScores};
 use super::shared::units::{arch_with_counts, cut, describe_cut, Keep};
@@ -200,11 +200,11 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
             Some(Tags::Labels)
         }
     };
-    let session = Session::open(ckpt, &spec.calibration, tags)?;
+    let calibrator = Calibrator::open(ckpt, &spec.calibration, tags)?;
     let scores = match spec.by {
         NeuronScore::Magnitude => magnitude(ckpt)?,
         NeuronScore::Fisher => {
-            let run = fisher(&session, "--by fisher")?;
+            let run = fisher(&calibrator, "--by fisher")?;
             report["calibration_sentences"] = run.sentences.into();
             report["calibration_tokens"] = run.tokens.into();
             report["fisher_seconds"] = run.seconds.into();
@@ -220,7 +220,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     };
     let out = cut(ckpt, &keep)?;
     describe_cut(&mut report, arch, &keep, &out);
-    if let Some(errors) = heldout_errors(&session, &[&out])? {
+    if let Some(errors) = heldout_errors(&calibrator, &[&out])? {
         report["heldout_layer_error"] = errors[0].clone().into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))

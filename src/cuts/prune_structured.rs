@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::calibrate::{self, Calib, CalibOptions, Calibrator, Tags};
 use super::shared::layer_inputs::heldout_errors;
 use super::shared::reconstruct::reconstruct;
 use super::shared::unit_scores::{fisher, require_classifier, UnitScores};
@@ -223,8 +223,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     require_classifier(ckpt, "prune-structured")?;
     let arch = &ckpt.arch;
     let budget = budgeted(arch, spec)?;
-    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Labels))?;
-    let run = fisher(&session, Spec::NAME)?;
+    let calibrator = Calibrator::open(ckpt, &spec.calibration, Some(Tags::Labels))?;
+    let run = fisher(&calibrator, Spec::NAME)?;
     let t_search = Instant::now();
     let keep = search(arch, &run.scores, &budget);
     let pruned = cut(ckpt, &keep)?;
@@ -247,14 +247,14 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["note"] = note.into();
     }
     let out = if spec.no_reconstruct {
-        if let Some(errors) = heldout_errors(&session, &[&pruned])? {
+        if let Some(errors) = heldout_errors(&calibrator, &[&pruned])? {
             report["heldout_layer_error_pruned"] = errors[0].clone().into();
         }
         pruned
     } else {
-        let (refit, r) = reconstruct(&session, &pruned, spec.calibration.damping())?;
+        let (refit, r) = reconstruct(&calibrator, &pruned, spec.calibration.damping())?;
         report["reconstruction"] = serde_json::to_value(&r).expect("serialises");
-        if let Some(errors) = heldout_errors(&session, &[&pruned, &refit])? {
+        if let Some(errors) = heldout_errors(&calibrator, &[&pruned, &refit])? {
             report["heldout_layer_error_pruned"] = errors[0].clone().into();
             report["heldout_layer_error_reconstructed"] = errors[1].clone().into();
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::shared::calibrate::{self, Calib, CalibOptions, Session, Tags};
+use super::shared::calibrate::{self, Calib, CalibOptions, Calibrator, Tags};
 use super::shared::layer_inputs::heldout_errors;
 use super::shared::unit_scores::head_importance;
 use super::Surgery;
@@ -91,10 +91,10 @@ fn no_selection() -> Error {
 
 /// The heads to remove, as (logical layer, head).
 fn heads_to_remove(
-    session: &Session,
+    calibrator: &Calibrator,
     spec: &Spec,
 ) -> Result<(BTreeSet<(usize, usize)>, serde_json::Value)> {
-    let arch = &session.original().arch;
+    let arch = &calibrator.original().arch;
     let heads = arch.heads_per_layer();
     if let Some(text) = &spec.heads {
         return Ok((parse_heads(text)?, serde_json::Value::Null));
@@ -113,7 +113,7 @@ fn heads_to_remove(
                 .ok_or_else(|| Error::Spec("--by gates needs --gates FILE".into()))?;
             read_gates(path, &heads, arch.hidden)?.gates
         }
-        Ranking::Importance => head_importance(session, "--keep --by importance")?,
+        Ranking::Importance => head_importance(calibrator, "--keep --by importance")?,
     };
     let mut ranked: Vec<(f64, usize, usize)> = scores
         .iter()
@@ -262,8 +262,8 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let arch = &ckpt.arch;
     spec.calibration.refuse_damp(Spec::NAME)?;
     let ranked = spec.heads.is_none() && spec.keep.is_some() && spec.by == Ranking::Importance;
-    let session = Session::open(ckpt, &spec.calibration, ranked.then_some(Tags::Labels))?;
-    let (remove, extra) = heads_to_remove(&session, spec)?;
+    let calibrator = Calibrator::open(ckpt, &spec.calibration, ranked.then_some(Tags::Labels))?;
+    let (remove, extra) = heads_to_remove(&calibrator, spec)?;
     let (new_arch, by_stored) = without_heads(arch, &remove, spec.allow_empty)?;
     let mut out = ckpt.clone();
     let d = arch.head_dim;
@@ -316,7 +316,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     if !extra.is_null() {
         report["ranking"] = extra;
     }
-    if let Some(errors) = heldout_errors(&session, &[&out])? {
+    if let Some(errors) = heldout_errors(&calibrator, &[&out])? {
         report["heldout_layer_error"] = errors[0].clone().into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))

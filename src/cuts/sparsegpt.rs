@@ -10,7 +10,7 @@ use candle_core::{DType, Tensor};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
-use super::shared::calibrate::{self, Calib, CalibOptions, Input, Session, Tags};
+use super::shared::calibrate::{self, Calib, CalibOptions, Calibrator, Input, Tags};
 use super::shared::layer_inputs::LayerInputs;
 use super::shared::obs::{magnitude, sparsegpt, Pattern, Solver};
 use super::shared::sparse_pattern::{parse_pattern, sparse_arch};
@@ -91,11 +91,11 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
     let started = Instant::now();
     let new_arch = plan(&ckpt.arch, spec)?;
     let pattern = spec.pattern()?;
-    let session = Session::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
-    let device = session.device().clone();
-    let (params, model) = session.variables(ckpt)?;
-    let mut calib = LayerInputs::new(session.calib("sparsegpt")?, &model)?;
-    let mut heldout = session
+    let calibrator = Calibrator::open(ckpt, &spec.calibration, Some(Tags::Ignored))?;
+    let device = calibrator.device().clone();
+    let (params, model) = calibrator.variables(ckpt)?;
+    let mut calib = LayerInputs::new(calibrator.calib("sparsegpt")?, &model)?;
+    let mut heldout = calibrator
         .heldout()
         .map(|h| LayerInputs::new(h, &model))
         .transpose()?;
@@ -217,7 +217,7 @@ pub fn apply(ckpt: &Checkpoint, spec: &Spec) -> Result<Outcome> {
         report["mean_heldout_relative_output_error"] =
             mean(&errors("heldout_relative_output_error")).into();
     }
-    if let Some(note) = &session.calib("sparsegpt")?.note {
+    if let Some(note) = &calibrator.calib("sparsegpt")?.note {
         report["note"] = note.clone().into();
     }
     Ok(Outcome::new(ckpt, out, Spec::NAME, spec, report))

@@ -1,7 +1,7 @@
 //! Calibration for data-aware surgeries: the options every calibrated cut shares
-//! ([`CalibOptions`], flattened into its command line) and the [`Session`] that reads and
+//! ([`CalibOptions`], flattened into its command line) and the [`Calibrator`] that reads and
 //! tokenises its sentences once and serves what the cut needs, on the chosen device: the Gram
-//! matrices XᵀX of every linear's inputs ([`Session::grams`]), layer-by-layer inputs
+//! matrices XᵀX of every linear's inputs ([`Calibrator::grams`]), layer-by-layer inputs
 //! ([`super::layer_inputs`]), Fisher and importance scores ([`super::unit_scores`]) and the
 //! held-out layer errors of the cut model ([`super::layer_inputs::heldout_errors`]).
 
@@ -175,7 +175,7 @@ pub(crate) struct Sentences {
 
 /// One cut's calibration: its sentences read and tokenised once, and the device and kernels
 /// every pass runs on.
-pub struct Session<'a> {
+pub struct Calibrator<'a> {
     original: &'a Checkpoint,
     device: Device,
     kernels: Kernels,
@@ -183,14 +183,14 @@ pub struct Session<'a> {
     heldout: Option<Sentences>,
 }
 
-impl<'a> Session<'a> {
+impl<'a> Calibrator<'a> {
     /// Opens the device and reads the held-out sentences and, when the cut uses them (`tags`
     /// given), the calibration sentences.
     pub fn open(
         original: &'a Checkpoint,
         options: &CalibOptions,
         tags: Option<Tags>,
-    ) -> Result<Session<'a>> {
+    ) -> Result<Calibrator<'a>> {
         let (device, kernels) = options.compute.open()?;
         let calib = match (tags, &options.calib) {
             (Some(tags), Some(path)) => Some(read_sentences(
@@ -206,7 +206,7 @@ impl<'a> Session<'a> {
             .as_deref()
             .map(|path| read_sentences(original, path, options.heldout_sentences, Tags::Ignored))
             .transpose()?;
-        Ok(Session {
+        Ok(Calibrator {
             original,
             device,
             kernels,
@@ -236,12 +236,12 @@ impl<'a> Session<'a> {
         self.heldout.as_ref()
     }
 
-    /// A checkpoint's model on the session's device, its weights constants.
+    /// A checkpoint's model on the calibrator's device, its weights constants.
     pub(crate) fn frozen(&self, ckpt: &Checkpoint) -> Result<Bert> {
         Ok(Bert::load(ckpt, &self.device)?.with_kernels(self.kernels))
     }
 
-    /// A checkpoint's model on the session's device with its weights as variables (for their
+    /// A checkpoint's model on the calibrator's device with its weights as variables (for their
     /// gradients, or refits in place).
     pub(crate) fn variables(&self, ckpt: &Checkpoint) -> Result<(Params, Bert)> {
         let params = Params::from_checkpoint(ckpt, &self.device)?;

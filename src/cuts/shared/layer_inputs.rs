@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-use super::calibrate::{Input, Sentences, Session};
+use super::calibrate::{Calibrator, Input, Sentences};
 use crate::error::Result;
 use crate::eval::{collate, BatchData};
 use crate::io::Checkpoint;
@@ -101,17 +101,20 @@ impl LayerInputs {
     }
 }
 
-/// Per logical layer, Σ‖y′ − y‖² / Σ‖y‖² of its output over the real tokens of the session's
-/// held-out sentences, for each of `cuts` against the session's original (each from the
+/// Per logical layer, Σ‖y′ − y‖² / Σ‖y‖² of its output over the real tokens of the calibrator's
+/// held-out sentences, for each of `cuts` against the calibrator's original (each from the
 /// embeddings through its own layers; the original runs once). None without `--heldout`.
-pub(crate) fn heldout_errors(session: &Session, cuts: &[&Checkpoint]) -> Result<Option<Vec<Vec<f64>>>> {
-    let Some(sentences) = session.heldout() else {
+pub(crate) fn heldout_errors(
+    calibrator: &Calibrator,
+    cuts: &[&Checkpoint],
+) -> Result<Option<Vec<Vec<f64>>>> {
+    let Some(sentences) = calibrator.heldout() else {
         return Ok(None);
     };
-    let original = session.frozen(session.original())?;
+    let original = calibrator.frozen(calibrator.original())?;
     let models = cuts
         .iter()
-        .map(|c| session.frozen(c))
+        .map(|c| calibrator.frozen(c))
         .collect::<Result<Vec<_>>>()?;
     let mut xo = LayerInputs::new(sentences, &original)?;
     let mut xps = models
@@ -119,7 +122,7 @@ pub(crate) fn heldout_errors(session: &Session, cuts: &[&Checkpoint]) -> Result<
         .map(|m| LayerInputs::new(sentences, m))
         .collect::<Result<Vec<_>>>()?;
     let mut errors = vec![vec![]; cuts.len()];
-    for logical in 0..session.original().arch.num_layers() {
+    for logical in 0..calibrator.original().arch.num_layers() {
         xo.advance(&original, logical)?;
         for ((xp, model), per_layer) in xps.iter_mut().zip(&models).zip(&mut errors) {
             xp.advance(model, logical)?;

@@ -1,4 +1,4 @@
-//! What the surgeries share: the calibration options and session (the sentences read once, every
+//! What the surgeries share: the calibration options and the calibrator (the sentences read once, every
 //! pass on the chosen device) and the statistics it serves, linear algebra, the solvers of the
 //! sparse and low-rank cuts, structured units and their scores, layer-by-layer inputs and
 //! held-out errors, the structured refit and sparse patterns. A surgery (a file beside this folder) depends on these,

@@ -27,7 +27,7 @@ use candle_core::{DType, Tensor};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
-use super::calibrate::Session;
+use super::calibrate::Calibrator;
 use super::layer_inputs::LayerInputs;
 use super::unit_scores::effective_weight;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
@@ -72,18 +72,18 @@ fn refit_blocker(arch: &Arch, stored: usize, slot: LinearSlot) -> Option<String>
     }
 }
 
-/// Refits the output linears of `pruned` (made from the session's original by removing units)
-/// on the session's calibration sentences; returns the refitted checkpoint.
+/// Refits the output linears of `pruned` (made from the calibrator's original by removing units)
+/// on the calibrator's calibration sentences; returns the refitted checkpoint.
 pub fn reconstruct(
-    session: &Session,
+    calibrator: &Calibrator,
     pruned: &Checkpoint,
     damp: f64,
 ) -> Result<(Checkpoint, Report)> {
     let start = Instant::now();
-    let original = session.original();
-    let sentences = session.calib("the reconstruction")?;
-    let orig_model = session.frozen(original)?;
-    let (params, model) = session.variables(pruned)?;
+    let original = calibrator.original();
+    let sentences = calibrator.calib("the reconstruction")?;
+    let orig_model = calibrator.frozen(original)?;
+    let (params, model) = calibrator.variables(pruned)?;
     let mut xo = LayerInputs::new(sentences, &orig_model)?;
     let mut xp = LayerInputs::new(sentences, &model)?;
     let arch = &pruned.arch;

@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
-use super::calibrate::Session;
+use super::calibrate::Calibrator;
 use crate::arch::{Arch, Key, LinearKind, LinearPart, LinearSlot};
 use crate::cuts::cpu;
 use crate::data::bucket_batches;
@@ -70,19 +70,19 @@ pub fn require_classifier(ckpt: &Checkpoint, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `step` on the task-loss gradients of every batch of the session's labelled calibration
-/// sentences (`SCORE_BATCH` sentences, bucketed by length, on the session's device); `forward`
+/// Runs `step` on the task-loss gradients of every batch of the calibrator's labelled calibration
+/// sentences (`SCORE_BATCH` sentences, bucketed by length, on the calibrator's device); `forward`
 /// is the model's pass, `label` names the progress bar and `what` the option that asked for the
 /// scores. Returns what the scores were computed on.
 fn task_loss_gradients(
-    session: &Session,
+    calibrator: &Calibrator,
     label: &str,
     what: &str,
     forward: impl Fn(&Batch) -> candle_core::Result<ForwardOutput>,
     mut step: impl FnMut(&GradStore) -> Result<()>,
 ) -> Result<ScoreRun<()>> {
     let start = Instant::now();
-    let sentences = session.calib(what)?;
+    let sentences = calibrator.calib(what)?;
     let prepared = &sentences.prepared;
     let plan = bucket_batches(&prepared.lengths(), SCORE_BATCH, None);
     let progress =
@@ -90,7 +90,7 @@ fn task_loss_gradients(
     for batch in &plan.batches {
         progress.inc(batch.len() as u64);
         let examples: Vec<_> = batch.iter().map(|&i| &prepared.examples[i]).collect();
-        let b = collate(&examples, sentences.pad_id, session.device())?;
+        let b = collate(&examples, sentences.pad_id, calibrator.device())?;
         let out = forward(&b.batch)?;
         step(&batch_cross_entropy(&out, &b.labels)?.backward()?)?;
     }
@@ -115,12 +115,12 @@ impl ScoreRun<()> {
     }
 }
 
-/// Diagonal Fisher scores of every head and neuron of the session's original model on its
+/// Diagonal Fisher scores of every head and neuron of the calibrator's original model on its
 /// labelled calibration sentences (`what` names the option that asked for them).
-pub fn fisher(session: &Session, what: &str) -> Result<FisherRun> {
-    let ckpt = session.original();
+pub fn fisher(calibrator: &Calibrator, what: &str) -> Result<FisherRun> {
+    let ckpt = calibrator.original();
     let arch = &ckpt.arch;
-    let (params, model) = session.variables(ckpt)?;
+    let (params, model) = calibrator.variables(ckpt)?;
     let mut scores = UnitScores {
         heads: arch.layers.iter().map(|l| vec![0.0; l.num_heads]).collect(),
         neurons: arch
@@ -130,7 +130,7 @@ pub fn fisher(session: &Session, what: &str) -> Result<FisherRun> {
             .collect(),
     };
     let run = task_loss_gradients(
-        session,
+        calibrator,
         "fisher scores",
         what,
         |batch| model.forward(batch, &mut Mode::Eval, Outputs::default()),
@@ -166,21 +166,21 @@ pub fn fisher(session: &Session, what: &str) -> Result<FisherRun> {
 }
 
 /// Head importance (Michel et al. 2019): |∂L/∂g| of a multiplier g = 1 on every head's output,
-/// summed over the session's labelled calibration sentences and normalised per layer (`what`
+/// summed over the calibrator's labelled calibration sentences and normalised per layer (`what`
 /// names the option that asked for it).
-pub(crate) fn head_importance(session: &Session, what: &str) -> Result<Vec<Vec<f64>>> {
-    let ckpt = session.original();
+pub(crate) fn head_importance(calibrator: &Calibrator, what: &str) -> Result<Vec<Vec<f64>>> {
+    let ckpt = calibrator.original();
     // The weights are constants: only the head multipliers get gradients.
-    let model = session.frozen(ckpt)?;
+    let model = calibrator.frozen(ckpt)?;
     let heads = ckpt.arch.heads_per_layer();
     let gates: Vec<Var> = heads
         .iter()
-        .map(|&h| Var::ones(h, DType::F32, session.device()))
+        .map(|&h| Var::ones(h, DType::F32, calibrator.device()))
         .collect::<candle_core::Result<_>>()?;
     let gate_tensors: Vec<Tensor> = gates.iter().map(|g| g.as_tensor().clone()).collect();
     let mut scores: Vec<Vec<f64>> = heads.iter().map(|&h| vec![0.0; h]).collect();
     task_loss_gradients(
-        session,
+        calibrator,
         "head importance",
         what,
         |batch| {
