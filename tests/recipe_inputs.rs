@@ -4,7 +4,7 @@
 //! problem.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use surgery::arch::Layout;
 
@@ -417,7 +417,6 @@ fn a_recipe_killed_inside_a_training_step_continues_from_last() {
         .spawn()
         .unwrap();
     let progress = runs.join("k/01-ft/last/state/progress.json");
-    let t0 = Instant::now();
     let step_of = |p: &Path| -> u64 {
         std::fs::read_to_string(p)
             .ok()
@@ -426,7 +425,6 @@ fn a_recipe_killed_inside_a_training_step_continues_from_last() {
             .unwrap_or(0)
     };
     while step_of(&progress) < 6 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it was killed"
