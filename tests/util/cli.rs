@@ -181,3 +181,27 @@ pub fn assert_rejected(ckpt: &Path, dir: &Path, needles: &[&str]) {
         inspect.stderr
     );
 }
+
+/// One training step of `command` (`train KIND MODEL …`) with `data` as training and dev set,
+/// batch 2, into `run_dir`: the `id2label` of the config it saved.
+pub fn one_step_labels(command: &[&str], data: &Path, run_dir: &Path) -> serde_json::Value {
+    let mut args = command.to_vec();
+    args.extend([
+        "--train",
+        s(data),
+        "--dev",
+        s(data),
+        "--out",
+        s(run_dir),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    let r = surgery(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/config.json")).unwrap())
+            .unwrap();
+    config["id2label"].clone()
+}
