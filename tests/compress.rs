@@ -9,7 +9,7 @@ use surgery::io::Checkpoint;
 use surgery::pipeline::compress::CompressRecord;
 use surgery::train::spec::RunOptions;
 
-use crate::util::{quick_spec, setup, surgery, Setup};
+use crate::util::{quick_spec, setup, surgery, surgery_with_env, Setup};
 
 /// A fine-tuned tiny teacher (2 layers, hidden 32) with its data.
 fn teacher() -> (Setup, PathBuf) {
@@ -303,15 +303,50 @@ fn a_speed_target_is_searched_at_the_share_its_latency_table_predicts_and_measur
             .iter()
             .any(|c| c.candidate.name.ends_with("-corrected"))
     );
-    // ONNX Runtime timing is not built in: refused before anything is written.
+    // A chain planned again is one that measured below the target, at its own corrected share.
+    for c in &r.candidates {
+        let Some(base) = c.candidate.name.strip_suffix("-corrected") else {
+            continue;
+        };
+        let first = r.candidates.iter().find(|b| b.candidate.name == base);
+        assert!(first.is_some_and(|b| b.measured_speedup.unwrap() < 1.05));
+        let own = r.decisions[&format!("speed_share:{}", c.candidate.name)];
+        assert!(own < share);
+        let flops = c.cut_flops.expect("cut");
+        assert!(flops as f64 <= own * r.teacher_flops as f64 * (1.0 + 1e-9));
+    }
+    // The same search timed in ONNX Runtime (its Python package), the models exported with
+    // int8 linears; the exports it timed are gone after.
+    if crate::export::onnxruntime_available() {
+        let int8 = s.dir.path().join("int8");
+        let run = surgery(&command(
+            &s,
+            &teacher,
+            &int8,
+            &["--speedup", "1.05", "--runtime", "onnx-int8"],
+        ));
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let r = record(&int8);
+        assert!(r.command.contains("--runtime onnx-int8"), "{}", r.command);
+        assert_eq!(r.speed_table.len(), 9);
+        assert!(r.speed_table.iter().all(|&(_, ratio)| ratio > 0.0));
+        let winner = r.winner.as_ref().unwrap();
+        assert!(winner.measured_speedup.is_some_and(|x| x > 0.0));
+        assert!(!int8.join("speed").exists());
+    }
+    // With no python3 to run ONNX Runtime: refused, saying what to install, before anything
+    // is written.
     let other = s.dir.path().join("onnx");
-    let r = surgery(&command(
-        &s,
-        &teacher,
-        &other,
-        &["--speedup", "2", "--runtime", "onnx"],
-    ));
+    let r = surgery_with_env(
+        &command(
+            &s,
+            &teacher,
+            &other,
+            &["--speedup", "2", "--runtime", "onnx"],
+        ),
+        &[("PATH", "/nonexistent")],
+    );
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("not built in"), "{}", r.stderr);
+    assert!(r.stderr.contains("pip install onnxruntime"), "{}", r.stderr);
     assert!(!other.exists());
 }

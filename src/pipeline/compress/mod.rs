@@ -45,9 +45,9 @@ pub enum Runtime {
     Surgery,
     /// `surgery eval --precision bf16`.
     SurgeryBf16,
-    /// ONNX Runtime, f32 (not built in: refused).
+    /// ONNX Runtime (its Python package), the model exported as `surgery export` writes it.
     Onnx,
-    /// ONNX Runtime with int8 linears (not built in: refused).
+    /// ONNX Runtime with the linears exported as `surgery export --quantize int8` writes them.
     OnnxInt8,
 }
 
@@ -95,8 +95,9 @@ pub struct CompressArgs {
     /// Training sentences the calibrated cuts read.
     #[arg(long, default_value_t = 512, value_parser = options::positive)]
     pub calib_sentences: usize,
-    /// The most epochs of the final distillation.
-    #[arg(long, default_value_t = 6, value_parser = options::positive)]
+    /// The most epochs of the final distillation: a guard for long budgets; below it the time
+    /// left decides.
+    #[arg(long, default_value_t = 20, value_parser = options::positive)]
     pub max_epochs: usize,
     /// Sentences per training batch.
     #[arg(long, default_value_t = 32, value_parser = options::positive)]
@@ -164,14 +165,11 @@ pub fn compress(args: &CompressArgs, progress: &mut dyn FnMut(&str)) -> Result<C
         }
         _ => {}
     }
-    if matches!(args.runtime, Runtime::Onnx | Runtime::OnnxInt8) && args.speedup.is_some() {
-        return Err(Error::Spec(format!(
-            "--runtime {}: timing in ONNX Runtime is not built in; use surgery or surgery-bf16 \
-             (or export the finished model and time it with ONNX Runtime yourself)",
-            clap::ValueEnum::to_possible_value(&args.runtime)
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default()
-        )));
+    if matches!(args.runtime, Runtime::Onnx | Runtime::OnnxInt8)
+        && args.speedup.is_some()
+        && !args.dry_run
+    {
+        speed::onnx::check_available()?;
     }
     let calib = absolute(&args.train);
     let cut_data = candidates::CutData {
@@ -464,17 +462,12 @@ impl<'a> Search<'a> {
         };
         if self.record.speed_table.is_empty() {
             self.say("timing the teacher cut to a grid of FLOPs shares");
-            let precision = self.speed_precision();
-            let scratch = self.out.join("speed");
-            let (_, table) = speed::latency_table(
-                &self.args.teacher,
-                &self.dev_subset,
-                precision,
-                self.args.seq_len,
-                &scratch,
-                &mut |line| (self.progress)(line),
-            )?;
-            std::fs::remove_dir_all(&scratch).ok();
+            let timer = self.timer();
+            let table =
+                timer.latency_table(&self.args.teacher, self.args.seq_len, &mut |line| {
+                    (self.progress)(line)
+                })?;
+            std::fs::remove_dir_all(&timer.scratch).ok();
             self.record.speed_table = table;
             self.save()?;
         }
@@ -676,12 +669,7 @@ impl<'a> Search<'a> {
                 ));
             }
             if let Target::Speedup { ratio } = self.record.target {
-                let measured = speed::measured_speedup(
-                    &self.args.teacher,
-                    &self.cut_dir(i),
-                    &self.dev_subset,
-                    self.speed_precision(),
-                )?;
+                let measured = self.timer().speedup(&self.args.teacher, &self.cut_dir(i))?;
                 let c = &mut self.record.candidates[i];
                 c.measured_speedup = Some(measured);
                 // Candidates of a corrected plan stay: they are the closest the table can get.
@@ -705,9 +693,11 @@ impl<'a> Search<'a> {
         self.stage_done("cut", t0, 0.0)
     }
 
-    /// A speed target whose cut candidates all measured below it: the latency table is scaled
-    /// by how the cut models measured against its prediction, the share read off again and the
-    /// candidates planned anew at it (once). Returns whether new candidates were planned.
+    /// A speed target some cut candidates measured below: each such chain is planned once more
+    /// at the share its own measurement calls for (the latency table scaled by how that cut
+    /// model measured against the table's prediction: ragged structures run slower than the
+    /// table's uniform ones, layers dropped whole run faster). Returns whether new candidates
+    /// were planned.
     fn replan_for_measured_speed(
         &mut self,
         teacher: &Checkpoint,
@@ -716,45 +706,64 @@ impl<'a> Search<'a> {
         let Target::Speedup { ratio } = self.record.target else {
             return Ok(false);
         };
-        if self.record.decisions.contains_key("speed_correction")
-            || self.record.candidates.iter().any(|c| c.dropped.is_none())
-        {
+        if self.record.decisions.contains_key("speed_correction") {
             return Ok(false);
         }
-        let factors: Vec<f64> = self
+        let missed: Vec<(String, f64)> = self
             .record
             .candidates
             .iter()
-            .filter_map(|c| Some(c.measured_speedup? / c.predicted_speedup?))
+            .filter(|c| !c.candidate.name.ends_with(REPLANNED))
+            .filter_map(|c| {
+                let measured = c.measured_speedup?;
+                (measured < ratio)
+                    .then_some((c.candidate.name.clone(), measured / c.predicted_speedup?))
+            })
             .collect();
-        let Some(factor) = median(factors.into_iter()) else {
+        let Some(median_factor) = median(missed.iter().map(|(_, f)| *f)) else {
             return Ok(false);
         };
-        let table = speed::corrected(&self.record.speed_table, factor);
-        let Some(share) = speed::share_for(&table, ratio) else {
-            return Err(Error::Unreachable(format!(
-                "--speedup {ratio}: the cut models ran at {factor:.2} of the speed the latency \
-                 table predicted, and no share timed here reaches {ratio}× once corrected"
-            )));
-        };
-        let first = self.record.decisions["speed_share"];
-        self.record
-            .decisions
-            .insert("speed_correction".into(), factor);
-        self.record
-            .decisions
-            .insert("speed_share_first".into(), first);
-        self.record.decisions.insert("speed_share".into(), share);
-        self.say(&format!(
-            "the cut models ran at {factor:.2} of the predicted speed: searching again at {:.1}% \
-             of the encoder FLOPs",
-            share * 100.0
-        ));
-        let (found, _) =
-            candidates::candidates(&teacher.arch, Target::Flops { ratio: share }, cut_data);
-        let table = self.record.speed_table.clone();
-        for mut candidate in found {
+        let mut replanned = vec![];
+        for (name, factor) in &missed {
+            let table = speed::corrected(&self.record.speed_table, *factor);
+            let Some(share) = speed::share_for(&table, ratio) else {
+                self.say(&format!(
+                    "  {name} ran at {factor:.2} of the predicted speed: no share timed here \
+                     reaches {ratio}× once corrected"
+                ));
+                continue;
+            };
+            let (found, _) =
+                candidates::candidates(&teacher.arch, Target::Flops { ratio: share }, cut_data);
+            let Some(mut candidate) = found.into_iter().find(|c| &c.name == name) else {
+                continue;
+            };
+            self.say(&format!(
+                "  {name} ran at {factor:.2} of the predicted speed: planned again at {:.1}% of \
+                 the encoder FLOPs",
+                share * 100.0
+            ));
             candidate.name.push_str(REPLANNED);
+            self.record
+                .decisions
+                .insert(format!("speed_share:{}", candidate.name), share);
+            replanned.push(candidate);
+        }
+        if replanned.is_empty() && self.record.candidates.iter().all(|c| c.dropped.is_some()) {
+            return Err(Error::Unreachable(format!(
+                "--speedup {ratio}: the cut models ran at {median_factor:.2} of the speed the \
+                 latency table predicted (median), and no share timed here reaches {ratio}× once \
+                 corrected"
+            )));
+        }
+        if replanned.is_empty() {
+            return Ok(false);
+        }
+        self.record
+            .decisions
+            .insert("speed_correction".into(), median_factor);
+        let table = self.record.speed_table.clone();
+        for candidate in replanned {
             let predicted = candidate.flops.and_then(|f| {
                 speed::predicted_speedup(&table, f as f64 / self.record.teacher_flops as f64)
             });
@@ -773,11 +782,12 @@ impl<'a> Search<'a> {
         Ok(true)
     }
 
-    /// The precision the speed target is timed at.
-    fn speed_precision(&self) -> Precision {
-        match self.args.runtime {
-            Runtime::SurgeryBf16 => Precision::Bf16,
-            _ => Precision::F32,
+    /// How the speed target is timed: in the chosen runtime, on the dev subset.
+    fn timer(&self) -> speed::Timer {
+        speed::Timer {
+            runtime: self.args.runtime,
+            data: self.dev_subset.clone(),
+            scratch: self.out.join("speed"),
         }
     }
 
@@ -1005,12 +1015,7 @@ impl<'a> Search<'a> {
             .ok()
             .map(|r| r.f1);
         let measured_speedup = match self.record.target {
-            Target::Speedup { .. } => Some(speed::measured_speedup(
-                &self.args.teacher,
-                &model,
-                &self.dev_subset,
-                self.speed_precision(),
-            )?),
+            Target::Speedup { .. } => Some(self.timer().speedup(&self.args.teacher, &model)?),
             _ => None,
         };
         let seconds = self.elapsed() - t0;

@@ -1,62 +1,125 @@
-//! Speed for speed targets, measured on this machine: the teacher cut uniformly to a grid of
-//! FLOPs shares (heads and FFN neurons removed by a data-free rule: the weights do not change
-//! the time), each timed like `eval` times a model, gives a latency table (as Kwon et al. use);
-//! the share for a speed-up is read off it.
+//! Speed for speed targets, measured on this machine in the runtime the user names: the teacher
+//! cut uniformly to a grid of FLOPs shares (heads and FFN neurons removed by a data-free rule:
+//! the weights do not change the time), timed side by side with the teacher like `eval` times a
+//! model, gives a latency table (as Kwon et al. use); the share for a speed-up is read off it.
 
 use std::path::{Path, PathBuf};
 
+use super::Runtime;
 use crate::budget::flops::Flops;
 use crate::data::labels::UnknownLabels;
 use crate::data::ReadOptions;
 use crate::error::{Error, Result};
 use crate::eval::{run_eval, EvalRequest};
+use crate::export::LinearStorage;
 use crate::io::Checkpoint;
 use crate::kernels::Compute;
 use crate::metrics::Matching;
 use crate::model::Precision;
 use crate::pipeline::step::StepCommand;
 
+pub mod onnx;
+
 /// The FLOPs shares timed for the table.
 const GRID: [f64; 9] = [0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.65];
 
-/// Timing rounds per model; the fastest counts (the others met a busier machine).
+/// Timing rounds per model in surgery's runtime; the fastest counts (the others met a busier
+/// machine).
 const ROUNDS: usize = 2;
 
-/// Tokens/s of a checkpoint over `data`, the fastest of [`ROUNDS`] passes.
-pub fn tokens_per_second(checkpoint: &Path, data: &Path, precision: Precision) -> Result<f64> {
-    let request = EvalRequest {
-        checkpoint: checkpoint.to_path_buf(),
-        data: data.to_path_buf(),
-        read: ReadOptions::default(),
-        unknown_labels: UnknownLabels::Outside,
-        matching: Matching::Default,
-        batch_size: 32,
-        max_len: None,
-        precision,
-        compute: Compute::default(),
-        write_predictions: None,
-        save_json: None,
-        force: false,
-    };
-    let mut best = 0f64;
-    for _ in 0..ROUNDS {
-        best = best.max(run_eval(&request)?.tokens_per_second);
-    }
-    Ok(best)
+/// How models are timed: the runtime, the labelled sentences they run over, and a folder of
+/// compress's own for the models written only to be timed.
+pub struct Timer {
+    pub runtime: Runtime,
+    pub data: PathBuf,
+    pub scratch: PathBuf,
 }
 
-/// Tokens/s of `model` against the teacher's, timed side by side (teacher, model, teacher) so
-/// that a machine getting busier or quieter during the timing shows in neither direction.
-pub fn measured_speedup(
-    teacher: &Path,
-    model: &Path,
-    data: &Path,
-    precision: Precision,
-) -> Result<f64> {
-    let before = tokens_per_second(teacher, data, precision)?;
-    let speed = tokens_per_second(model, data, precision)?;
-    let after = tokens_per_second(teacher, data, precision)?;
-    Ok(speed / ((before + after) / 2.0))
+impl Timer {
+    /// Tokens/s of each checkpoint over the data, timed side by side: passes of the models
+    /// alternate, so that a machine getting busier or quieter during the timing (this one's
+    /// speed moves by a third from one minute to the next) weighs on all of them alike.
+    fn side_by_side(&self, checkpoints: &[&Path]) -> Result<Vec<f64>> {
+        let in_onnx = |linears| {
+            onnx::tokens_per_second(checkpoints, &self.data, linears, &self.scratch.join("onnx"))
+        };
+        let precision = match self.runtime {
+            Runtime::Surgery => Precision::F32,
+            Runtime::SurgeryBf16 => Precision::Bf16,
+            Runtime::Onnx => return in_onnx(LinearStorage::F32),
+            Runtime::OnnxInt8 => return in_onnx(LinearStorage::DynamicInt8),
+        };
+        let mut best = vec![0f64; checkpoints.len()];
+        for _ in 0..ROUNDS {
+            for (speed, checkpoint) in best.iter_mut().zip(checkpoints) {
+                *speed = speed.max(self.surgery_tokens_per_second(checkpoint, precision)?);
+            }
+        }
+        Ok(best)
+    }
+
+    fn surgery_tokens_per_second(&self, checkpoint: &Path, precision: Precision) -> Result<f64> {
+        let request = EvalRequest {
+            checkpoint: checkpoint.to_path_buf(),
+            data: self.data.clone(),
+            read: ReadOptions::default(),
+            unknown_labels: UnknownLabels::Outside,
+            matching: Matching::Default,
+            batch_size: 32,
+            max_len: None,
+            precision,
+            compute: Compute::default(),
+            write_predictions: None,
+            save_json: None,
+            force: false,
+        };
+        Ok(run_eval(&request)?.tokens_per_second)
+    }
+
+    /// Tokens/s of `model` against the teacher's, timed side by side.
+    pub fn speedup(&self, teacher: &Path, model: &Path) -> Result<f64> {
+        let speeds = self.side_by_side(&[teacher, model])?;
+        Ok(speeds[1] / speeds[0])
+    }
+
+    /// The latency table: (share of the teacher's FLOPs, tokens/s against the teacher), the
+    /// grid's models timed side by side with the teacher; they are written under the scratch
+    /// folder and removed after.
+    pub fn latency_table(
+        &self,
+        teacher: &Path,
+        seq_len: usize,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Vec<(f64, f64)>> {
+        let teacher_flops = Flops::of_arch(&Checkpoint::open(teacher)?.arch, seq_len).per_token;
+        let mut dirs = vec![];
+        let mut shares = vec![];
+        for share in GRID {
+            let dir: PathBuf = self.scratch.join(format!("share-{share}"));
+            uniform_cut(teacher, share, &dir)?;
+            let flops = Flops::of_arch(&Checkpoint::open(&dir)?.arch, seq_len).per_token;
+            shares.push(flops as f64 / teacher_flops as f64);
+            dirs.push(dir);
+        }
+        let mut models = vec![teacher];
+        models.extend(dirs.iter().map(PathBuf::as_path));
+        let speeds = self.side_by_side(&models)?;
+        for dir in &dirs {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let table: Vec<(f64, f64)> = shares
+            .into_iter()
+            .zip(&speeds[1..])
+            .map(|(share, speed)| (share, speed / speeds[0]))
+            .collect();
+        for (share, ratio) in &table {
+            progress(&format!(
+                "speed table: {:.0}% of the FLOPs → {ratio:.2}× the teacher's tokens/s",
+                100.0 * share
+            ));
+        }
+        Ok(table)
+    }
 }
 
 /// The table with every speed-up scaled by `factor`: what the cut models measured against
@@ -103,41 +166,6 @@ fn uniform_cut(teacher: &Path, share: f64, out: &Path) -> Result<()> {
     model = cut(&model, argv)?;
     let history = model.history();
     model.save(out, true, history)
-}
-
-/// The latency table: (share of the teacher's FLOPs, tokens/s against the teacher), measured
-/// on `data`; the timed models are written under `scratch` and removed after.
-pub fn latency_table(
-    teacher: &Path,
-    data: &Path,
-    precision: Precision,
-    seq_len: usize,
-    scratch: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(f64, Vec<(f64, f64)>)> {
-    let teacher_flops = Flops::of_arch(&Checkpoint::open(teacher)?.arch, seq_len).per_token;
-    let before = tokens_per_second(teacher, data, precision)?;
-    let mut measured = vec![];
-    for share in GRID {
-        let dir: PathBuf = scratch.join(format!("share-{share}"));
-        uniform_cut(teacher, share, &dir)?;
-        let flops = Flops::of_arch(&Checkpoint::open(&dir)?.arch, seq_len).per_token;
-        let speed = tokens_per_second(&dir, data, precision)?;
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        measured.push((flops as f64 / teacher_flops as f64, speed));
-        progress(&format!(
-            "speed table: {:.0}% of the FLOPs → {:.0} tokens/s",
-            100.0 * flops as f64 / teacher_flops as f64,
-            speed
-        ));
-    }
-    let after = tokens_per_second(teacher, data, precision)?;
-    let teacher_speed = (before + after) / 2.0;
-    let table = measured
-        .into_iter()
-        .map(|(share, speed)| (share, speed / teacher_speed))
-        .collect();
-    Ok((teacher_speed, table))
 }
 
 /// The largest FLOPs share predicted to run at least `speedup` times the teacher's tokens/s
