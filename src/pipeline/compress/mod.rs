@@ -462,12 +462,11 @@ impl<'a> Search<'a> {
         };
         if self.record.speed_table.is_empty() {
             self.say("timing the teacher cut to a grid of FLOPs shares");
-            let timer = self.timer();
             let table =
-                timer.latency_table(&self.args.teacher, self.args.seq_len, &mut |line| {
-                    (self.progress)(line)
-                })?;
-            std::fs::remove_dir_all(&timer.scratch).ok();
+                self.timer()
+                    .latency_table(&self.args.teacher, self.args.seq_len, &mut |line| {
+                        (self.progress)(line)
+                    })?;
             self.record.speed_table = table;
             self.save()?;
         }

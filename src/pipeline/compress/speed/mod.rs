@@ -79,6 +79,7 @@ impl Timer {
     /// Tokens/s of `model` against the teacher's, timed side by side.
     pub fn speedup(&self, teacher: &Path, model: &Path) -> Result<f64> {
         let speeds = self.side_by_side(&[teacher, model])?;
+        self.remove_scratch_if_empty();
         Ok(speeds[1] / speeds[0])
     }
 
@@ -107,6 +108,7 @@ impl Timer {
         for dir in &dirs {
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        self.remove_scratch_if_empty();
         let table: Vec<(f64, f64)> = shares
             .into_iter()
             .zip(&speeds[1..])
@@ -119,6 +121,11 @@ impl Timer {
             ));
         }
         Ok(table)
+    }
+
+    /// The scratch folder is compress's own; it goes once the models timed in it are gone.
+    fn remove_scratch_if_empty(&self) {
+        std::fs::remove_dir(&self.scratch).ok();
     }
 }
 

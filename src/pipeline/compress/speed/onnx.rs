@@ -1,7 +1,7 @@
 //! Tokens/s in ONNX Runtime, for `--runtime onnx|onnx-int8`: the checkpoints exported as
 //! `surgery export` writes them, the data tokenised and batched as `eval` batches it, and the
-//! models timed side by side by ONNX Runtime's Python package (surgery links no ONNX Runtime of its own; a
-//! user who deploys with it has the package).
+//! models timed side by side by ONNX Runtime's Python package (surgery links no ONNX Runtime of
+//! its own; a user who deploys with it has the package).
 
 use std::path::Path;
 use std::process::Command;
@@ -104,10 +104,6 @@ pub fn tokens_per_second(
         )));
     }
     std::fs::remove_dir_all(export).map_err(|e| Error::io(export, e))?;
-    // The scratch folder goes too once nothing else is in it.
-    if let Some(scratch) = export.parent() {
-        std::fs::remove_dir(scratch).ok();
-    }
     Ok(timing.tokens_per_second)
 }
 
